@@ -1,0 +1,61 @@
+"""``takedown case show|list|withdraw``: operators inspecting and withdrawing cases."""
+
+from __future__ import annotations
+
+import click
+
+from cli.main import Context, cli, handle_errors
+from cli.output import emit_json
+from registry.domain import CaseStatus
+from registry.service import CaseView
+
+
+@cli.group()
+def case() -> None:
+    """Inspect and withdraw cases."""
+
+
+def _print(view: CaseView) -> None:
+    signals = ", ".join(f"{k}={n}" for k, n in sorted(view.signals.items())) or "none"
+    click.echo(f"{view.number}\t{view.status.value}\tcreated {view.created_at:%Y-%m-%d %H:%M}Z"
+               f"\tsignals: {signals}\ttakedowns: {view.takedowns}")
+
+
+@case.command("show")
+@click.argument("number")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def show(ctx: Context, number: str, as_json: bool) -> None:
+    """Show case NUMBER: status, signal counts, confirmed takedowns."""
+    view = ctx.registry(load_index=False).show_case(number)
+    emit_json(view.to_json()) if as_json else _print(view)
+
+
+@case.command("list")
+@click.option("--status", type=click.Choice([s.value for s in CaseStatus]), default=None)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+@handle_errors
+def list_cmd(ctx: Context, status: str | None, limit: int, as_json: bool) -> None:
+    """List cases, newest first."""
+    views = ctx.registry(load_index=False).list_cases(CaseStatus(status) if status else None,
+                                                      limit)
+    for view in views:
+        emit_json(view.to_json()) if as_json else _print(view)
+
+
+@case.command("withdraw")
+@click.argument("number")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def withdraw(ctx: Context, number: str, yes: bool, as_json: bool) -> None:
+    """Withdraw case NUMBER: its hashes stop matching at once (audited as an operator action)."""
+    if not yes:
+        click.confirm(f"Withdraw case {number}? Its hashes will stop matching", abort=True,
+                      err=True)
+    view = ctx.registry(load_index=False).operator_withdraw_case(number)
+    emit_json(view.to_json()) if as_json else _print(view)

@@ -1,0 +1,122 @@
+"""``takedown hash``, ``submit`` and ``match``: hashing files locally, registering, matching."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import click
+
+from cli.main import Context, cli, handle_errors
+from cli.output import emit_json, read_file, show_progress
+from registry.config import Settings
+from registry.domain import QueryResult
+from registry.errors import RegistryError
+from registry.hashing import DecodeOptions, ImageSignals, compute_signals
+from registry.service import SubmittedImage
+
+FILES = click.argument("files", nargs=-1, required=True,
+                       type=click.Path(dir_okay=False, allow_dash=False))
+
+
+def _options(settings: Settings) -> DecodeOptions:
+    return DecodeOptions(settings.max_image_pixels, settings.max_upload_bytes,
+                         settings.jpeg_draft_size)
+
+
+def _hash_files(files: tuple[str, ...], settings: Settings
+                ) -> Iterator[tuple[str, ImageSignals | RegistryError]]:
+    options = _options(settings)
+    with click.progressbar(files, label="Hashing", file=sys.stderr,
+                           hidden=not show_progress(len(files))) as bar:
+        for path in bar:
+            try:
+                yield path, compute_signals(read_file(path, settings.max_upload_bytes), options)
+            except RegistryError as e:
+                yield path, e
+
+
+@cli.command("hash")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@FILES
+@click.pass_obj
+@handle_errors
+def hash_cmd(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
+    """Compute the signals of image FILES locally (nothing is sent or stored)."""
+    failed = False
+    for path, result in _hash_files(files, ctx.settings):
+        if isinstance(result, RegistryError):
+            failed = True
+            _report_error(path, result, as_json)
+        elif as_json:
+            emit_json({"file": path, **result.to_json()})
+        else:
+            click.echo(f"{path}\tpdq={result.pdq.hex} quality={result.pdq_quality} "
+                       f"phash={result.phash.hex} md5={result.md5.hex}")
+    if failed:
+        sys.exit(1)
+
+
+def _report_error(path: str, err: RegistryError, as_json: bool) -> None:
+    if as_json:
+        emit_json({"file": path, "error": {"code": err.code, "message": err.message}})
+    click.echo(f"Error: {path}: {err.message}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"case": ..., "pin": ...}.')
+@FILES
+@click.pass_obj
+@handle_errors
+def submit(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
+    """Register image FILES as one new case and print its case number and PIN (shown once).
+
+    Hashing happens here; only the signals are stored. Nothing is registered unless every file
+    hashes cleanly."""
+    images = []
+    for path, result in _hash_files(files, ctx.settings):
+        if isinstance(result, RegistryError):
+            raise type(result)(f"{path}: {result.message}")
+        images.append(SubmittedImage.from_image(result))
+    receipt = ctx.registry(load_index=False).submit_case(images)
+    if as_json:
+        emit_json(receipt.to_json())
+    else:
+        click.echo(f"Case number: {receipt.number}\nPIN:         {receipt.pin}\n"
+                   f"({receipt.signals} signals registered; the PIN is shown only once.)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@FILES
+@click.pass_obj
+@handle_errors
+def match(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
+    """Hash FILES locally and match them against the local database (operator mode: matches
+    carry their case number). Exit 0 whether or not anything matched; 1 if a file failed."""
+    registry = ctx.registry()
+    failed = False
+    hashed = list(_hash_files(files, ctx.settings))
+    good = [(p, r) for p, r in hashed if not isinstance(r, RegistryError)]
+    queries = [registry.query_of_image(p, r) for p, r in good]
+    results = {p: res for (p, _), res in zip(good, registry.match(queries), strict=True)}
+    for path, result in hashed:
+        if isinstance(result, RegistryError):
+            failed = True
+            _report_error(path, result, as_json)
+            continue
+        _print_match(path, results[path], as_json)
+    if failed:
+        sys.exit(1)
+
+
+def _print_match(path: str, result: QueryResult, as_json: bool) -> None:
+    if as_json:
+        emit_json({"file": path, "matched": result.matched,
+                   "matches": [m.to_json(with_case=True) for m in result.matches]})
+        return
+    if not result.matched:
+        click.echo(f"{path}\tno match")
+    for m in result.matches:
+        click.echo(f"{path}\tMATCH case={m.case} tier={m.tier.value} signal={m.signal.value} "
+                   f"distance={m.distance} bank={m.bank} match_id={m.match_id}")

@@ -1,0 +1,102 @@
+"""``takedown index rebuild|verify|stats`` and ``takedown db upgrade``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli.main import Context, cli, handle_errors
+from cli.output import emit_json
+from registry.store import Store
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+@handle_errors
+def upgrade(ctx: Context) -> None:
+    """Apply pending migrations to the configured database."""
+    store = Store(ctx.settings.resolved_database_url)
+    try:
+        revision = store.migrate()
+    finally:
+        store.close()
+    click.echo(f"Database is at revision {revision}.")
+
+
+@cli.group()
+def index() -> None:
+    """The in-memory matching index and its snapshot."""
+
+
+@index.command("rebuild")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def rebuild(ctx: Context, as_json: bool) -> None:
+    """Rebuild the index from the database and write a fresh snapshot."""
+    registry = ctx.registry(load_index=False)
+    with click.progressbar(length=0, label="Loading signals", file=sys.stderr,
+                           hidden=not sys.stderr.isatty()) as bar:
+        count = registry.rebuild_index(progress=bar.update)
+    stats = registry.index_stats()
+    if as_json:
+        emit_json({"indexed": count, "snapshot": str(registry.keeper.snapshot_path),
+                   "position": stats["position"]})
+    else:
+        click.echo(f"Indexed {count} perceptual hashes at change {stats['position']}; "
+                   f"snapshot written to {registry.keeper.snapshot_path}.")
+
+
+@index.command("verify")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def verify(ctx: Context, as_json: bool) -> None:
+    """Check the index (snapshot + log) against the database; exit 1 on any difference."""
+    report = ctx.registry().verify_index()
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        checked = ", ".join(f"{k}={n}" for k, n in report.checked.items())
+        click.echo(f"{'OK' if report.ok else 'MISMATCH'}: checked {checked} at change "
+                   f"{report.position}")
+        for label, part in (("missing", report.missing), ("extra", report.extra),
+                            ("wrong", report.wrong)):
+            for kind, ids in part.items():
+                if ids:
+                    click.echo(f"  {label} {kind}: {ids[:20]}", err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+@index.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def stats(ctx: Context, as_json: bool) -> None:
+    """Index size per signal, change-log position, database counts."""
+    data = ctx.registry().index_stats()
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"position {data['position']} (loaded from {data['loaded_from']})")
+    kinds = data["kinds"]
+    assert isinstance(kinds, dict)
+    for kind, s in kinds.items():
+        click.echo(f"{kind}\tlive={s['live']}\tbase={s['base']}\tdelta={s['delta']}\t"
+                   f"tombstones={s['tombstones']}\tbytes={s['bytes']}")
+
+
+@index.command("snapshot")
+@click.pass_obj
+@handle_errors
+def snapshot(ctx: Context) -> None:
+    """Write a snapshot of the current index (atomic) for fast restarts."""
+    path = ctx.registry().save_snapshot()
+    click.echo(f"Snapshot written to {path}.")

@@ -1,0 +1,41 @@
+"""Printing helpers shared by the commands: JSON lines, tables, progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from registry.errors import FileTooLarge, UnreadableFile
+
+
+def emit_json(obj: object) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=False))
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def read_file(path: str, limit: int) -> bytes:
+    """Read an input file into memory, refusing oversized files before reading them."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > limit:
+            raise FileTooLarge(f"The file is {size} bytes; the limit is {limit} bytes.")
+        return p.read_bytes()
+    except IsADirectoryError:
+        raise UnreadableFile(f"{path} is a folder, not a file.") from None
+    except PermissionError:
+        raise UnreadableFile(f"{path} cannot be read: permission denied.") from None
+    except FileNotFoundError:
+        raise UnreadableFile(f"{path} does not exist.") from None
+
+
+def show_progress(count: int) -> bool:
+    """Progress bars go to stderr, and only when a person is watching and the work is long."""
+    return count > 3 and sys.stderr.isatty()

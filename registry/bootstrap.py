@@ -1,0 +1,33 @@
+"""The composition root: settings -> store -> index -> service. Nothing else builds these."""
+
+from __future__ import annotations
+
+from registry.config import Settings
+from registry.errors import StorageUnavailable
+from registry.index.catalog import single_thread
+from registry.service import Registry
+from registry.service.indexing import IndexKeeper
+from registry.store import Store
+
+SNAPSHOT_NAME = "snapshot.tridx"
+
+
+def build_registry(settings: Settings, *, migrate: bool | None = None, load_index: bool = True
+                   ) -> Registry:
+    """A ready Registry. ``migrate`` applies pending migrations (the embedded default does this
+    on every start; default: only for SQLite, PostgreSQL is migrated explicitly with
+    ``takedown db upgrade``); ``load_index`` loads the snapshot (or rebuilds) and replays the log tail."""
+    single_thread()
+    store = Store(settings.resolved_database_url)
+    if migrate is None:
+        migrate = store.dialect == "sqlite"
+    if migrate:
+        store.migrate()
+    elif not store.is_current():
+        raise StorageUnavailable(
+            "The database schema is not current: run 'takedown db upgrade' first.")
+    keeper = IndexKeeper(store, settings.snapshot_dir / SNAPSHOT_NAME, settings.compact_ratio)
+    registry = Registry(settings, store, keeper)
+    if load_index:
+        keeper.load()
+    return registry

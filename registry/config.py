@@ -1,0 +1,125 @@
+"""Settings: one frozen object built from ``TAKEDOWN_*`` environment variables plus overrides.
+
+Each setting is declared once, with its type, default and help text; the README's configuration
+table and the CLI options are checked against this list by a test. Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.domain import SignalKind, Thresholds
+from registry.errors import ConfigError
+
+ENV_PREFIX = "TAKEDOWN_"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the registry. Build with :meth:`from_env`; never mutate."""
+
+    data_dir: str = _setting("data", "Folder for the SQLite database and index snapshots.")
+    database_url: str = _setting(
+        "", "SQLAlchemy URL of the system of record; empty means SQLite at DATA_DIR/registry.db."
+    )
+    redis_url: str = _setting("", "Redis URL for shared rate limits; empty means in-memory.")
+    secret_key: str = _setting("", "Secret for CSRF tokens; empty generates one per process.")
+    max_image_pixels: int = _setting(
+        50_000_000, "Largest decoded image (width x height) accepted; stops decompression bombs."
+    )
+    max_upload_bytes: int = _setting(
+        20 * 1024 * 1024, "Largest image file accepted, in bytes."
+    )
+    jpeg_draft_size: int = _setting(
+        512,
+        "JPEGs are decoded by DCT scaling to at least this many pixels per side (0 = full "
+        "decode); see docs/hashing.md for the bits it moves.",
+    )
+    pdq_min_quality: int = _setting(50, "PDQ hashes with a lower quality score are rejected.")
+    pdq_strong: int = _setting(31, "PDQ distance (inclusive) of the strong tier.")
+    pdq_weak: int = _setting(52, "PDQ distance (inclusive) of the weak tier.")
+    phash_strong: int = _setting(4, "pHash distance (inclusive) of the strong tier.")
+    phash_weak: int = _setting(8, "pHash distance (inclusive) of the weak tier.")
+    max_queries: int = _setting(1000, "Most queries in one match request.")
+    pin_kdf_n: int = _setting(2**15, "scrypt cost parameter N for case PINs (power of two).")
+    pin_max_failures: int = _setting(5, "Wrong PINs in a row before a case locks.")
+    pin_lockout_s: int = _setting(900, "Seconds a case stays locked after too many wrong PINs.")
+    compact_ratio: float = _setting(
+        0.1, "Compact an index when tombstones or delta exceed this fraction of its size."
+    )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults, then ``TAKEDOWN_<NAME>`` variables, then explicit overrides (CLI options)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for kind in (SignalKind.PDQ, SignalKind.PHASH):
+            t = self.thresholds(kind)
+            if t.weak >= kind.bits // 2:
+                raise ConfigError(f"The {kind.value} weak threshold must be below {kind.bits // 2}.")
+        if self.max_image_pixels <= 0 or self.max_upload_bytes <= 0 or self.max_queries <= 0:
+            raise ConfigError("Size limits must be positive.")
+        if self.pin_kdf_n < 2 or self.pin_kdf_n & (self.pin_kdf_n - 1):
+            raise ConfigError("TAKEDOWN_PIN_KDF_N must be a power of two.")
+
+    def thresholds(self, kind: SignalKind) -> Thresholds:
+        try:
+            if kind is SignalKind.PDQ:
+                return Thresholds(self.pdq_strong, self.pdq_weak)
+            if kind is SignalKind.PHASH:
+                return Thresholds(self.phash_strong, self.phash_weak)
+        except ValueError as e:
+            raise ConfigError(f"Thresholds of {kind.value}: {e}.") from None
+        raise ValueError(f"{kind.value} is not a perceptual signal")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir) / 'registry.db'}"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return Path(self.data_dir) / "index"
+
+
+def _convert(name: str, type_name: object, raw: str) -> Any:
+    try:
+        if type_name in ("int", int):
+            return int(raw)
+        if type_name in ("float", float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()} must be a number; got {raw!r}."
+        ) from None
+    return raw
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(environment variable, default, help) for every setting, for docs and ``--help``."""
+    return [
+        (ENV_PREFIX + f.name.upper(), repr(f.default), f.metadata["help"])
+        for f in dataclasses.fields(Settings)
+    ]

@@ -1,0 +1,356 @@
+"""Value objects of the registry's vocabulary: signals, tiers, cases, banks, scopes and matches.
+
+Everything here is immutable and pure (standard library only), so it can be shared by the hashing
+core, the index, the store and both edges without dragging any of them along.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from registry.errors import (
+    DegenerateHash,
+    InvalidCaseNumber,
+    InvalidHash,
+    InvalidScope,
+    InvalidTransition,
+    UnknownSignal,
+)
+
+
+class SignalKind(StrEnum):
+    """A kind of signal: two perceptual hashes and two exact digests of the file bytes."""
+
+    PDQ = "pdq"
+    PHASH = "phash"
+    MD5 = "md5"
+    SHA256 = "sha256"
+
+    @property
+    def bits(self) -> int:
+        return _BITS[self]
+
+    @property
+    def perceptual(self) -> bool:
+        return self in (SignalKind.PDQ, SignalKind.PHASH)
+
+    @classmethod
+    def parse(cls, name: str) -> SignalKind:
+        try:
+            return cls(name)
+        except ValueError:
+            known = ", ".join(k.value for k in cls)
+            raise UnknownSignal(f"Unknown signal {name!r}; known signals are {known}.") from None
+
+
+_BITS = {SignalKind.PDQ: 256, SignalKind.PHASH: 64, SignalKind.MD5: 128, SignalKind.SHA256: 256}
+_HEX = re.compile(r"[0-9a-f]+")
+
+# Digests of the empty file: a list entry with these matches every broken upload.
+_EMPTY_DIGESTS = {
+    "d41d8cd98f00b204e9800998ecf8427e",
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One signal value. For perceptual kinds ``a - b`` is the Hamming distance in bits."""
+
+    kind: SignalKind
+    value: bytes
+
+    @classmethod
+    def parse(cls, kind: SignalKind | str, text: object) -> Signal:
+        """Strictly parse lowercase hex of the kind's exact length; reject degenerate values."""
+        kind = SignalKind.parse(kind) if isinstance(kind, str) else kind
+        if not isinstance(text, str):
+            raise InvalidHash(f"The {kind.value} signal must be a string of hex digits.")
+        digits = kind.bits // 4
+        if len(text) != digits:
+            raise InvalidHash(
+                f"A {kind.value} signal has {digits} hex digits; this one has {len(text)}."
+            )
+        if not _HEX.fullmatch(text):
+            raise InvalidHash(
+                f"A {kind.value} signal must be lowercase hex digits (0-9, a-f) only."
+            )
+        signal = cls(kind, bytes.fromhex(text))
+        signal.check_not_degenerate()
+        return signal
+
+    @property
+    def hex(self) -> str:
+        return self.value.hex()
+
+    @property
+    def popcount(self) -> int:
+        return int.from_bytes(self.value, "big").bit_count()
+
+    def check_not_degenerate(self) -> None:
+        """Perceptual hashes are median-thresholded, so about half their bits are set; a hash
+        with at most 1/8 or at least 7/8 of its bits set comes from a blank or broken image and
+        would match other blank images. Digests of the empty file are rejected too."""
+        if self.kind.perceptual:
+            bits = self.kind.bits
+            ones = self.popcount
+            if ones <= bits // 8 or ones >= bits - bits // 8:
+                raise DegenerateHash(
+                    f"This {self.kind.value} hash has {ones} of {bits} bits set; it comes from a "
+                    "blank or near-uniform image and would match unrelated images."
+                )
+        elif self.hex in _EMPTY_DIGESTS:
+            raise DegenerateHash(f"This {self.kind.value} digest is that of an empty file.")
+
+    def __sub__(self, other: Signal) -> int:
+        if other.kind is not self.kind:
+            raise TypeError(f"cannot compare {self.kind.value} with {other.kind.value}")
+        a = int.from_bytes(self.value, "big")
+        b = int.from_bytes(other.value, "big")
+        return (a ^ b).bit_count()
+
+
+class Tier(StrEnum):
+    """How strong a match is: equal digests, or perceptual distance under a tier threshold."""
+
+    EXACT = "exact"
+    STRONG = "strong"
+    WEAK = "weak"
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Inclusive Hamming thresholds of one perceptual signal: distance <= strong is strong."""
+
+    strong: int
+    weak: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.strong <= self.weak:
+            raise ValueError("thresholds need 0 <= strong <= weak")
+
+    def tier(self, distance: int) -> Tier | None:
+        if distance <= self.strong:
+            return Tier.STRONG
+        if distance <= self.weak:
+            return Tier.WEAK
+        return None
+
+
+class CaseStatus(StrEnum):
+    ACTIVE = "active"
+    WITHDRAWN = "withdrawn"
+
+    def withdraw(self) -> CaseStatus:
+        if self is not CaseStatus.ACTIVE:
+            raise InvalidTransition("This case has already been withdrawn.")
+        return CaseStatus.WITHDRAWN
+
+
+class SignalStatus(StrEnum):
+    ACTIVE = "active"
+    WITHDRAWN = "withdrawn"
+    QUARANTINED = "quarantined"
+
+
+class BankKind(StrEnum):
+    SUBMISSIONS = "submissions"
+    IMPORTED = "imported"
+    CANARY = "canary"
+    BENIGN = "benign"
+
+
+SUBMISSIONS_BANK = "submissions"
+
+
+class Scope(StrEnum):
+    MATCH = "match"
+    FEED = "feed"
+
+    @classmethod
+    def parse(cls, name: str) -> Scope:
+        try:
+            return cls(name)
+        except ValueError:
+            raise InvalidScope(
+                f"Unknown scope {name!r}; scopes are {', '.join(s.value for s in cls)}."
+            ) from None
+
+
+class ChangeAction(StrEnum):
+    ADD = "add"
+    WITHDRAW = "withdraw"
+
+
+# --- case numbers -----------------------------------------------------------------------------
+# Crockford base32: no I, L, O, U, so a number read aloud or retyped survives; the check symbol
+# (value mod 37, Crockford's extra symbols) catches any single wrong or swapped character.
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CHECK = _CROCKFORD + "*~$=U"
+_DECODE = {c: i for i, c in enumerate(_CHECK)} | {"I": 1, "L": 1, "O": 0}
+CASE_NUMBER_BITS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class CaseNumber:
+    """A random 60-bit case number shown as ``XXXX-XXXX-XXXX-C`` (C is a check symbol)."""
+
+    value: int
+
+    @classmethod
+    def generate(cls) -> CaseNumber:
+        return cls(secrets.randbits(CASE_NUMBER_BITS))
+
+    @classmethod
+    def parse(cls, text: str) -> CaseNumber:
+        cleaned = re.sub(r"[\s-]", "", text.upper())
+        if len(cleaned) != 13 or any(c not in _DECODE for c in cleaned):
+            raise InvalidCaseNumber(
+                "A case number has 12 letters or digits and a check character, "
+                "like 7K3M-Q9ZT-W2AB-5."
+            )
+        value = 0
+        for c in cleaned[:12]:
+            digit = _DECODE[c]
+            if digit >= 32:
+                raise InvalidCaseNumber("This case number contains a character it cannot have.")
+            value = value * 32 + digit
+        if _DECODE[cleaned[12]] != value % 37:
+            raise InvalidCaseNumber("This case number is mistyped: its check character differs.")
+        return cls(value)
+
+    def __str__(self) -> str:
+        chars = []
+        v = self.value
+        for _ in range(12):
+            chars.append(_CROCKFORD[v % 32])
+            v //= 32
+        body = "".join(reversed(chars))
+        return f"{body[0:4]}-{body[4:8]}-{body[8:12]}-{_CHECK[self.value % 37]}"
+
+
+def generate_pin() -> str:
+    """A 12-digit PIN (about 40 bits) grouped ``1234-5678-9012``; stored only as a slow KDF hash,
+    and guessing online is stopped by the lockout."""
+    digits = "".join(secrets.choice("0123456789") for _ in range(12))
+    return f"{digits[0:4]}-{digits[4:8]}-{digits[8:12]}"
+
+
+def normalise_pin(text: str) -> str:
+    """Digits only, so ``1234 5678 9012`` and ``123456789012`` are the same PIN."""
+    return "".join(c for c in text if c.isdigit())
+
+
+# --- matching ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One lookup: a client reference and any subset of signals."""
+
+    id: str
+    signals: tuple[Signal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One registered signal within a threshold of a query signal."""
+
+    match_id: str
+    signal: SignalKind
+    distance: int
+    tier: Tier
+    bank: str
+    confidence: float
+    signal_id: int
+    case: str | None = None
+
+    def to_json(self, *, with_case: bool = False) -> dict[str, object]:
+        out: dict[str, object] = {
+            "match_id": self.match_id,
+            "signal": self.signal.value,
+            "distance": self.distance,
+            "tier": self.tier.value,
+            "bank": self.bank,
+            "confidence": self.confidence,
+        }
+        if with_case:
+            out["case"] = self.case
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    id: str
+    matches: tuple[Match, ...] = field(default_factory=tuple)
+
+    @property
+    def matched(self) -> bool:
+        return bool(self.matches)
+
+
+def confidence(tier: Tier, distance: int, thresholds: Thresholds | None) -> float:
+    """A score in [0, 1] for routing to review: 1.0 for exact digests, decreasing with distance
+    inside the perceptual tiers (strong matches never fall below 0.75)."""
+    if tier is Tier.EXACT or thresholds is None:
+        return 1.0
+    if tier is Tier.STRONG:
+        return round(1.0 - 0.25 * distance / max(thresholds.strong + 1, 1), 4)
+    span = max(thresholds.weak - thresholds.strong, 1)
+    return round(0.7 - 0.4 * (distance - thresholds.strong - 1) / span, 4)
+
+
+# --- records the store returns ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Case:
+    id: int
+    number: str
+    status: CaseStatus
+    pin_hash: str
+    failed_attempts: int
+    locked_until: datetime | None
+    created_at: datetime
+    withdrawn_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredSignal:
+    id: int
+    signal: Signal
+    bank: str
+    status: SignalStatus
+    case_number: str | None
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    id: int
+    name: str
+    key_prefix: str
+    scopes: frozenset[Scope]
+    active: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "platform": self.name,
+            "key_prefix": self.key_prefix,
+            "scopes": sorted(s.value for s in self.scopes),
+            "status": "active" if self.active else "revoked",
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change-log entry: a signal added or withdrawn, at position ``seq``."""
+
+    seq: int
+    action: ChangeAction
+    signal_id: int
+    signal: Signal

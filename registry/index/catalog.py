@@ -1,0 +1,94 @@
+"""IndexSet: one FlatIndex per perceptual signal kind, and the change-log position they reflect."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from registry.domain import ChangeAction, Signal, SignalKind
+from registry.errors import SnapshotError
+from registry.index import snapshot
+from registry.index.base import SearchResult
+from registry.index.flat import FlatIndex
+
+PERCEPTUAL = (SignalKind.PDQ, SignalKind.PHASH)
+
+
+def single_thread() -> None:
+    """One OpenMP thread per server process: parallelism comes from processes, and two threads
+    on a shared 2-core machine made single queries 5-15x slower (NOTES.md)."""
+    faiss.omp_set_num_threads(1)
+
+
+class IndexSet:
+    def __init__(self, compact_ratio: float = 0.1) -> None:
+        self.position = 0
+        self._ratio = compact_ratio
+        self.indexes: dict[SignalKind, FlatIndex] = {
+            k: FlatIndex(k.bits, compact_ratio) for k in PERCEPTUAL
+        }
+
+    def __len__(self) -> int:
+        return sum(len(i) for i in self.indexes.values())
+
+    def apply(self, changes: Iterable[tuple[int, ChangeAction, int, Signal]]) -> int:
+        """Apply change-log entries ``(seq, action, signal_id, signal)`` in order; entries at or
+        below the current position are skipped, so replaying a tail twice is harmless."""
+        applied = 0
+        adds: dict[SignalKind, tuple[list[int], list[bytes]]] = {}
+        for seq, action, signal_id, signal in changes:
+            if seq <= self.position:
+                continue
+            if signal.kind in self.indexes:
+                if action is ChangeAction.ADD:
+                    ids, codes = adds.setdefault(signal.kind, ([], []))
+                    ids.append(signal_id)
+                    codes.append(signal.value)
+                else:
+                    self._flush(adds)
+                    self.indexes[signal.kind].remove(np.array([signal_id], dtype=np.int64))
+            self.position = seq
+            applied += 1
+        self._flush(adds)
+        return applied
+
+    def _flush(self, adds: dict[SignalKind, tuple[list[int], list[bytes]]]) -> None:
+        for kind, (ids, codes) in adds.items():
+            arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), kind.bits // 8)
+            self.indexes[kind].add(np.array(ids, dtype=np.int64), arr)
+        adds.clear()
+
+    def search(self, kind: SignalKind, codes: list[bytes], radius: int) -> list[SearchResult]:
+        arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), kind.bits // 8)
+        return self.indexes[kind].search(arr, radius)
+
+    def save(self, path: Path) -> None:
+        sections = []
+        for kind, index in self.indexes.items():
+            ids, codes = index.export()
+            sections.append(snapshot.Section(kind.value, kind.bits, ids, codes))
+        snapshot.save(path, self.position, sections)
+
+    @classmethod
+    def load(cls, path: Path, compact_ratio: float = 0.1) -> IndexSet:
+        position, sections = snapshot.load(path)
+        out = cls(compact_ratio)
+        for s in sections:
+            try:
+                kind = SignalKind(s.kind)
+            except ValueError:
+                raise SnapshotError(f"{path} holds an unknown signal kind {s.kind!r}.") from None
+            if kind not in out.indexes or kind.bits != s.bits:
+                raise SnapshotError(f"{path} holds {s.kind} codes of {s.bits} bits.")
+            out.indexes[kind] = FlatIndex.from_arrays(kind.bits, s.ids, s.codes, compact_ratio)
+        out.position = position
+        return out
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "position": self.position,
+            "kinds": {k.value: i.stats for k, i in self.indexes.items()},
+        }

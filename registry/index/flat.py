@@ -1,0 +1,145 @@
+"""FlatIndex: faiss exhaustive Hamming scans over a large base plus a small delta.
+
+Why this shape (measured, see ../shared/NOTES.md and bench/index.py): adding to a large faiss
+flat index occasionally stalls on a buffer copy and removing one id from 10M costs ~50 ms, so new
+codes go to a small delta index and removals become tombstones; ``compact`` folds both into a new
+base when either grows past a fraction of the base. Ids live beside faiss in a numpy array (row ->
+id), so no IDMap wrapper is needed. faiss' binary range search radius is exclusive: we ask for
+``T + 1`` so that T is inclusive.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from registry.index.base import Codes, Ids, SearchResult, check_codes
+
+_MIN_DELTA_BEFORE_COMPACT = 4096
+
+
+class FlatIndex:
+    def __init__(self, bits: int, compact_ratio: float = 0.1) -> None:
+        if bits % 8:
+            raise ValueError("bits must be a multiple of 8")
+        self._bits = bits
+        self._ratio = compact_ratio
+        self._base = faiss.IndexBinaryFlat(bits)
+        self._base_ids = np.zeros(0, dtype=np.int64)
+        self._delta = faiss.IndexBinaryFlat(bits)
+        self._delta_ids = np.zeros(0, dtype=np.int64)
+        self._tombstones: set[int] = set()
+        self._tomb_array = np.zeros(0, dtype=np.int64)
+
+    # --- interface -------------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    def __len__(self) -> int:
+        return int(self._base.ntotal + self._delta.ntotal) - len(self._tombstones)
+
+    def add(self, ids: Ids, codes: Codes) -> None:
+        codes = check_codes(codes, self._bits)
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(codes):
+            raise ValueError("ids and codes differ in length")
+        if len(ids) == 0:
+            return
+        if self._tombstones and not self._tombstones.isdisjoint(ids.tolist()):
+            self.compact()  # a re-added id must not resurrect its old row
+        self._delta.add(codes)
+        self._delta_ids = np.concatenate([self._delta_ids, ids])
+        if self._delta.ntotal > max(_MIN_DELTA_BEFORE_COMPACT, self._ratio * self._base.ntotal):
+            self.compact()
+
+    def remove(self, ids: Ids) -> int:
+        wanted = {int(i) for i in np.asarray(ids, dtype=np.int64)} - self._tombstones
+        if not wanted:
+            return 0
+        wanted_arr = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
+        found = set(self._base_ids[np.isin(self._base_ids, wanted_arr)].tolist())
+        found |= set(self._delta_ids[np.isin(self._delta_ids, wanted_arr)].tolist())
+        self._tombstones |= found
+        self._tomb_array = np.array(sorted(self._tombstones), dtype=np.int64)
+        if len(self._tombstones) > max(1024, self._ratio * (len(self) + len(self._tombstones))):
+            self.compact()
+        return len(found)
+
+    def search(self, queries: Codes, radius: int) -> list[SearchResult]:
+        queries = check_codes(queries, self._bits)
+        if radius < 0:
+            raise ValueError("radius must be >= 0")
+        per_query: list[list[tuple[Ids, np.ndarray]]] = [[] for _ in range(len(queries))]
+        for index, ids in ((self._base, self._base_ids), (self._delta, self._delta_ids)):
+            if index.ntotal == 0 or len(queries) == 0:
+                continue
+            lims, dist, rows = index.range_search(queries, radius + 1)
+            for q in range(len(queries)):
+                lo, hi = lims[q], lims[q + 1]
+                if hi > lo:
+                    per_query[q].append((ids[rows[lo:hi]], dist[lo:hi]))
+        results = []
+        for parts in per_query:
+            if not parts:
+                results.append(SearchResult.of(np.zeros(0, np.int64), np.zeros(0, np.int32)))
+                continue
+            hit_ids = np.concatenate([p[0] for p in parts])
+            hit_dist = np.concatenate([p[1] for p in parts])
+            if len(self._tomb_array):
+                live = ~np.isin(hit_ids, self._tomb_array)
+                hit_ids, hit_dist = hit_ids[live], hit_dist[live]
+            results.append(SearchResult.of(hit_ids, hit_dist))
+        return results
+
+    def export(self) -> tuple[Ids, Codes]:
+        ids = np.concatenate([self._base_ids, self._delta_ids])
+        codes = np.concatenate([_codes_of(self._base), _codes_of(self._delta)])
+        if self._tombstones:
+            live = ~np.isin(ids, self._tomb_array)
+            ids, codes = ids[live], codes[live]
+        return ids, codes
+
+    # --- maintenance -----------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            "live": len(self),
+            "base": int(self._base.ntotal),
+            "delta": int(self._delta.ntotal),
+            "tombstones": len(self._tombstones),
+            "bytes": int(self.memory_bytes),
+        }
+
+    @property
+    def memory_bytes(self) -> int:
+        rows = int(self._base.ntotal + self._delta.ntotal)
+        return rows * (self._bits // 8) + rows * 8 + len(self._tombstones) * 80
+
+    def compact(self) -> None:
+        """Fold delta and tombstones into a fresh base (a copy, then a swap)."""
+        ids, codes = self.export()
+        base = faiss.IndexBinaryFlat(self._bits)
+        if len(codes):
+            base.add(codes)
+        self._base, self._base_ids = base, ids
+        self._delta = faiss.IndexBinaryFlat(self._bits)
+        self._delta_ids = np.zeros(0, dtype=np.int64)
+        self._tombstones = set()
+        self._tomb_array = np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def from_arrays(cls, bits: int, ids: Ids, codes: Codes, compact_ratio: float = 0.1) -> FlatIndex:
+        index = cls(bits, compact_ratio)
+        codes = check_codes(codes, bits)
+        if len(codes):
+            index._base.add(codes)
+        index._base_ids = np.asarray(ids, dtype=np.int64).copy()
+        return index
+
+
+def _codes_of(index: faiss.IndexBinaryFlat) -> Codes:
+    n = int(index.ntotal)
+    if n == 0:
+        return np.zeros((0, index.code_size), dtype=np.uint8)
+    return faiss.vector_to_array(index.xb).reshape(n, index.code_size)

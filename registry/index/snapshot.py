@@ -1,0 +1,102 @@
+"""Index snapshots: one file holding every kind's (ids, codes) and the change-log position.
+
+Layout: ``TRIDX\\x01`` magic, a little-endian u32 header length, a JSON header
+``{"format": 1, "position": int, "created": float, "sections": [{"kind", "bits", "count",
+"offset", "crc32"}]}``, then per section ``count`` int64 ids followed by ``count * bits/8`` code
+bytes. Written to a temporary file in the same folder, fsynced, then renamed: a reader sees the old
+snapshot or the new one, never half of one. No pickle: a snapshot is data, not code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from registry.errors import SnapshotError
+from registry.index.base import Codes, Ids
+
+MAGIC = b"TRIDX\x01"
+FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    kind: str
+    bits: int
+    ids: Ids
+    codes: Codes
+
+
+def save(path: Path, position: int, sections: list[Section]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header: dict[str, object] = {"format": FORMAT, "position": position, "created": time.time()}
+    meta, offset = [], 0
+    for s in sections:
+        ids = np.ascontiguousarray(s.ids, dtype="<i8")
+        codes = np.ascontiguousarray(s.codes, dtype=np.uint8)
+        crc = zlib.crc32(codes.data, zlib.crc32(ids.data))
+        meta.append({"kind": s.kind, "bits": s.bits, "count": len(ids), "offset": offset,
+                     "crc32": crc})
+        offset += ids.nbytes + codes.nbytes
+    header["sections"] = meta
+    head = json.dumps(header).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<I", len(head)) + head)
+            for s in sections:
+                f.write(np.ascontiguousarray(s.ids, dtype="<i8").data)
+                f.write(np.ascontiguousarray(s.codes, dtype=np.uint8).data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path) -> tuple[int, list[Section]]:
+    """Read and verify a snapshot; raise :class:`SnapshotError` if it is missing or corrupt."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SnapshotError(f"No index snapshot at {path}.") from None
+    if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + 4:
+        raise SnapshotError(f"{path} is not an index snapshot.")
+    (head_len,) = struct.unpack_from("<I", raw, len(MAGIC))
+    body_start = len(MAGIC) + 4 + head_len
+    try:
+        header = json.loads(raw[len(MAGIC) + 4 : body_start])
+        if header["format"] != FORMAT:
+            raise SnapshotError(f"{path} has snapshot format {header['format']}; want {FORMAT}.")
+        sections = []
+        body = memoryview(raw)[body_start:]
+        for m in header["sections"]:
+            count, width = int(m["count"]), int(m["bits"]) // 8
+            start = int(m["offset"])
+            ids = np.frombuffer(body, dtype="<i8", count=count, offset=start)
+            codes = np.frombuffer(body, dtype=np.uint8, count=count * width,
+                                  offset=start + ids.nbytes).reshape(count, width)
+            if zlib.crc32(codes.data, zlib.crc32(ids.data)) != m["crc32"]:
+                raise SnapshotError(f"{path} is corrupt: section {m['kind']} fails its checksum.")
+            sections.append(Section(str(m["kind"]), int(m["bits"]), ids.astype(np.int64), codes))
+        return int(header["position"]), sections
+    except SnapshotError:
+        raise
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        raise SnapshotError(f"{path} is corrupt: its header or sections do not parse.") from None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,126 @@
+"""The service layer: the registry's verbs, over one store and one in-process index.
+
+Edges (web, CLI) call :class:`Registry` methods and never touch the ORM, faiss or settings
+sources. Logic lives in the small modules beside this one; this class only holds the parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from registry.config import Settings
+from registry.domain import CaseStatus, Platform, Query, QueryResult, Scope
+from registry.hashing import DecodeOptions, ImageSignals, compute_signals
+from registry.service import cases, matching, platforms
+from registry.service.cases import CaseReceipt, CaseView, SubmittedImage
+from registry.service.indexing import IndexKeeper, Progress, VerifyReport
+from registry.store import Store
+
+__all__ = ["CaseReceipt", "CaseView", "Registry", "SubmittedImage", "VerifyReport"]
+
+
+class Registry:
+    def __init__(self, settings: Settings, store: Store, keeper: IndexKeeper) -> None:
+        self.settings = settings
+        self.store = store
+        self.keeper = keeper
+
+    # --- hashing (in memory; the bytes are not kept) -------------------------------------------
+    @property
+    def decode_options(self) -> DecodeOptions:
+        s = self.settings
+        return DecodeOptions(s.max_image_pixels, s.max_upload_bytes, s.jpeg_draft_size)
+
+    def hash_image(self, data: bytes) -> ImageSignals:
+        return compute_signals(data, self.decode_options)
+
+    # --- cases ---------------------------------------------------------------------------------
+    def submit_case(self, images: Sequence[SubmittedImage]) -> CaseReceipt:
+        receipt = cases.submit(self.store, self.settings, images)
+        self._catch_up()
+        return receipt
+
+    def case_status(self, number: str, pin: str) -> CaseView:
+        return cases.status(self.store, self.settings, number, pin)
+
+    def withdraw_case(self, number: str, pin: str) -> CaseView:
+        view = cases.withdraw(self.store, self.settings, number, pin)
+        self._catch_up()
+        return view
+
+    def operator_withdraw_case(self, number: str) -> CaseView:
+        view = cases.withdraw(self.store, self.settings, number, None, actor="operator")
+        self._catch_up()
+        return view
+
+    def _catch_up(self) -> None:
+        # A process that never loaded its index (a one-shot CLI command) has nothing to update.
+        if self.keeper.loaded_at:
+            self.keeper.sync()
+
+    def show_case(self, number: str) -> CaseView:
+        return cases.show(self.store, number)
+
+    def list_cases(self, status: CaseStatus | None = None, limit: int = 100) -> list[CaseView]:
+        return cases.list_cases(self.store, status, limit)
+
+    # --- matching ------------------------------------------------------------------------------
+    def match(self, queries: Sequence[Query], platform: Platform | None = None
+              ) -> list[QueryResult]:
+        actor = f"platform:{platform.name}" if platform else "operator"
+        return matching.match(self.store, self.keeper, self.settings, queries,
+                              platform.id if platform else None, actor)
+
+    def query_of_image(self, ref: str, image: ImageSignals) -> Query:
+        return matching.query_of_image(ref, image, self.settings)
+
+    # --- platforms -----------------------------------------------------------------------------
+    def add_platform(self, name: str, scopes: Iterable[Scope]) -> tuple[Platform, str]:
+        return platforms.add(self.store, name, scopes)
+
+    def list_platforms(self) -> list[Platform]:
+        return platforms.list_all(self.store)
+
+    def revoke_platform(self, name: str) -> Platform:
+        return platforms.revoke(self.store, name)
+
+    def rotate_platform_key(self, name: str) -> tuple[Platform, str]:
+        return platforms.rotate(self.store, name)
+
+    def authenticate(self, key: str | None, scope: Scope) -> Platform:
+        return platforms.authenticate(self.store, key, scope)
+
+    # --- index ---------------------------------------------------------------------------------
+    def rebuild_index(self, progress: Progress | None = None, snapshot: bool = True) -> int:
+        count = self.keeper.rebuild(progress)
+        self.keeper.sync()
+        if snapshot:
+            self.keeper.save_snapshot()
+        return count
+
+    def verify_index(self) -> VerifyReport:
+        return self.keeper.verify()
+
+    def index_stats(self) -> dict[str, object]:
+        self.keeper.sync()
+        stats = self.keeper.stats()
+        with self.store.transaction(write=False) as tx:
+            stats["database"] = {"head": tx.changes.head(), "signals": tx.signals.count(),
+                                 "cases": tx.cases.count()}
+        return stats
+
+    def save_snapshot(self) -> str:
+        return str(self.keeper.save_snapshot())
+
+    def ready(self) -> dict[str, object]:
+        """Readiness: database reachable and migrated, index loaded and caught up."""
+        db_ok = self.store.ping()
+        lag = None
+        if db_ok:
+            with self.store.transaction(write=False) as tx:
+                lag = tx.changes.head() - self.keeper.indexes.position
+        return {"database": db_ok, "index_loaded": self.keeper.loaded_at > 0,
+                "index_lag": lag, "ready": bool(db_ok and self.keeper.loaded_at and lag == 0)}
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,223 @@
+"""Cases: submit signals as a new case, check status with the PIN, withdraw."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from registry.config import Settings
+from registry.domain import (
+    SUBMISSIONS_BANK,
+    BankKind,
+    Case,
+    CaseNumber,
+    CaseStatus,
+    ChangeAction,
+    Signal,
+    SignalKind,
+    SignalStatus,
+    generate_pin,
+    normalise_pin,
+)
+from registry.errors import CaseLocked, CaseNotFound, InvalidInput, LowQualityHash, WrongPin
+from registry.hashing import PIPELINE_VERSION, ImageSignals
+from registry.service import pins
+from registry.store import Store, Transaction
+
+MAX_IMAGES_PER_CASE = 50
+_MAX_LOCK = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedImage:
+    """The signals of one image as the submitter's device computed them."""
+
+    signals: tuple[Signal, ...]
+    pdq_quality: int | None = None
+
+    @classmethod
+    def from_image(cls, image: ImageSignals) -> SubmittedImage:
+        return cls(image.signals(), image.pdq_quality)
+
+
+@dataclass(frozen=True, slots=True)
+class CaseReceipt:
+    number: str
+    pin: str
+    signals: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"case": self.number, "pin": self.pin, "signals": self.signals}
+
+
+@dataclass(frozen=True, slots=True)
+class CaseView:
+    number: str
+    status: CaseStatus
+    created_at: datetime
+    withdrawn_at: datetime | None
+    signals: dict[str, int]
+    takedowns: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "case": self.number,
+            "status": self.status.value,
+            "created_at": self.created_at.isoformat(),
+            "withdrawn_at": self.withdrawn_at.isoformat() if self.withdrawn_at else None,
+            "signals": self.signals,
+            "takedowns": self.takedowns,
+        }
+
+
+def validate_submission(images: Sequence[SubmittedImage], settings: Settings) -> None:
+    if not images:
+        raise InvalidInput("A case needs at least one image.")
+    if len(images) > MAX_IMAGES_PER_CASE:
+        raise InvalidInput(f"A case holds at most {MAX_IMAGES_PER_CASE} images.")
+    for n, image in enumerate(images, 1):
+        kinds = [s.kind for s in image.signals]
+        if not kinds:
+            raise InvalidInput(f"Image {n} has no signals.")
+        if len(set(kinds)) != len(kinds):
+            raise InvalidInput(f"Image {n} has the same signal twice.")
+        for s in image.signals:
+            s.check_not_degenerate()
+        if SignalKind.PDQ in kinds:
+            if image.pdq_quality is None:
+                raise InvalidInput(f"Image {n}: a PDQ signal needs its quality score.")
+            if image.pdq_quality < settings.pdq_min_quality:
+                raise LowQualityHash(
+                    f"Image {n} is too plain to match reliably (PDQ quality {image.pdq_quality};"
+                    f" at least {settings.pdq_min_quality} is needed)."
+                )
+
+
+def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage]) -> CaseReceipt:
+    validate_submission(images, settings)
+    pin = generate_pin()
+    pin_hash = pins.hash_pin(normalise_pin(pin), settings.pin_kdf_n)
+    with store.transaction() as tx:
+        bank_id = tx.banks.ensure(SUBMISSIONS_BANK, BankKind.SUBMISSIONS, "Cases from submitters")
+        number = _new_number(tx)
+        case_id = tx.cases.add(number, pin_hash)
+        rows = [(s, "", image.pdq_quality if s.kind is SignalKind.PDQ else None)
+                for image in images for s in image.signals]
+        ids = tx.signals.add_many(bank_id, case_id, rows, PIPELINE_VERSION)
+        tx.changes.append(ChangeAction.ADD, ids)
+        tx.audit.record("submitter", "case_submitted", number,
+                        {"images": len(images), "signals": len(ids)})
+    return CaseReceipt(number, pin, len(ids))
+
+
+def _new_number(tx: Transaction) -> str:
+    while True:  # 60 random bits: a collision is astronomically rare, but never reuse one
+        number = str(CaseNumber.generate())
+        if tx.cases.get(number) is None:
+            return number
+
+
+def status(store: Store, settings: Settings, number: str, pin: str) -> CaseView:
+    case = _authenticate(store, settings, number, pin)
+    return _view(store, case)
+
+
+def withdraw(store: Store, settings: Settings, number: str, pin: str | None,
+             actor: str = "submitter") -> CaseView:
+    """Withdraw with the PIN (submitter) or without it (``pin=None``: operator, audited)."""
+    if pin is not None:
+        case = _authenticate(store, settings, number, pin)
+    else:
+        case = _find(store, number)
+    with store.transaction() as tx:
+        fresh = tx.cases.get(case.number, for_update=True)
+        assert fresh is not None
+        fresh.status.withdraw()  # raises InvalidTransition when already withdrawn
+        ids = tx.signals.ids_of_case(fresh.id, SignalStatus.ACTIVE)
+        tx.signals.set_status(ids, SignalStatus.WITHDRAWN)
+        tx.cases.set_withdrawn(fresh.id)
+        tx.changes.append(ChangeAction.WITHDRAW, ids)
+        tx.audit.record(actor, "case_withdrawn", fresh.number, {"signals": len(ids)})
+    return _view(store, _find(store, number))
+
+
+def show(store: Store, number: str) -> CaseView:
+    return _view(store, _find(store, number))
+
+
+def list_cases(store: Store, status_filter: CaseStatus | None, limit: int) -> list[CaseView]:
+    with store.transaction(write=False) as tx:
+        cases = tx.cases.list(status_filter, limit)
+    return [_view(store, c) for c in cases]
+
+
+def _find(store: Store, number: str) -> Case:
+    canonical = str(CaseNumber.parse(number))
+    with store.transaction(write=False) as tx:
+        case = tx.cases.get(canonical)
+    if case is None:
+        raise CaseNotFound(f"There is no case {canonical}.")
+    return case
+
+
+def _authenticate(store: Store, settings: Settings, number: str, pin: str) -> Case:
+    """Check the PIN in constant time; lock the case after repeated failures. An unknown case
+    number and a wrong PIN give the same answer in the same time."""
+    wrong = WrongPin("The case number or PIN is not right.")
+    try:
+        canonical = str(CaseNumber.parse(number))
+    except InvalidInput:
+        pins.check_pin(normalise_pin(pin), _dummy(settings))
+        raise
+    with store.transaction(write=False) as tx:
+        case = tx.cases.get(canonical)
+    if case is None:
+        pins.check_pin(normalise_pin(pin), _dummy(settings))
+        raise wrong
+    now = datetime.now(UTC)
+    if case.locked_until is not None and case.locked_until > now:
+        raise _locked(case.locked_until - now)
+    if pins.check_pin(normalise_pin(pin), case.pin_hash):
+        if case.failed_attempts:
+            with store.transaction() as tx:
+                tx.cases.reset_failures(case.id)
+        return case
+    with store.transaction() as tx:
+        fresh = tx.cases.get(canonical, for_update=True)
+        assert fresh is not None
+        attempts = fresh.failed_attempts + 1
+        locked_until = None
+        if attempts >= settings.pin_max_failures:
+            # Each failure past the limit doubles the lock, up to a day.
+            factor = 2 ** min(attempts - settings.pin_max_failures, 10)
+            locked_until = now + min(timedelta(seconds=settings.pin_lockout_s * factor), _MAX_LOCK)
+        tx.cases.record_failure(case.id, attempts, locked_until)
+        tx.audit.record("submitter", "pin_failed", canonical, {"attempts": attempts})
+    if locked_until is not None:
+        raise _locked(locked_until - now)
+    raise wrong
+
+
+def _locked(remaining: timedelta) -> CaseLocked:
+    seconds = max(1, int(remaining.total_seconds()) + 1)
+    minutes = (seconds + 59) // 60
+    return CaseLocked(
+        f"Too many wrong PINs: this case is locked for {minutes} more minute(s).", seconds)
+
+
+_DUMMY: dict[int, str] = {}
+
+
+def _dummy(settings: Settings) -> str:
+    if settings.pin_kdf_n not in _DUMMY:
+        _DUMMY[settings.pin_kdf_n] = pins.dummy_hash(settings.pin_kdf_n)
+    return _DUMMY[settings.pin_kdf_n]
+
+
+def _view(store: Store, case: Case) -> CaseView:
+    with store.transaction(write=False) as tx:
+        counts = tx.signals.count_by_case(case.id)
+        takedowns = tx.matches.takedowns_of_case(case.id)
+    return CaseView(case.number, case.status, case.created_at, case.withdrawn_at, counts,
+                    takedowns)

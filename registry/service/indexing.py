@@ -1,0 +1,155 @@
+"""Keeping the in-memory index equal to the database: follow the change log, rebuild, verify,
+snapshot. The index is a cache of the database; the database is always right."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from registry.domain import SignalKind
+from registry.errors import SnapshotError
+from registry.index.base import SearchResult
+from registry.index.catalog import PERCEPTUAL, IndexSet
+from registry.store import Store
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    position: int
+    checked: dict[str, int]
+    missing: dict[str, list[int]] = field(default_factory=dict)  # in database, not in index
+    extra: dict[str, list[int]] = field(default_factory=dict)  # in index, not active in database
+    wrong: dict[str, list[int]] = field(default_factory=dict)  # same id, different code
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.missing.values()) and not any(self.extra.values()) and not any(
+            self.wrong.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "position": self.position, "checked": self.checked,
+                "missing": self.missing, "extra": self.extra, "wrong": self.wrong}
+
+
+class IndexKeeper:
+    """Owns the IndexSet of this process and a lock around it (searches and updates)."""
+
+    def __init__(self, store: Store, snapshot_path: Path, compact_ratio: float = 0.1) -> None:
+        self.store = store
+        self.snapshot_path = snapshot_path
+        self.ratio = compact_ratio
+        self.indexes = IndexSet(compact_ratio)
+        self.lock = threading.RLock()
+        self.loaded_at = 0.0
+        self.loaded_from = "empty"
+
+    # --- loading -------------------------------------------------------------------------
+    def load(self) -> str:
+        """Snapshot + log tail when a good snapshot exists, else a rebuild from the database."""
+        try:
+            indexes = IndexSet.load(self.snapshot_path, self.ratio)
+            with self.store.transaction(write=False) as tx:
+                head = tx.changes.head()
+            if indexes.position > head:
+                raise SnapshotError("The snapshot is newer than the database's change log.")
+            with self.lock:
+                self.indexes = indexes
+            self.loaded_from = "snapshot"
+        except SnapshotError as e:
+            log.info("index: %s; rebuilding from the database", e.message)
+            self.rebuild()
+            self.loaded_from = "database"
+        self.sync()
+        self.loaded_at = time.time()
+        return self.loaded_from
+
+    def rebuild(self, progress: Progress | None = None) -> int:
+        """A fresh index from every active signal, consistent with one change-log position."""
+        fresh = IndexSet(self.ratio)
+        with self.store.transaction(write=False) as tx:
+            position = tx.changes.head()
+            parts: dict[SignalKind, tuple[list[np.ndarray], list[bytes]]] = {
+                k: ([], []) for k in PERCEPTUAL}
+            for batch in tx.signals.active(PERCEPTUAL):
+                for kind_name in {k for _, k, _ in batch}:
+                    kind = SignalKind(kind_name)
+                    rows = [(i, v) for i, k, v in batch if k == kind_name]
+                    parts[kind][0].append(np.array([i for i, _ in rows], dtype=np.int64))
+                    parts[kind][1].append(bytes.fromhex("".join(v for _, v in rows)))
+                if progress:
+                    progress(len(batch))
+        for kind, (ids, codes) in parts.items():
+            if ids:
+                arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(-1, kind.bits // 8)
+                fresh.indexes[kind].add(np.concatenate(ids), arr)
+                fresh.indexes[kind].compact()
+        fresh.position = position
+        with self.lock:
+            self.indexes = fresh
+        self.loaded_at = time.time()
+        return len(fresh)
+
+    def sync(self) -> int:
+        """Apply the change-log entries written since the index's position."""
+        applied = 0
+        while True:
+            with self.store.transaction(write=False) as tx:
+                changes = tx.changes.since(self.indexes.position)
+            if not changes:
+                return applied
+            with self.lock:
+                applied += self.indexes.apply(
+                    (c.seq, c.action, c.signal_id, c.signal) for c in changes)
+
+    def save_snapshot(self) -> Path:
+        with self.lock:
+            self.indexes.save(self.snapshot_path)
+        return self.snapshot_path
+
+    # --- queries -------------------------------------------------------------------------
+    def search(self, kind: SignalKind, codes: list[bytes], radius: int) -> list[SearchResult]:
+        with self.lock:
+            return self.indexes.search(kind, codes, radius)
+
+    def verify(self, attempts: int = 5) -> VerifyReport:
+        """Compare every live index entry with the database's active signals, at one change-log
+        position (retried if a write lands between reading the index and the database)."""
+        for _ in range(attempts):
+            self.sync()
+            with self.lock:
+                exported = {k: i.export() for k, i in self.indexes.indexes.items()}
+                position = self.indexes.position
+            with self.store.transaction(write=False) as tx:
+                head = tx.changes.head()
+                db: dict[str, dict[int, str]] = {k.value: {} for k in PERCEPTUAL}
+                for batch in tx.signals.active(PERCEPTUAL):
+                    for i, k, v in batch:
+                        db[k][i] = v
+            if head == position:
+                break
+        report = VerifyReport(position=position, checked={})
+        for kind, (ids, codes) in exported.items():
+            in_db = db[kind.value]
+            in_index = {int(i): bytes(c).hex() for i, c in zip(ids, codes, strict=True)}
+            report.checked[kind.value] = len(in_index)
+            report.missing[kind.value] = sorted(set(in_db) - set(in_index))[:100]
+            report.extra[kind.value] = sorted(set(in_index) - set(in_db))[:100]
+            report.wrong[kind.value] = sorted(
+                i for i in set(in_db) & set(in_index) if in_db[i] != in_index[i])[:100]
+        return report
+
+    def stats(self) -> dict[str, object]:
+        with self.lock:
+            out = self.indexes.stats()
+        out["loaded_from"] = self.loaded_from
+        out["loaded_at"] = self.loaded_at
+        return out

@@ -1,0 +1,133 @@
+"""Matching: batched lookups of query signals, tiers, confidence, and the match records.
+
+Perceptual signals are searched in the in-memory index up to the weak threshold; digests are
+looked up in the database (exact, always current). Every hit is then re-read from the database
+and dropped unless still active, so a withdrawn hash is never returned even if this process'
+index has not caught up yet.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from registry.config import Settings
+from registry.domain import (
+    Match,
+    Query,
+    QueryResult,
+    RegisteredSignal,
+    SignalKind,
+    SignalStatus,
+    Tier,
+    confidence,
+)
+from registry.errors import InvalidInput, TooManyQueries
+from registry.hashing import ImageSignals
+from registry.service.indexing import IndexKeeper
+from registry.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    query: int
+    signal_id: int
+    kind: SignalKind
+    distance: int
+    tier: Tier
+
+
+def query_of_image(ref: str, image: ImageSignals, settings: Settings) -> Query:
+    """The query for an image hashed here. A PDQ hash below the quality floor is left out (a
+    featureless image matches other featureless images); digests and pHash still count."""
+    signals = [image.phash, image.md5, image.sha256]
+    if image.pdq_quality >= settings.pdq_min_quality:
+        signals.insert(0, image.pdq)
+    usable = []
+    for s in signals:
+        try:
+            s.check_not_degenerate()
+            usable.append(s)
+        except InvalidInput:
+            continue
+    return Query(ref, tuple(usable))
+
+
+def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequence[Query],
+          platform_id: int | None = None, actor: str = "operator") -> list[QueryResult]:
+    if len(queries) > settings.max_queries:
+        raise TooManyQueries(
+            f"A request holds at most {settings.max_queries} queries; this one has {len(queries)}.")
+    keeper.sync()
+    hits = _perceptual_hits(keeper, settings, queries) + _exact_hits(store, queries)
+    if not hits:
+        _audit(store, actor, len(queries), [])
+        return [QueryResult(q.id) for q in queries]
+    with store.transaction(write=False) as tx:
+        registered = tx.signals.get_many(h.signal_id for h in hits)
+    per_query: list[list[Match]] = [[] for _ in queries]
+    records = []
+    seen: set[tuple[int, int]] = set()
+    for h in sorted(hits, key=lambda h: (h.query, h.distance, h.signal_id)):
+        reg = registered.get(h.signal_id)
+        if reg is None or reg.status is not SignalStatus.ACTIVE or (h.query, h.signal_id) in seen:
+            continue
+        seen.add((h.query, h.signal_id))
+        m = _match(h, reg, settings)
+        per_query[h.query].append(m)
+        records.append((m.match_id, platform_id, h.signal_id, h.distance, h.tier.value))
+    with store.transaction() as tx:
+        tx.matches.add_many(records)
+        tx.audit.record(actor, "match", "", {"queries": len(queries),
+                                              "match_ids": [r[0] for r in records]})
+    return [QueryResult(q.id, tuple(ms)) for q, ms in zip(queries, per_query, strict=True)]
+
+
+def _audit(store: Store, actor: str, queries: int, match_ids: list[str]) -> None:
+    with store.transaction() as tx:
+        tx.audit.record(actor, "match", "", {"queries": queries, "match_ids": match_ids})
+
+
+def _perceptual_hits(keeper: IndexKeeper, settings: Settings, queries: Sequence[Query]
+                     ) -> list[_Hit]:
+    hits: list[_Hit] = []
+    for kind in (SignalKind.PDQ, SignalKind.PHASH):
+        which = [(qi, s) for qi, q in enumerate(queries) for s in q.signals if s.kind is kind]
+        if not which:
+            continue
+        thresholds = settings.thresholds(kind)
+        results = keeper.search(kind, [s.value for _, s in which], thresholds.weak)
+        for (qi, _), result in zip(which, results, strict=True):
+            for sid, dist in zip(result.ids.tolist(), result.distances.tolist(), strict=True):
+                tier = thresholds.tier(dist)
+                assert tier is not None  # searched up to the weak threshold
+                hits.append(_Hit(qi, sid, kind, dist, tier))
+    return hits
+
+
+def _exact_hits(store: Store, queries: Sequence[Query]) -> list[_Hit]:
+    hits: list[_Hit] = []
+    for kind in (SignalKind.MD5, SignalKind.SHA256):
+        which = [(qi, s.hex) for qi, q in enumerate(queries) for s in q.signals if s.kind is kind]
+        if not which:
+            continue
+        with store.transaction(write=False) as tx:
+            found = tx.signals.find_exact(kind, [v for _, v in which])
+        for qi, value in which:
+            hits.extend(_Hit(qi, sid, kind, 0, Tier.EXACT) for sid in found.get(value, []))
+    return hits
+
+
+def _match(hit: _Hit, reg: RegisteredSignal, settings: Settings) -> Match:
+    thresholds = settings.thresholds(hit.kind) if hit.kind.perceptual else None
+    return Match(
+        match_id="m_" + secrets.token_hex(10),
+        signal=hit.kind,
+        distance=hit.distance,
+        tier=hit.tier,
+        bank=reg.bank,
+        confidence=confidence(hit.tier, hit.distance, thresholds),
+        signal_id=hit.signal_id,
+        case=reg.case_number,
+    )

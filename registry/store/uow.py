@@ -1,0 +1,337 @@
+"""The unit of work and its repositories. Rows in, domain objects out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from registry.domain import (
+    BankKind,
+    Case,
+    CaseStatus,
+    Change,
+    ChangeAction,
+    Platform,
+    RegisteredSignal,
+    Scope,
+    Signal,
+    SignalKind,
+    SignalStatus,
+)
+from registry.store.models import (
+    AuditRow,
+    BankRow,
+    CaseRow,
+    ChangeRow,
+    FeedbackRow,
+    MatchRow,
+    PlatformRow,
+    SignalRow,
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes; everything we store is UTC.
+    if ts is not None and ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts
+
+
+class Transaction:
+    """One database transaction and the repositories bound to it."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.banks = BankRepository(session)
+        self.cases = CaseRepository(session)
+        self.signals = SignalRepository(session)
+        self.platforms = PlatformRepository(session)
+        self.changes = ChangeLog(session)
+        self.audit = AuditLog(session)
+        self.matches = MatchRepository(session)
+
+
+class BankRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def ensure(self, name: str, kind: BankKind, description: str = "") -> int:
+        row = self.s.scalar(select(BankRow).where(BankRow.name == name))
+        if row is None:
+            row = BankRow(name=name, kind=kind.value, description=description, created_at=now())
+            self.s.add(row)
+            self.s.flush()
+        return row.id
+
+    def names(self) -> dict[int, str]:
+        return {r.id: r.name for r in self.s.scalars(select(BankRow))}
+
+
+class CaseRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, number: str, pin_hash: str) -> int:
+        ts = now()
+        row = CaseRow(number=number, pin_hash=pin_hash, status=CaseStatus.ACTIVE.value,
+                      failed_attempts=0, created_at=ts, updated_at=ts)
+        self.s.add(row)
+        self.s.flush()
+        return row.id
+
+    def get(self, number: str, *, for_update: bool = False) -> Case | None:
+        stmt = select(CaseRow).where(CaseRow.number == number)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.s.scalar(stmt)
+        return _case(row) if row else None
+
+    def list(self, status: CaseStatus | None = None, limit: int = 100, offset: int = 0) -> list[Case]:
+        stmt = select(CaseRow).order_by(CaseRow.id.desc()).limit(limit).offset(offset)
+        if status is not None:
+            stmt = stmt.where(CaseRow.status == status.value)
+        return [_case(r) for r in self.s.scalars(stmt)]
+
+    def record_failure(self, case_id: int, attempts: int, locked_until: datetime | None) -> None:
+        self.s.execute(update(CaseRow).where(CaseRow.id == case_id).values(
+            failed_attempts=attempts, locked_until=locked_until, updated_at=now()))
+
+    def reset_failures(self, case_id: int) -> None:
+        self.s.execute(update(CaseRow).where(CaseRow.id == case_id).values(
+            failed_attempts=0, locked_until=None))
+
+    def set_withdrawn(self, case_id: int) -> None:
+        ts = now()
+        self.s.execute(update(CaseRow).where(CaseRow.id == case_id).values(
+            status=CaseStatus.WITHDRAWN.value, withdrawn_at=ts, updated_at=ts))
+
+    def count(self) -> dict[str, int]:
+        rows = self.s.execute(select(CaseRow.status, func.count()).group_by(CaseRow.status))
+        return {str(status): int(n) for status, n in rows}
+
+
+def _case(row: CaseRow) -> Case:
+    return Case(id=row.id, number=row.number, status=CaseStatus(row.status),
+                pin_hash=row.pin_hash, failed_attempts=row.failed_attempts,
+                locked_until=_aware(row.locked_until), created_at=_aware(row.created_at) or now(),
+                withdrawn_at=_aware(row.withdrawn_at))
+
+
+class SignalRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add_many(self, bank_id: int, case_id: int | None,
+                 signals: Sequence[tuple[Signal, str, int | None]], pipeline_version: int) -> list[int]:
+        """Insert ``(signal, label, quality)`` rows; return their ids in order."""
+        ts = now()
+        rows = [SignalRow(case_id=case_id, bank_id=bank_id, kind=sig.kind.value, value=sig.hex,
+                          label=label, status=SignalStatus.ACTIVE.value, quality=quality,
+                          pipeline_version=pipeline_version, created_at=ts, updated_at=ts)
+                for sig, label, quality in signals]
+        self.s.add_all(rows)
+        self.s.flush()
+        return [r.id for r in rows]
+
+    def ids_of_case(self, case_id: int, status: SignalStatus | None = None) -> list[int]:
+        stmt = select(SignalRow.id).where(SignalRow.case_id == case_id).order_by(SignalRow.id)
+        if status is not None:
+            stmt = stmt.where(SignalRow.status == status.value)
+        return list(self.s.scalars(stmt))
+
+    def count_by_case(self, case_id: int) -> dict[str, int]:
+        rows = self.s.execute(select(SignalRow.kind, func.count())
+                              .where(SignalRow.case_id == case_id).group_by(SignalRow.kind))
+        return {str(k): int(n) for k, n in rows}
+
+    def set_status(self, ids: Iterable[int], status: SignalStatus) -> None:
+        ids = list(ids)
+        for chunk in _chunks(ids, 500):
+            self.s.execute(update(SignalRow).where(SignalRow.id.in_(chunk))
+                           .values(status=status.value, updated_at=now()))
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, RegisteredSignal]:
+        out: dict[int, RegisteredSignal] = {}
+        banks = {r.id: r.name for r in self.s.scalars(select(BankRow))}
+        for chunk in _chunks(sorted(set(ids)), 500):
+            stmt = (select(SignalRow, CaseRow.number)
+                    .outerjoin(CaseRow, CaseRow.id == SignalRow.case_id)
+                    .where(SignalRow.id.in_(chunk)))
+            for row, number in self.s.execute(stmt):
+                out[row.id] = _registered(row, banks[row.bank_id], number)
+        return out
+
+    def find_exact(self, kind: SignalKind, values: Iterable[str]) -> dict[str, list[int]]:
+        """Active signal ids whose value equals one of ``values`` (digests: exact matching)."""
+        out: dict[str, list[int]] = {}
+        for chunk in _chunks(sorted(set(values)), 500):
+            stmt = select(SignalRow.value, SignalRow.id).where(
+                SignalRow.kind == kind.value, SignalRow.value.in_(chunk),
+                SignalRow.status == SignalStatus.ACTIVE.value)
+            for value, sid in self.s.execute(stmt):
+                out.setdefault(value, []).append(sid)
+        return out
+
+    def active(self, kinds: Iterable[SignalKind], batch: int = 100_000
+               ) -> Iterable[list[tuple[int, str, str]]]:
+        """Every active ``(id, kind, hex)`` of the given kinds, in id order, in batches."""
+        names = [k.value for k in kinds]
+        last = 0
+        while True:
+            stmt = (select(SignalRow.id, SignalRow.kind, SignalRow.value)
+                    .where(SignalRow.kind.in_(names), SignalRow.status == SignalStatus.ACTIVE.value,
+                           SignalRow.id > last)
+                    .order_by(SignalRow.id).limit(batch))
+            rows = [(int(i), str(k), str(v)) for i, k, v in self.s.execute(stmt)]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
+
+    def count(self) -> dict[str, dict[str, int]]:
+        rows = self.s.execute(select(SignalRow.kind, SignalRow.status, func.count())
+                              .group_by(SignalRow.kind, SignalRow.status))
+        out: dict[str, dict[str, int]] = {}
+        for kind, status, n in rows:
+            out.setdefault(str(kind), {})[str(status)] = int(n)
+        return out
+
+
+def _registered(row: SignalRow, bank: str, number: str | None) -> RegisteredSignal:
+    return RegisteredSignal(id=row.id, signal=Signal(SignalKind(row.kind), bytes.fromhex(row.value)),
+                            bank=bank, status=SignalStatus(row.status), case_number=number,
+                            label=row.label)
+
+
+class PlatformRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, name: str, key_hash: str, key_prefix: str, scopes: Iterable[Scope]) -> Platform:
+        row = PlatformRow(name=name, key_hash=key_hash, key_prefix=key_prefix,
+                          scopes=",".join(sorted(s.value for s in scopes)), status="active",
+                          created_at=now())
+        self.s.add(row)
+        self.s.flush()
+        return _platform(row)
+
+    def get(self, name: str) -> Platform | None:
+        row = self.s.scalar(select(PlatformRow).where(PlatformRow.name == name))
+        return _platform(row) if row else None
+
+    def by_key_hash(self, key_hash: str) -> Platform | None:
+        row = self.s.scalar(select(PlatformRow).where(PlatformRow.key_hash == key_hash))
+        return _platform(row) if row else None
+
+    def list(self) -> list[Platform]:
+        return [_platform(r) for r in self.s.scalars(select(PlatformRow).order_by(PlatformRow.name))]
+
+    def revoke(self, platform_id: int) -> None:
+        self.s.execute(update(PlatformRow).where(PlatformRow.id == platform_id)
+                       .values(status="revoked", revoked_at=now()))
+
+    def set_key(self, platform_id: int, key_hash: str, key_prefix: str) -> None:
+        self.s.execute(update(PlatformRow).where(PlatformRow.id == platform_id)
+                       .values(key_hash=key_hash, key_prefix=key_prefix))
+
+
+def _platform(row: PlatformRow) -> Platform:
+    return Platform(id=row.id, name=row.name, key_prefix=row.key_prefix,
+                    scopes=frozenset(Scope(s) for s in row.scopes.split(",") if s),
+                    active=row.status == "active", created_at=_aware(row.created_at) or now(),
+                    revoked_at=_aware(row.revoked_at))
+
+
+class ChangeLog:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def append(self, action: ChangeAction, signal_ids: Iterable[int]) -> None:
+        ts = now()
+        self.s.add_all([ChangeRow(signal_id=i, action=action.value, at=ts) for i in signal_ids])
+        self.s.flush()
+
+    def head(self) -> int:
+        return int(self.s.scalar(select(func.coalesce(func.max(ChangeRow.seq), 0))) or 0)
+
+    def since(self, position: int, limit: int = 100_000) -> list[Change]:
+        stmt = (select(ChangeRow.seq, ChangeRow.action, ChangeRow.signal_id, SignalRow.kind,
+                       SignalRow.value)
+                .join(SignalRow, SignalRow.id == ChangeRow.signal_id)
+                .where(ChangeRow.seq > position).order_by(ChangeRow.seq).limit(limit))
+        return [Change(int(seq), ChangeAction(action), int(sid),
+                       Signal(SignalKind(kind), bytes.fromhex(value)))
+                for seq, action, sid, kind, value in self.s.execute(stmt)]
+
+
+class AuditLog:
+    """Hash-chained audit events; ``verify`` recomputes the chain."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def record(self, actor: str, action: str, subject: str = "",
+               details: dict[str, object] | None = None) -> None:
+        prev = self.s.scalar(select(AuditRow.digest).order_by(AuditRow.id.desc()).limit(1)) or ""
+        ts = now()
+        body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"))
+        digest = _audit_digest(prev, ts, actor, action, subject, body)
+        self.s.add(AuditRow(at=ts, actor=actor, action=action, subject=subject, details=body,
+                            digest=digest))
+        self.s.flush()
+
+    def recent(self, limit: int = 50) -> list[dict[str, object]]:
+        rows = self.s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))
+        return [{"id": r.id, "at": (_aware(r.at) or now()).isoformat(), "actor": r.actor,
+                 "action": r.action, "subject": r.subject, "details": json.loads(r.details)}
+                for r in rows]
+
+    def verify(self) -> tuple[int, int | None]:
+        """(events checked, id of the first broken event or None)."""
+        prev, checked = "", 0
+        for r in self.s.scalars(select(AuditRow).order_by(AuditRow.id)):
+            at = _aware(r.at) or now()
+            if _audit_digest(prev, at, r.actor, r.action, r.subject, r.details) != r.digest:
+                return checked, r.id
+            prev, checked = r.digest, checked + 1
+        return checked, None
+
+
+def _audit_digest(prev: str, at: datetime, actor: str, action: str, subject: str,
+                  details: str) -> str:
+    canonical = "\x1f".join([prev, at.astimezone(UTC).isoformat(), actor, action, subject, details])
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class MatchRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add_many(self, rows: Iterable[tuple[str, int | None, int, int, str]]) -> None:
+        ts = now()
+        self.s.add_all([MatchRow(id=mid, platform_id=pid, signal_id=sid, distance=d, tier=t,
+                                 created_at=ts) for mid, pid, sid, d, t in rows])
+        self.s.flush()
+
+    def takedowns_of_case(self, case_id: int) -> int:
+        """Matches of this case's signals that a platform reported as removed."""
+        stmt = (select(func.count(func.distinct(FeedbackRow.match_id)))
+                .join(MatchRow, MatchRow.id == FeedbackRow.match_id)
+                .join(SignalRow, SignalRow.id == MatchRow.signal_id)
+                .where(SignalRow.case_id == case_id, FeedbackRow.outcome == "removed"))
+        return int(self.s.scalar(stmt) or 0)
+
+
+def _chunks(items: list[int] | list[str], size: int) -> Iterable[list[int] | list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
