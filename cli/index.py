@@ -8,7 +8,7 @@ import click
 
 from cli.main import Context, cli, handle_errors
 from cli.output import emit_json
-from registry.store import Store
+from registry.bootstrap import upgrade_database
 
 
 @cli.group()
@@ -21,11 +21,7 @@ def db() -> None:
 @handle_errors
 def upgrade(ctx: Context) -> None:
     """Apply pending migrations to the configured database."""
-    store = Store(ctx.settings.resolved_database_url)
-    try:
-        revision = store.migrate()
-    finally:
-        store.close()
+    revision = upgrade_database(ctx.settings)
     click.echo(f"Database is at revision {revision}.")
 
 

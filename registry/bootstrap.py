@@ -19,15 +19,28 @@ def build_registry(settings: Settings, *, migrate: bool | None = None, load_inde
     ``takedown db upgrade``); ``load_index`` loads the snapshot (or rebuilds) and replays the log tail."""
     single_thread()
     store = Store(settings.resolved_database_url)
-    if migrate is None:
-        migrate = store.dialect == "sqlite"
-    if migrate:
-        store.migrate()
-    elif not store.is_current():
-        raise StorageUnavailable(
-            "The database schema is not current: run 'takedown db upgrade' first.")
+    try:
+        if migrate is None:
+            migrate = store.dialect == "sqlite"
+        if migrate:
+            store.migrate()
+        elif not store.is_current():
+            raise StorageUnavailable(
+                "The database schema is not current: run 'takedown db upgrade' first.")
+    except BaseException:
+        store.close()
+        raise
     keeper = IndexKeeper(store, settings.snapshot_dir / SNAPSHOT_NAME, settings.compact_ratio)
     registry = Registry(settings, store, keeper)
     if load_index:
         keeper.load()
     return registry
+
+
+def upgrade_database(settings: Settings) -> str:
+    """Apply pending migrations to the configured database; return the revision it is at."""
+    store = Store(settings.resolved_database_url)
+    try:
+        return store.migrate()
+    finally:
+        store.close()

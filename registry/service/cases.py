@@ -82,8 +82,6 @@ def validate_submission(images: Sequence[SubmittedImage], settings: Settings) ->
             raise InvalidInput(f"Image {n} has no signals.")
         if len(set(kinds)) != len(kinds):
             raise InvalidInput(f"Image {n} has the same signal twice.")
-        for s in image.signals:
-            s.check_not_degenerate()
         if SignalKind.PDQ in kinds:
             if image.pdq_quality is None:
                 raise InvalidInput(f"Image {n}: a PDQ signal needs its quality score.")
@@ -92,6 +90,8 @@ def validate_submission(images: Sequence[SubmittedImage], settings: Settings) ->
                     f"Image {n} is too plain to match reliably (PDQ quality {image.pdq_quality};"
                     f" at least {settings.pdq_min_quality} is needed)."
                 )
+        for s in image.signals:
+            s.check_not_degenerate()
 
 
 def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage]) -> CaseReceipt:

@@ -68,6 +68,7 @@ class IndexKeeper:
             log.info("index: %s; rebuilding from the database", e.message)
             self.rebuild()
             self.loaded_from = "database"
+            self._try_save()
         self.sync()
         self.loaded_at = time.time()
         return self.loaded_from
@@ -109,6 +110,13 @@ class IndexKeeper:
             with self.lock:
                 applied += self.indexes.apply(
                     (c.seq, c.action, c.signal_id, c.signal) for c in changes)
+
+    def _try_save(self) -> None:
+        # A snapshot only speeds up the next start; failing to write one must not stop this one.
+        try:
+            self.save_snapshot()
+        except OSError as e:
+            log.warning("index: could not write a snapshot to %s: %s", self.snapshot_path, e)
 
     def save_snapshot(self) -> Path:
         with self.lock:
