@@ -16,7 +16,8 @@ def build_registry(settings: Settings, *, migrate: bool | None = None, load_inde
                    ) -> Registry:
     """A ready Registry. ``migrate`` applies pending migrations (the embedded default does this
     on every start; default: only for SQLite, PostgreSQL is migrated explicitly with
-    ``takedown db upgrade``); ``load_index`` loads the snapshot (or rebuilds) and replays the log tail."""
+    ``takedown db upgrade``); ``load_index`` loads the snapshot (or rebuilds) and replays the
+    log tail."""
     single_thread()
     store = Store(settings.resolved_database_url)
     try:

@@ -77,7 +77,8 @@ class Settings:
         for kind in (SignalKind.PDQ, SignalKind.PHASH):
             t = self.thresholds(kind)
             if t.weak >= kind.bits // 2:
-                raise ConfigError(f"The {kind.value} weak threshold must be below {kind.bits // 2}.")
+                raise ConfigError(
+                    f"The {kind.value} weak threshold must be below {kind.bits // 2}.")
         if self.max_image_pixels <= 0 or self.max_upload_bytes <= 0 or self.max_queries <= 0:
             raise ConfigError("Size limits must be positive.")
         if self.pin_kdf_n < 2 or self.pin_kdf_n & (self.pin_kdf_n - 1):

@@ -65,9 +65,9 @@ def digests_of(data: bytes) -> tuple[Signal, Signal]:
     )
 
 
-def compute_signals(data: bytes, options: DecodeOptions = DecodeOptions()) -> ImageSignals:
+def compute_signals(data: bytes, options: DecodeOptions | None = None) -> ImageSignals:
     """Decode in memory and compute every signal; the bytes are not kept."""
-    img = decode_image(data, options)
+    img = decode_image(data, options or DecodeOptions())
     pdq, quality = pdq_of(img)
     md5, sha256 = digests_of(data)
     return ImageSignals(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from registry.index.base import Codes, Ids, SearchResult, check_codes
 
@@ -31,10 +32,11 @@ class BruteForceIndex:
         self._ids, self._codes = self._ids[keep], self._codes[keep]
         return removed
 
-    def distances(self, query: Codes) -> np.ndarray:
+    def distances(self, query: Codes) -> npt.NDArray[np.int32]:
         """Distance from one query (shape (bits//8,)) to every stored code."""
         x = np.bitwise_xor(self._codes, query[None, :])
-        return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+        counts: npt.NDArray[np.int32] = np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+        return counts
 
     def search(self, queries: Codes, radius: int) -> list[SearchResult]:
         queries = check_codes(queries, self._bits)

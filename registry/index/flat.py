@@ -129,7 +129,8 @@ class FlatIndex:
         self._tomb_array = np.zeros(0, dtype=np.int64)
 
     @classmethod
-    def from_arrays(cls, bits: int, ids: Ids, codes: Codes, compact_ratio: float = 0.1) -> FlatIndex:
+    def from_arrays(cls, bits: int, ids: Ids, codes: Codes, compact_ratio: float = 0.1
+                    ) -> FlatIndex:
         index = cls(bits, compact_ratio)
         codes = check_codes(codes, bits)
         if len(codes):
@@ -142,4 +143,5 @@ def _codes_of(index: faiss.IndexBinaryFlat) -> Codes:
     n = int(index.ntotal)
     if n == 0:
         return np.zeros((0, index.code_size), dtype=np.uint8)
-    return faiss.vector_to_array(index.xb).reshape(n, index.code_size)
+    codes: Codes = faiss.vector_to_array(index.xb).reshape(n, index.code_size)  # type: ignore[attr-defined]
+    return codes

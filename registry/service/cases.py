@@ -126,10 +126,7 @@ def status(store: Store, settings: Settings, number: str, pin: str) -> CaseView:
 def withdraw(store: Store, settings: Settings, number: str, pin: str | None,
              actor: str = "submitter") -> CaseView:
     """Withdraw with the PIN (submitter) or without it (``pin=None``: operator, audited)."""
-    if pin is not None:
-        case = _authenticate(store, settings, number, pin)
-    else:
-        case = _find(store, number)
+    case = _find(store, number) if pin is None else _authenticate(store, settings, number, pin)
     with store.transaction() as tx:
         fresh = tx.cases.get(case.number, for_update=True)
         assert fresh is not None

@@ -95,7 +95,8 @@ class CaseRepository:
         row = self.s.scalar(stmt)
         return _case(row) if row else None
 
-    def list(self, status: CaseStatus | None = None, limit: int = 100, offset: int = 0) -> list[Case]:
+    def list(self, status: CaseStatus | None = None, limit: int = 100, offset: int = 0
+             ) -> list[Case]:
         stmt = select(CaseRow).order_by(CaseRow.id.desc()).limit(limit).offset(offset)
         if status is not None:
             stmt = stmt.where(CaseRow.status == status.value)
@@ -131,7 +132,8 @@ class SignalRepository:
         self.s = session
 
     def add_many(self, bank_id: int, case_id: int | None,
-                 signals: Sequence[tuple[Signal, str, int | None]], pipeline_version: int) -> list[int]:
+                 signals: Sequence[tuple[Signal, str, int | None]], pipeline_version: int
+                 ) -> list[int]:
         """Insert ``(signal, label, quality)`` rows; return their ids in order."""
         ts = now()
         rows = [SignalRow(case_id=case_id, bank_id=bank_id, kind=sig.kind.value, value=sig.hex,
@@ -207,7 +209,8 @@ class SignalRepository:
 
 
 def _registered(row: SignalRow, bank: str, number: str | None) -> RegisteredSignal:
-    return RegisteredSignal(id=row.id, signal=Signal(SignalKind(row.kind), bytes.fromhex(row.value)),
+    signal = Signal(SignalKind(row.kind), bytes.fromhex(row.value))
+    return RegisteredSignal(id=row.id, signal=signal,
                             bank=bank, status=SignalStatus(row.status), case_number=number,
                             label=row.label)
 
@@ -233,7 +236,8 @@ class PlatformRepository:
         return _platform(row) if row else None
 
     def list(self) -> list[Platform]:
-        return [_platform(r) for r in self.s.scalars(select(PlatformRow).order_by(PlatformRow.name))]
+        rows = self.s.scalars(select(PlatformRow).order_by(PlatformRow.name))
+        return [_platform(r) for r in rows]
 
     def revoke(self, platform_id: int) -> None:
         self.s.execute(update(PlatformRow).where(PlatformRow.id == platform_id)

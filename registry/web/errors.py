@@ -30,7 +30,7 @@ STATUS: dict[type[e.RegistryError], int] = {
 def status_of(err: e.RegistryError) -> int:
     for cls in type(err).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 
