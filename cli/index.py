@@ -17,12 +17,16 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def upgrade(ctx: Context) -> None:
+def upgrade(ctx: Context, as_json: bool) -> None:
     """Apply pending migrations to the configured database."""
     revision = upgrade_database(ctx.settings)
-    click.echo(f"Database is at revision {revision}.")
+    if as_json:
+        emit_json({"revision": revision})
+    else:
+        click.echo(f"Database is at revision {revision}.")
 
 
 @cli.group()
@@ -90,9 +94,13 @@ def stats(ctx: Context, as_json: bool) -> None:
 
 
 @index.command("snapshot")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 @handle_errors
-def snapshot(ctx: Context) -> None:
+def snapshot(ctx: Context, as_json: bool) -> None:
     """Write a snapshot of the current index (atomic) for fast restarts."""
     path = ctx.registry().save_snapshot()
-    click.echo(f"Snapshot written to {path}.")
+    if as_json:
+        emit_json({"snapshot": path})
+    else:
+        click.echo(f"Snapshot written to {path}.")
