@@ -195,11 +195,6 @@ def test_save_and_load_then_continue_the_log(tmp_path: Path) -> None:
     assert 101 not in live(loaded, PDQ)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: IndexSet.apply advances position before the batched adds are flushed "
-    "(registry/index/catalog.py apply): if a flush fails, the entries are skipped forever",
-)
 def test_a_failed_apply_does_not_skip_entries() -> None:
     rng = np.random.default_rng(5)
     good = random_signal(rng, PDQ)

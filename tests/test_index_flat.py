@@ -480,11 +480,6 @@ def test_bits_must_be_a_multiple_of_8() -> None:
         FlatIndex(60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: FlatIndex.__len__ subtracts tombstoned ids, not tombstoned rows "
-    "(registry/index/flat.py __len__/remove), so an id added twice then removed still counts",
-)
 def test_len_matches_export_when_an_id_is_added_twice() -> None:
     rng = np.random.default_rng(31)
     codes = random_codes(rng, 2, 64)

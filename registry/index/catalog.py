@@ -38,21 +38,26 @@ class IndexSet:
         """Apply change-log entries ``(seq, action, signal_id, signal)`` in order; entries at or
         below the current position are skipped, so replaying a tail twice is harmless."""
         applied = 0
+        pending = self.position  # the position advances only once its entries are applied
         adds: dict[SignalKind, tuple[list[int], list[bytes]]] = {}
         for seq, action, signal_id, signal in changes:
-            if seq <= self.position:
+            if seq <= pending:
                 continue
             if signal.kind in self.indexes:
+                if len(signal.value) != signal.kind.bits // 8:
+                    raise ValueError(f"change {seq}: a {signal.kind.value} code of wrong width")
                 if action is ChangeAction.ADD:
                     ids, codes = adds.setdefault(signal.kind, ([], []))
                     ids.append(signal_id)
                     codes.append(signal.value)
                 else:
                     self._flush(adds)
+                    self.position = pending
                     self.indexes[signal.kind].remove(np.array([signal_id], dtype=np.int64))
-            self.position = seq
+            pending = seq
             applied += 1
         self._flush(adds)
+        self.position = pending
         return applied
 
     def _flush(self, adds: dict[SignalKind, tuple[list[int], list[bytes]]]) -> None:

@@ -30,6 +30,7 @@ class FlatIndex:
         self._delta_ids = np.zeros(0, dtype=np.int64)
         self._tombstones: set[int] = set()
         self._tomb_array = np.zeros(0, dtype=np.int64)
+        self._dead_rows = 0  # rows whose id is tombstoned (an id may own several rows)
 
     # --- interface -------------------------------------------------------------------------
     @property
@@ -37,7 +38,7 @@ class FlatIndex:
         return self._bits
 
     def __len__(self) -> int:
-        return int(self._base.ntotal + self._delta.ntotal) - len(self._tombstones)
+        return int(self._base.ntotal + self._delta.ntotal) - self._dead_rows
 
     def add(self, ids: Ids, codes: Codes) -> None:
         codes = check_codes(codes, self._bits)
@@ -58,13 +59,17 @@ class FlatIndex:
         if not wanted:
             return 0
         wanted_arr = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
-        found = set(self._base_ids[np.isin(self._base_ids, wanted_arr)].tolist())
-        found |= set(self._delta_ids[np.isin(self._delta_ids, wanted_arr)].tolist())
-        self._tombstones |= found
+        in_base = self._base_ids[np.isin(self._base_ids, wanted_arr)]
+        in_delta = self._delta_ids[np.isin(self._delta_ids, wanted_arr)]
+        rows = len(in_base) + len(in_delta)
+        if not rows:
+            return 0
+        self._tombstones |= set(in_base.tolist()) | set(in_delta.tolist())
         self._tomb_array = np.array(sorted(self._tombstones), dtype=np.int64)
-        if len(self._tombstones) > max(1024, self._ratio * (len(self) + len(self._tombstones))):
+        self._dead_rows += rows
+        if self._dead_rows > max(1024, self._ratio * (len(self) + self._dead_rows)):
             self.compact()
-        return len(found)
+        return rows
 
     def search(self, queries: Codes, radius: int) -> list[SearchResult]:
         queries = check_codes(queries, self._bits)
@@ -107,7 +112,7 @@ class FlatIndex:
             "live": len(self),
             "base": int(self._base.ntotal),
             "delta": int(self._delta.ntotal),
-            "tombstones": len(self._tombstones),
+            "tombstones": self._dead_rows,
             "bytes": int(self.memory_bytes),
         }
 
@@ -127,12 +132,15 @@ class FlatIndex:
         self._delta_ids = np.zeros(0, dtype=np.int64)
         self._tombstones = set()
         self._tomb_array = np.zeros(0, dtype=np.int64)
+        self._dead_rows = 0
 
     @classmethod
     def from_arrays(cls, bits: int, ids: Ids, codes: Codes, compact_ratio: float = 0.1
                     ) -> FlatIndex:
         index = cls(bits, compact_ratio)
         codes = check_codes(codes, bits)
+        if len(ids) != len(codes):
+            raise ValueError("ids and codes differ in length")
         if len(codes):
             index._base.add(codes)
         index._base_ids = np.asarray(ids, dtype=np.int64).copy()

@@ -1,6 +1,7 @@
 """Index snapshots: one file holding every kind's (ids, codes) and the change-log position.
 
-Layout: ``TRIDX\\x01`` magic, a little-endian u32 header length, a JSON header
+Layout: ``TRIDX\\x02`` magic, a little-endian u32 header length and u32 CRC-32 of the header,
+a JSON header
 ``{"format": 1, "position": int, "created": float, "sections": [{"kind", "bits", "count",
 "offset", "crc32"}]}``, then per section ``count`` int64 ids followed by ``count * bits/8`` code
 bytes. Written to a temporary file in the same folder, fsynced, then renamed: a reader sees the old
@@ -22,8 +23,9 @@ import numpy as np
 from registry.errors import SnapshotError
 from registry.index.base import Codes, Ids
 
-MAGIC = b"TRIDX\x01"
-FORMAT = 1
+MAGIC = b"TRIDX\x02"
+FORMAT = 2
+_PREFIX = len(MAGIC) + 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,7 @@ def save(path: Path, position: int, sections: list[Section]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<I", len(head)) + head)
+            f.write(MAGIC + struct.pack("<II", len(head), zlib.crc32(head)) + head)
             for s in sections:
                 f.write(np.ascontiguousarray(s.ids, dtype="<i8").data)
                 f.write(np.ascontiguousarray(s.codes, dtype=np.uint8).data)
@@ -68,12 +70,17 @@ def load(path: Path) -> tuple[int, list[Section]]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise SnapshotError(f"No index snapshot at {path}.") from None
-    if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + 4:
-        raise SnapshotError(f"{path} is not an index snapshot.")
-    (head_len,) = struct.unpack_from("<I", raw, len(MAGIC))
-    body_start = len(MAGIC) + 4 + head_len
+    if not raw.startswith(MAGIC):
+        raise SnapshotError(f"{path} is not an index snapshot (or of an older format).")
+    if len(raw) < _PREFIX:
+        raise SnapshotError(f"{path} is corrupt: it is truncated.")
+    head_len, head_crc = struct.unpack_from("<II", raw, len(MAGIC))
+    body_start = _PREFIX + head_len
+    head = raw[_PREFIX:body_start]
+    if len(head) != head_len or zlib.crc32(head) != head_crc:
+        raise SnapshotError(f"{path} is corrupt: its header fails its checksum.")
     try:
-        header = json.loads(raw[len(MAGIC) + 4 : body_start])
+        header = json.loads(head)
         if header["format"] != FORMAT:
             raise SnapshotError(f"{path} has snapshot format {header['format']}; want {FORMAT}.")
         sections = []
