@@ -1,0 +1,116 @@
+"""Test images generated in code, so tests need no binary fixtures and are reproducible.
+
+Every generator is deterministic: the same arguments give the same pixels on every machine
+(numpy's PCG64 generator and Pillow's resampling are both platform independent).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+
+def photo_like(seed: int, size: tuple[int, int] = (256, 192)) -> Image.Image:
+    """A smooth random RGB image, like a photo's low frequencies: coarse noise upscaled + blur.
+
+    Large structures give PDQ a high quality score and make hashes stable under re-encoding.
+    """
+    rng = np.random.default_rng(seed)
+    width, height = size
+    coarse = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse, "RGB").resize((width, height), Image.Resampling.BICUBIC)
+    # A second, finer layer of detail, so the image is not only a few blobs.
+    fine = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    detail = Image.fromarray(fine, "RGB").resize((width, height), Image.Resampling.BILINEAR)
+    img = Image.blend(img, detail, 0.3)
+    return img.filter(ImageFilter.GaussianBlur(radius=max(1, min(width, height) // 150)))
+
+
+def gradient(size: tuple[int, int] = (256, 256)) -> Image.Image:
+    """A diagonal RGB gradient: red grows left to right, green top to bottom, blue crosswise."""
+    width, height = size
+    x = np.linspace(0, 255, width)[None, :].repeat(height, axis=0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, axis=1)
+    rgb = np.stack([x, y, (x + 255 - y) / 2], axis=-1)
+    return Image.fromarray(np.rint(rgb).astype(np.uint8), "RGB")
+
+
+def blurred_checkerboard(size: tuple[int, int] = (256, 256), cells: int = 7) -> Image.Image:
+    """A greyscale checkerboard of ``cells`` x ``cells`` squares shifted off the image grid
+    (a board aligned with the image is so symmetric its pHash is almost all zeros), softened by
+    a Gaussian blur."""
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width]
+    cx = (xs + width // (3 * cells)) * cells // width
+    cy = (ys + height // (5 * cells)) * cells // height
+    board = ((cx + cy) % 2 * 255).astype(np.uint8)
+    return Image.fromarray(board, "L").filter(ImageFilter.GaussianBlur(radius=3))
+
+
+def rings(size: tuple[int, int] = (256, 256)) -> Image.Image:
+    """Concentric colour rings, off centre (so the image is not symmetric)."""
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    r = np.hypot(xs - width * 0.4, ys - height * 0.35)
+    rgb = np.stack(
+        [127.5 + 127.5 * np.sin(r / 9), 127.5 + 127.5 * np.cos(r / 13), 255 * xs / width],
+        axis=-1,
+    )
+    return Image.fromarray(np.rint(rgb).astype(np.uint8), "RGB")
+
+
+def encode(img: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90, **params: object) -> bytes:
+    return encode(img, "JPEG", quality=quality, **params)
+
+
+def png_bytes(img: Image.Image, **params: object) -> bytes:
+    return encode(img, "PNG", **params)
+
+
+def png_header_only(width: int, height: int, *, bit_depth: int = 8, colour: int = 2) -> bytes:
+    """A valid PNG signature and IHDR chunk declaring ``width`` x ``height``, with one tiny IDAT
+    and IEND: a 'decompression bomb' header costing under 100 bytes."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A real decompression bomb: an all-zero 1-bit greyscale PNG of ``width`` x ``height``,
+    compressed to a few kilobytes per hundred megapixels (streamed, never held uncompressed)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed 1-bit pixels
+    comp = zlib.compressobj(9)
+    parts = [comp.compress(row * min(height, 1024)) for _ in range(height // 1024)]
+    parts.append(comp.compress(row * (height % 1024)))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )
