@@ -208,6 +208,14 @@ def _dist_version(name: str) -> str:
         return "unknown"
 
 
+def to_json(result: dict[str, Any]) -> str:
+    """Indented JSON, with one line per image record so the file stays short and diffable."""
+    head = {k: v for k, v in result.items() if k != "per_image"}
+    text = json.dumps(head, indent=1)[:-2]
+    rows = ",\n  ".join(json.dumps(r, separators=(",", ":")) for r in result["per_image"])
+    return f'{text},\n "per_image": [\n  {rows}\n ]\n}}\n'
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -257,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "per_image": records,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(to_json(result))
 
     a = result["all"]
     print(json.dumps(a, indent=1))
