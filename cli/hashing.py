@@ -24,27 +24,30 @@ def _options(settings: Settings) -> DecodeOptions:
                          settings.jpeg_draft_size)
 
 
-def _hash_files(files: tuple[str, ...], settings: Settings
+def _hash_files(files: tuple[str, ...], settings: Settings, registration: bool = False
                 ) -> Iterator[tuple[str, ImageSignals | RegistryError]]:
     options = _options(settings)
     with click.progressbar(files, label="Hashing", file=sys.stderr,
                            hidden=not show_progress(len(files))) as bar:
         for path in bar:
             try:
-                yield path, compute_signals(read_file(path, settings.max_upload_bytes), options)
+                data = read_file(path, settings.max_upload_bytes)
+                yield path, compute_signals(data, options, registration=registration)
             except RegistryError as e:
                 yield path, e
 
 
 @cli.command("hash")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--variants", is_flag=True,
+              help="Also compute the registered views (mirror, crops, rotations).")
 @FILES
 @click.pass_obj
 @handle_errors
-def hash_cmd(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
+def hash_cmd(ctx: Context, as_json: bool, variants: bool, files: tuple[str, ...]) -> None:
     """Compute the signals of image FILES locally (nothing is sent or stored)."""
     failed = False
-    for path, result in _hash_files(files, ctx.settings):
+    for path, result in _hash_files(files, ctx.settings, registration=variants):
         if isinstance(result, RegistryError):
             failed = True
             _report_error(path, result, as_json)
@@ -74,7 +77,7 @@ def submit(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
     Hashing happens here; only the signals are stored. Nothing is registered unless every file
     hashes cleanly."""
     images = []
-    for path, result in _hash_files(files, ctx.settings):
+    for path, result in _hash_files(files, ctx.settings, registration=True):
         if isinstance(result, RegistryError):
             raise type(result)(f"{path}: {result.message}")
         images.append(SubmittedImage.from_image(result))

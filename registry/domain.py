@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -105,6 +106,8 @@ class Signal:
                 )
         elif self.hex in _EMPTY_DIGESTS:
             raise DegenerateHash(f"This {self.kind.value} digest is that of an empty file.")
+        elif len(set(self.value)) == 1 and self.value[0] in (0, 255):
+            raise DegenerateHash(f"This {self.kind.value} digest is all zeros or all ones.")
 
     def __sub__(self, other: Signal) -> int:
         if other.kind is not self.kind:
@@ -242,7 +245,7 @@ def generate_pin() -> str:
 
 def normalise_pin(text: str) -> str:
     """Digits only, so ``1234 5678 9012`` and ``123456789012`` are the same PIN."""
-    return "".join(c for c in text if c.isdigit())
+    return "".join(str(unicodedata.decimal(c)) for c in text if c.isdecimal())
 
 
 # --- matching ---------------------------------------------------------------------------------

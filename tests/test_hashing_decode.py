@@ -111,12 +111,6 @@ def test_malformed_exif_does_not_reject_the_image_in_production():
         assert s.pdq == compute_signals(jpeg_bytes(photo_like(3, (200, 150)))).pdq
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: decode_image lets Pillow's UserWarning('Corrupt EXIF data...') escape from "
-    "Image.open; under warnings-as-errors (this suite, python -W error) it is raised as a "
-    "non-ImageError exception instead of the image decoding",
-)
 def test_malformed_exif_does_not_reject_the_image_whatever_the_warning_filters():
     # The project's pytest configuration turns warnings into errors.
     s = compute_signals(jpeg_with_corrupt_exif())
@@ -209,11 +203,6 @@ def test_gif_transparent_index_is_black():
     assert decoded[indices != 5].any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: to_rgb flattens tRNS transparency only for mode P; an RGB or L PNG with a "
-    "tRNS chunk keeps the transparent colour instead of becoming black",
-)
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_trns_colour_key_is_flattened_onto_black(mode):
     rgb = np.zeros((20, 20, 3), np.uint8)
@@ -512,12 +501,6 @@ def test_jpeg_header_declaring_huge_size():
     expect(errors.ImageTooLarge, "image_too_large", bytes(data))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: decode_image turns Pillow's own DecompressionBombWarning (Image.MAX_IMAGE_PIXELS"
-    " = 89,478,485) into ImageTooLarge, so max_pixels above ~89.5 MP is not honoured and the "
-    "message claims the image exceeds the configured limit",
-)
 def test_max_pixels_above_pillows_default_is_honoured():
     # 9500 x 9500 = 90.25 MP: under the configured 200 MP, over Pillow's default. The header
     # has no pixel data, so the right outcome is TruncatedImage, not ImageTooLarge.

@@ -179,7 +179,7 @@ def test_operator_case_verbs(registry):
 
 
 def test_platform_keys(registry):
-    platform, key = registry.add_platform("example-app", [Scope.MATCH])
+    _, key = registry.add_platform("example-app", [Scope.MATCH])
     assert key.startswith("trk_") and len(key) > 40
     assert registry.authenticate(key, Scope.MATCH).name == "example-app"
     with pytest.raises(Forbidden):

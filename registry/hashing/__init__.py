@@ -6,6 +6,7 @@ and the exact digests from it. Nothing here writes anywhere: bytes in, values ou
 """
 
 from registry.hashing.decode import DecodeOptions, decode_image
-from registry.hashing.signals import PIPELINE_VERSION, ImageSignals, compute_signals
+from registry.hashing.signals import PIPELINE_VERSION, ImageSignals, Variant, compute_signals
 
-__all__ = ["PIPELINE_VERSION", "DecodeOptions", "ImageSignals", "compute_signals", "decode_image"]
+__all__ = ["PIPELINE_VERSION", "DecodeOptions", "ImageSignals", "Variant", "compute_signals",
+           "decode_image"]

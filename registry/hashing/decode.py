@@ -41,9 +41,14 @@ def decode_image(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image
         )
     # Truncated files must fail, never be half-hashed; this is Pillow's default, asserted here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    if Image.MAX_IMAGE_PIXELS is not None and options.max_pixels > Image.MAX_IMAGE_PIXELS:
+        # Our own limit, checked from the header below, replaces Pillow's lower default.
+        Image.MAX_IMAGE_PIXELS = options.max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns about oddities it recovers from (corrupt EXIF, bomb-sized images we
+            # check ourselves); none of them is the caller's business.
+            warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_pixels(img.size, options.max_pixels)
             if img.format == "JPEG" and options.draft_size > 0:
@@ -88,13 +93,14 @@ def _oriented(img: Image.Image) -> Image.Image:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB with alpha flattened onto black."""
     mode = img.mode
-    if mode == "RGB":
+    keyed = "transparency" in img.info and mode in ("P", "L", "RGB")  # a tRNS colour key
+    if mode == "RGB" and not keyed:
         return img
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         wide = np.asarray(img, dtype=np.float64)
         grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
-    if (mode == "P" and "transparency" in img.info) or mode in ("PA", "LA", "La", "RGBa"):
+    if keyed or mode in ("PA", "LA", "La", "RGBa"):
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode == "RGBA":

@@ -1,4 +1,11 @@
-"""Signals of one image: PDQ (256-bit, with quality), pHash (64-bit), MD5 and SHA-256.
+"""Signals of one image: PDQ (256-bit, with quality), pHash (64-bit), MD5 and SHA-256, plus the
+views the matching pipeline adds (docs/accuracy.md):
+
+- ``content``: PDQ of the picture found inside borders, caption bars or screenshot chrome
+  (:mod:`registry.hashing.content`), when that differs from the whole image; queries and
+  registrations both carry it;
+- ``variants``: for registration only, PDQ of mirrored, cropped and rotated views of the
+  (trimmed) original (:mod:`registry.hashing.variants`).
 
 PDQ uses the ``pdqhash`` package with Meta's hex convention (the 256 bits in order read as one
 big-endian number). pHash is ``imagehash.phash`` itself on the same decoded image, so it is
@@ -16,10 +23,21 @@ import pdqhash
 from PIL import Image
 
 from registry.domain import Signal, SignalKind
+from registry.hashing.content import content_box
 from registry.hashing.decode import DecodeOptions, decode_image
+from registry.hashing.variants import registration_views
 
 # Stored with every registered signal, so a later pipeline change can re-hash or migrate.
-PIPELINE_VERSION = 1
+# 1: PDQ/pHash/digests of the whole image. 2: + content box and registration variants.
+PIPELINE_VERSION = 2
+_MIN_TRIM = 0.01  # a content box must shave at least this fraction to count as different
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    label: str
+    pdq: Signal
+    quality: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +49,14 @@ class ImageSignals:
     sha256: Signal
     width: int
     height: int
+    content: Variant | None = None
+    variants: tuple[Variant, ...] = ()
 
     def signals(self) -> tuple[Signal, ...]:
         return (self.pdq, self.phash, self.md5, self.sha256)
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "pdq": self.pdq.hex,
             "pdq_quality": self.pdq_quality,
             "phash": self.phash.hex,
@@ -44,6 +64,12 @@ class ImageSignals:
             "sha256": self.sha256.hex,
             "pipeline_version": PIPELINE_VERSION,
         }
+        if self.content is not None:
+            out["pdq_content"] = self.content.pdq.hex
+            out["pdq_content_quality"] = self.content.quality
+        if self.variants:
+            out["pdq_variants"] = {v.label: v.pdq.hex for v in self.variants}
+        return out
 
 
 def pdq_of(img: Image.Image) -> tuple[Signal, int]:
@@ -65,11 +91,25 @@ def digests_of(data: bytes) -> tuple[Signal, Signal]:
     )
 
 
-def compute_signals(data: bytes, options: DecodeOptions | None = None) -> ImageSignals:
-    """Decode in memory and compute every signal; the bytes are not kept."""
+def _variant(label: str, img: Image.Image) -> Variant:
+    pdq, quality = pdq_of(img)
+    return Variant(label, pdq, quality)
+
+
+def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
+                    registration: bool = False) -> ImageSignals:
+    """Decode in memory and compute every signal; the bytes are not kept. With
+    ``registration`` the variants of the original are computed too."""
     img = decode_image(data, options or DecodeOptions())
     pdq, quality = pdq_of(img)
     md5, sha256 = digests_of(data)
+    box = content_box(img)
+    trimmed = (box[2] - box[0]) * (box[3] - box[1]) < (1 - _MIN_TRIM) * img.width * img.height
+    base = img.crop(box) if trimmed else img
+    content = _variant("content", base) if trimmed else None
+    variants: tuple[Variant, ...] = ()
+    if registration:
+        variants = tuple(_variant(label, view) for label, view in registration_views(base))
     return ImageSignals(
         pdq=pdq,
         pdq_quality=quality,
@@ -78,4 +118,6 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None) -> ImageS
         sha256=sha256,
         width=img.width,
         height=img.height,
+        content=content,
+        variants=variants,
     )

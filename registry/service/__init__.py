@@ -31,8 +31,9 @@ class Registry:
         s = self.settings
         return DecodeOptions(s.max_image_pixels, s.max_upload_bytes, s.jpeg_draft_size)
 
-    def hash_image(self, data: bytes) -> ImageSignals:
-        return compute_signals(data, self.decode_options)
+    def hash_image(self, data: bytes, *, registration: bool = False) -> ImageSignals:
+        """Signals of an image held in memory; ``registration`` adds the registered views."""
+        return compute_signals(data, self.decode_options, registration=registration)
 
     # --- cases ---------------------------------------------------------------------------------
     def submit_case(self, images: Sequence[SubmittedImage]) -> CaseReceipt:

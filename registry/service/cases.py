@@ -26,6 +26,7 @@ from registry.service import pins
 from registry.store import Store, Transaction
 
 MAX_IMAGES_PER_CASE = 50
+MAX_SIGNALS_PER_IMAGE = 32
 _MAX_LOCK = timedelta(hours=24)
 
 
@@ -35,10 +36,28 @@ class SubmittedImage:
 
     signals: tuple[Signal, ...]
     pdq_quality: int | None = None
+    # Labelled PDQ hashes of views of the image (content box, mirror, crops, rotations) with
+    # their quality; views below the quality floor are dropped, not refused.
+    views: tuple[tuple[str, Signal, int], ...] = ()
 
     @classmethod
     def from_image(cls, image: ImageSignals) -> SubmittedImage:
-        return cls(image.signals(), image.pdq_quality)
+        views = [(v.label, v.pdq, v.quality) for v in image.variants]
+        if image.content is not None:
+            views.insert(0, ("content", image.content.pdq, image.content.quality))
+        return cls(image.signals(), image.pdq_quality, tuple(views))
+
+    def rows(self, min_quality: int) -> list[tuple[Signal, str, int | None]]:
+        """``(signal, label, quality)`` of everything to store for this image."""
+        out: list[tuple[Signal, str, int | None]] = [
+            (s, "full" if s.kind.perceptual else "",
+             self.pdq_quality if s.kind is SignalKind.PDQ else None) for s in self.signals]
+        seen = {s.value for s in self.signals}
+        for label, signal, quality in self.views:
+            if quality >= min_quality and signal.value not in seen:
+                seen.add(signal.value)
+                out.append((signal, label, quality))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +111,13 @@ def validate_submission(images: Sequence[SubmittedImage], settings: Settings) ->
                 )
         for s in image.signals:
             s.check_not_degenerate()
+        if len(image.signals) + len(image.views) > MAX_SIGNALS_PER_IMAGE:
+            raise InvalidInput(
+                f"Image {n} has more than {MAX_SIGNALS_PER_IMAGE} signals and views.")
+        for label, view, _quality in image.views:
+            if view.kind is not SignalKind.PDQ or not label or len(label) > 32:
+                raise InvalidInput(f"Image {n}: views are labelled PDQ hashes.")
+            view.check_not_degenerate()
 
 
 def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage]) -> CaseReceipt:
@@ -102,8 +128,7 @@ def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage]) -
         bank_id = tx.banks.ensure(SUBMISSIONS_BANK, BankKind.SUBMISSIONS, "Cases from submitters")
         number = _new_number(tx)
         case_id = tx.cases.add(number, pin_hash)
-        rows = [(s, "", image.pdq_quality if s.kind is SignalKind.PDQ else None)
-                for image in images for s in image.signals]
+        rows = [row for image in images for row in image.rows(settings.pdq_min_quality)]
         ids = tx.signals.add_many(bank_id, case_id, rows, PIPELINE_VERSION)
         tx.changes.append(ChangeAction.ADD, ids)
         tx.audit.record("submitter", "case_submitted", number,

@@ -44,6 +44,8 @@ def query_of_image(ref: str, image: ImageSignals, settings: Settings) -> Query:
     signals = [image.phash, image.md5, image.sha256]
     if image.pdq_quality >= settings.pdq_min_quality:
         signals.insert(0, image.pdq)
+    if image.content is not None and image.content.quality >= settings.pdq_min_quality:
+        signals.insert(1, image.content.pdq)
     usable = []
     for s in signals:
         try:
@@ -68,12 +70,16 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         registered = tx.signals.get_many(h.signal_id for h in hits)
     per_query: list[list[Match]] = [[] for _ in queries]
     records = []
-    seen: set[tuple[int, int]] = set()
+    # One match per query, signal kind and registered image: the closest of its views.
+    seen: set[tuple[int, SignalKind, str | int]] = set()
     for h in sorted(hits, key=lambda h: (h.query, h.distance, h.signal_id)):
         reg = registered.get(h.signal_id)
-        if reg is None or reg.status is not SignalStatus.ACTIVE or (h.query, h.signal_id) in seen:
+        if reg is None or reg.status is not SignalStatus.ACTIVE:
             continue
-        seen.add((h.query, h.signal_id))
+        key = (h.query, h.kind, reg.case_number or h.signal_id)
+        if key in seen:
+            continue
+        seen.add(key)
         m = _match(h, reg, settings)
         per_query[h.query].append(m)
         records.append((m.match_id, platform_id, h.signal_id, h.distance, h.tier.value))

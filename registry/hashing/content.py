@@ -1,0 +1,106 @@
+"""Finding the picture inside a copy: trimming borders, caption bars and screenshot chrome.
+
+Copies circulate framed: letterboxed, with a uniform border, with a caption bar added above or
+below, or as a phone screenshot (status bar, app header, margins, text under the picture). PDQ
+moves ~38 bits for a 1% shift (docs/accuracy.md), so the picture must be found to within a
+pixel or two. We peel rows and columns from each side while they look like chrome:
+
+- a *flat* row: at least ``flat`` of its pixels within ``tol`` of the row's median colour (a
+  border, a bar, the screen background); it sets the current background colour;
+- a *text* row, right after flat ones: at least ``text_alone`` of its pixels within ``tol`` of
+  that background, or at least ``text`` of them and few mid-tones (``mid``): background plus
+  high-contrast ink.
+
+The same function runs on registered originals and on queries, so whatever it peels from an
+original (a uniform sky, say) it peels from the copy too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), as PIL's crop takes
+
+_WORK_SIDE = 1280  # analyse at most this many pixels per side (keeps it to a few ms)
+
+
+@dataclass(frozen=True, slots=True)
+class TrimRules:
+    tol: int = 24
+    flat: float = 0.93
+    text: float = 0.4
+    text_alone: float = 0.75
+    min_ink: float = 0.02
+    specks: float = 0.85
+    mid: float = 0.15
+    ink: int = 70
+    max_side: float = 0.7  # never peel more than this fraction from one side
+    min_keep: float = 0.1  # a box smaller than this fraction per axis is not trusted
+
+
+def content_box(img: Image.Image, rules: TrimRules | None = None) -> Box:
+    """The box of ``img`` that holds the picture (the whole image when nothing is peeled)."""
+    rules = rules or TrimRules()
+    factor = max(1, -(-max(img.size) // _WORK_SIDE))
+    small = img.reduce(factor) if factor > 1 else img
+    a = np.asarray(small, dtype=np.int16)
+    h, w = a.shape[:2]
+    top, bottom, left, right = 0, h, 0, w
+    for _ in range(3):
+        before = (top, bottom, left, right)
+        top = _peel(a[:, left:right], top, bottom, 1, rules)
+        if top >= bottom:
+            break  # nothing but chrome: a blank image
+        bottom = _peel(a[:, left:right], bottom - 1, top - 1, -1, rules) + 1
+        cols = a[top:bottom].transpose(1, 0, 2)
+        left = _peel(cols, left, right, 1, rules)
+        if left >= right:
+            break
+        right = _peel(cols, right - 1, left - 1, -1, rules) + 1
+        if (top, bottom, left, right) == before:
+            break
+    if bottom - top < rules.min_keep * h or right - left < rules.min_keep * w:
+        return (0, 0, img.width, img.height)
+    scale_x, scale_y = img.width / w, img.height / h
+    return (round(left * scale_x), round(top * scale_y), round(right * scale_x),
+            round(bottom * scale_y))
+
+
+def _peel(a: npt.NDArray[np.int16], start: int, stop: int, step: int, rules: TrimRules) -> int:
+    """Walk lines ``a[start], a[start+step], ...`` while they are chrome; return the first
+    line that is picture."""
+    n = abs(stop - start)
+    limit = int(rules.max_side * a.shape[0])
+    bg: npt.NDArray[np.int16] | None = None
+    line = start
+    if a.shape[1] == 0:
+        return start
+    for _ in range(min(n, limit)):
+        row = a[line]
+        median = np.median(row, axis=0).astype(np.int16)
+        if _near(row, median, rules.tol) >= rules.flat:
+            bg = median
+        elif bg is None or not _is_text(row, bg, rules):
+            return line
+        line += step
+    return line
+
+
+def _near(row: npt.NDArray[np.int16], colour: npt.NDArray[np.int16], tol: int) -> float:
+    return float((np.abs(row - colour).max(axis=1) <= tol).mean())
+
+
+def _is_text(row: npt.NDArray[np.int16], bg: npt.NDArray[np.int16], rules: TrimRules) -> bool:
+    diff = np.abs(row - bg).max(axis=1)
+    near = float((diff <= rules.tol).mean())
+    mid = float(((diff > rules.tol) & (diff < rules.ink)).mean())
+    if near >= rules.specks:  # background with a few specks (the tops of letters, an icon)
+        return True
+    ink = float((diff >= rules.ink).mean())
+    if ink < rules.min_ink:  # no high-contrast ink: a dark or pale part of the picture
+        return False
+    return near >= rules.text_alone or (near >= rules.text and mid <= rules.mid)
