@@ -35,7 +35,8 @@ class TrimRules:
     text: float = 0.4
     text_alone: float = 0.75
     min_ink: float = 0.02
-    specks: float = 0.85
+    specks: float = 0.8
+    max_run: float = 0.25
     mid: float = 0.15
     ink: int = 70
     max_side: float = 0.7  # never peel more than this fraction from one side
@@ -103,4 +104,13 @@ def _is_text(row: npt.NDArray[np.int16], bg: npt.NDArray[np.int16], rules: TrimR
     ink = float((diff >= rules.ink).mean())
     if ink < rules.min_ink:  # no high-contrast ink: a dark or pale part of the picture
         return False
+    if _longest_run(diff > rules.tol) > rules.max_run * len(diff):
+        return False  # one long stretch of non-background: a picture between margins, not text
     return near >= rules.text_alone or (near >= rules.text and mid <= rules.mid)
+
+
+def _longest_run(mask: npt.NDArray[np.bool_]) -> int:
+    if not mask.any():
+        return 0
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
+    return int((edges[1::2] - edges[::2]).max())

@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""Accuracy of the matching pipeline on real photos: recall per transform family, false
+positives with the number of unrelated pairs behind them, distance distributions, thresholds.
+
+Everything goes through the service layer: each registered image becomes its own case with
+``Registry.submit_case`` (the same signals ``takedown submit`` registers), and every query is
+answered by ``Registry.match`` (the same call the CLI and API make). The first pass matches
+with generous thresholds (PDQ 90, pHash 16) so the best distance of every (query, case, signal)
+triple is known; thresholds are derived from the unrelated pairs of the dev split; a second pass
+with the derived thresholds confirms the figures.
+
+Registered images: every original (../shared/data/originals) plus every other people photo
+(even positions of people-lfw and people-humanseg), because the images this registry protects
+are people-centred and photos of people sharing a composition are the near misses. Unrelated
+queries: ImageNet and the other half of the people photos, each against every registered
+image, and every registered image against every other one. Altered copies of every original
+(bench/transforms.py) are generated in memory and queried; nothing is written to disk.
+
+    .venv/bin/python bench/accuracy.py                 # everything (~10 min on 2 cores)
+    .venv/bin/python bench/accuracy.py --limit 40      # a quick look
+Writes docs/accuracy.json, docs/accuracy-*.png and the generated section of docs/accuracy.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from multiprocessing import Pool  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from transforms import variants  # noqa: E402
+
+from registry.bootstrap import build_registry  # noqa: E402
+from registry.config import Settings  # noqa: E402
+from registry.domain import Query, Signal, SignalKind  # noqa: E402
+from registry.hashing import DecodeOptions, ImageSignals, compute_signals  # noqa: E402
+from registry.service import SubmittedImage  # noqa: E402
+
+EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+FP_BUDGET = 1e-6  # false positives per unrelated pair, per signal family (PDQ, pHash)
+WIDE = {"pdq": 90, "phash": 16}  # first-pass thresholds: wide enough to see the distributions
+VARIANTS = variants()
+OPTIONS = DecodeOptions()
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    group: str  # originals | people | imagenet
+    split: str  # dev | holdout
+    role: str  # registered | query
+
+
+def images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTS)
+
+
+def collect(originals: Path, negatives: Path, limit: int | None) -> list[Item]:
+    items: list[Item] = []
+    orig = images(originals)[:limit]
+    items += [Item(str(p), "originals", "dev" if i % 2 == 0 else "holdout", "registered")
+              for i, p in enumerate(orig)]
+    for sub in sorted(d for d in negatives.iterdir() if d.is_dir()):
+        files = images(sub)[: (limit * 4 if limit else None)]
+        people = sub.name.startswith("people")
+        for i, p in enumerate(files):
+            split = "dev" if (i // 2) % 2 == 0 else "holdout"
+            role = "registered" if people and i % 2 == 0 else "query"
+            items.append(Item(str(p), "people" if people else "imagenet", split, role))
+    return items
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _signals_json(s: ImageSignals) -> dict[str, object]:
+    return {**s.to_json(), "content_quality": s.content.quality if s.content else None,
+            "views": [(v.label, v.pdq.hex, v.quality) for v in s.variants]}
+
+
+def hash_registered(path: str) -> tuple[str, dict[str, object], float]:
+    data = Path(path).read_bytes()
+    t = time.perf_counter()
+    signals = compute_signals(data, OPTIONS, registration=True)
+    return path, _signals_json(signals), time.perf_counter() - t
+
+
+def hash_query(job: tuple[str, int | None]) -> tuple[str, int | None, dict[str, object], float]:
+    path, variant = job
+    data = Path(path).read_bytes()
+    if variant is not None:
+        v = VARIANTS[variant]
+        rng = np.random.default_rng(abs(hash((Path(path).name, variant))) % 2**32)
+        data = png(v.apply(Image.open(io.BytesIO(data)).convert("RGB"), rng))
+    t = time.perf_counter()
+    signals = compute_signals(data, OPTIONS)
+    return path, variant, _signals_json(signals), time.perf_counter() - t
+
+
+def submitted(j: dict) -> SubmittedImage:  # type: ignore[type-arg]
+    core = tuple(Signal.parse(k, j[k]) for k in ("pdq", "phash", "md5", "sha256"))
+    views = []
+    if "pdq_content" in j:
+        views.append(("content", Signal.parse("pdq", j["pdq_content"]), j["content_quality"]))
+    views += [(label, Signal.parse("pdq", h), q) for label, h, q in j["views"]]
+    return SubmittedImage(core, j["pdq_quality"], tuple(views))
+
+
+def query_of(ref: str, j: dict, min_quality: int) -> Query:  # type: ignore[type-arg]
+    signals = []
+    for key, kind in (("pdq", "pdq"), ("pdq_content", "pdq"), ("phash", "phash"),
+                      ("md5", "md5"), ("sha256", "sha256")):
+        if key not in j:
+            continue
+        quality = {"pdq": j["pdq_quality"], "pdq_content": j.get("content_quality")}.get(key, 100)
+        if quality is not None and quality < min_quality:
+            continue
+        try:
+            signals.append(Signal.parse(kind, j[key]))
+        except Exception:  # degenerate (blank) hashes are not queried, as in the service
+            continue
+    return Query(ref, tuple(signals))
+
+
+def best_distances(registry, queries: list[Query]) -> list[dict[tuple[str, str], int]]:  # type: ignore[no-untyped-def]
+    """For each query: {(case, signal): best distance} (exact digests as distance 0)."""
+    out = []
+    for i in range(0, len(queries), 500):
+        for result in registry.match(queries[i : i + 500]):
+            best: dict[tuple[str, str], int] = {}
+            for m in result.matches:
+                signal = "exact" if m.tier.value == "exact" else m.signal.value
+                key = (m.case or "", signal)
+                best[key] = min(best.get(key, 999), m.distance)
+            out.append(best)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--originals", type=Path, default=ROOT.parent / "shared/data/originals")
+    ap.add_argument("--negatives", type=Path, default=ROOT.parent / "shared/data/negatives")
+    ap.add_argument("--limit", type=int, default=None, help="originals to use (quick runs)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.json")
+    args = ap.parse_args()
+    for folder in (args.originals, args.negatives):
+        if not folder.is_dir():
+            print(f"skipped: {folder} is absent (evaluation photos are not in the repository; "
+                  "see ../shared/data/README.md)")
+            return 0
+    started = time.time()
+    items = collect(args.originals, args.negatives, args.limit)
+    by_path = {it.path: it for it in items}
+    registered = [it for it in items if it.role == "registered"]
+    originals = [it for it in items if it.group == "originals"]
+    negatives = [it for it in items if it.role == "query"]
+    print(f"{len(registered)} registered ({len(originals)} originals), {len(negatives)} unrelated "
+          f"queries, {len(VARIANTS)} transforms per original", flush=True)
+
+    with Pool(args.workers) as pool:
+        t = time.time()
+        reg = pool.map(hash_registered, [it.path for it in registered], chunksize=8)
+        print(f"hashed registered images in {time.time() - t:.0f} s", flush=True)
+        jobs: list[tuple[str, int | None]] = [(it.path, None) for it in registered + negatives]
+        jobs += [(it.path, v) for it in originals for v in range(len(VARIANTS))]
+        t = time.time()
+        answers = pool.map(hash_query, jobs, chunksize=16)
+        print(f"hashed {len(jobs)} queries in {time.time() - t:.0f} s", flush=True)
+
+    tmp = tempfile.mkdtemp(prefix="takedown-accuracy-")
+    settings = Settings.from_env({}, data_dir=tmp, pin_kdf_n=1024, pdq_strong=WIDE["pdq"],
+                                 pdq_weak=WIDE["pdq"], phash_strong=WIDE["phash"],
+                                 phash_weak=WIDE["phash"])
+    registry = build_registry(settings)
+    case_of: dict[str, str] = {}
+    stored: list[int] = []
+    t = time.time()
+    for path, j, _ in reg:
+        image = submitted(j)
+        receipt = registry.submit_case([image])
+        case_of[path] = receipt.number
+        stored.append(receipt.signals)
+    register_s = time.time() - t
+    path_of = {c: p for p, c in case_of.items()}
+    queries = [query_of(str(n), j, settings.pdq_min_quality) for n, (_, _, j, _) in enumerate(answers)]
+    t = time.time()
+    best = best_distances(registry, queries)
+    match_s = time.time() - t
+    print(f"registered in {register_s:.0f} s, matched {len(queries)} queries in {match_s:.0f} s",
+          flush=True)
+
+    # --- true distances of altered copies, unrelated distances of everything else --------------
+    true_d: dict[str, list[dict[str, int | None]]] = defaultdict(list)  # family -> per copy
+    # (query image, registered image, split, distances, altered copy?)
+    unrelated: list[tuple[str, str, str, dict[str, int]]] = []
+    for (path, variant, _j, _t), b in zip(answers, best, strict=True):
+        own = case_of.get(path) if variant is not None or path in case_of else None
+        per_case: dict[str, dict[str, int]] = defaultdict(dict)
+        for (case, signal), d in b.items():
+            per_case[case][signal] = d
+        if variant is not None:
+            v = VARIANTS[variant]
+            hit = per_case.get(own or "", {})
+            true_d[v.family].append({"pdq": hit.get("pdq"), "phash": hit.get("phash"),
+                                     "exact": hit.get("exact"), "split": by_path[path].split,
+                                     "name": v.name})
+        for case, d in per_case.items():
+            if case == own:
+                continue
+            other = by_path[path_of[case]]
+            split = "dev" if by_path[path].split == other.split == "dev" else (
+                "holdout" if by_path[path].split == other.split == "holdout" else "mixed")
+            unrelated.append((path, path_of[case], split, d))
+    n_reg = len(registered)
+    pairs = {"all": 0, "dev": 0, "holdout": 0, "people": 0}
+    reg_split = defaultdict(int)
+    for it in registered:
+        reg_split[it.split] += 1
+    reg_people = sum(1 for it in registered if it.group == "people")
+    copies_of = len(VARIANTS)
+    for it in registered + negatives + originals * copies_of:  # plain queries, then copies
+        others = n_reg - (1 if it.role == "registered" else 0)
+        pairs["all"] += others
+        same = reg_split[it.split] - (1 if it.role == "registered" else 0)
+        pairs[it.split] += same
+        if it.group == "people":
+            pairs["people"] += reg_people - (1 if it.role == "registered" else 0)
+
+    # Exact duplicates inside the datasets are not unrelated pairs: list them, leave them out.
+    duplicates = [(q, c, d) for q, c, _s, d in unrelated if d.get("exact") == 0]
+    unrelated = [u for u in unrelated if u[3].get("exact") != 0]
+
+    def fp_count(signal: str, threshold: int, split: str) -> int:
+        return sum(1 for _q, _c, s, d in unrelated
+                   if (split == "all" or s == split) and d.get(signal, 999) <= threshold)
+
+    thresholds = {}
+    for signal in ("pdq", "phash"):
+        allowed = FP_BUDGET * pairs["dev"] / 2  # half the budget each, so the union stays within
+        weak = max((t for t in range(WIDE[signal] + 1) if fp_count(signal, t, "dev") <= allowed),
+                   default=0)
+        nearest = min((d[signal] for *_x, d in unrelated if signal in d), default=WIDE[signal])
+        margin = 10 if signal == "pdq" else 3
+        strong = max(0, min(weak, nearest - margin))
+        thresholds[signal] = {"strong": strong, "weak": weak, "nearest_unrelated": nearest,
+                              "fp_dev_at_weak": fp_count(signal, weak, "dev")}
+
+    def caught(d: dict, tier: str) -> bool:  # type: ignore[type-arg]
+        if d.get("exact") == 0:
+            return True
+        return any(d.get(s) is not None and d[s] <= thresholds[s][tier] for s in ("pdq", "phash"))
+
+    families = {}
+    for family, copies in true_d.items():
+        row = {"copies": len(copies)}
+        for split in ("all", "dev", "holdout"):
+            sel = [c for c in copies if split == "all" or c["split"] == split]
+            if sel:
+                row[f"weak_{split}"] = sum(caught(c, "weak") for c in sel) / len(sel)
+                row[f"strong_{split}"] = sum(caught(c, "strong") for c in sel) / len(sel)
+        row["pdq_median"] = float(np.median([c["pdq"] if c["pdq"] is not None else 999
+                                             for c in copies]))
+        by_name: dict[str, list[bool]] = defaultdict(list)
+        for c in copies:
+            by_name[c["name"]].append(caught(c, "weak"))
+        row["by_variant"] = {k: sum(v) / len(v) for k, v in by_name.items()}
+        families[family] = row
+
+    def fp_union(split: str, tier: str) -> int:
+        return sum(1 for _q, _c, s, d in unrelated if (split == "all" or s == split)
+                   and any(d.get(x, 999) <= thresholds[x][tier] for x in ("pdq", "phash")))
+
+    fp = {split: {"pairs": pairs[split], "weak": fp_union(split, "weak"),
+                  "strong": fp_union(split, "strong")} for split in ("all", "dev", "holdout")}
+    people_fp = sum(1 for q, c, _s, d in unrelated if by_path[q].group == "people"
+                    and by_path[c].group == "people"
+                    and any(d.get(x, 999) <= thresholds[x]["weak"] for x in ("pdq", "phash")))
+    fp["people"] = {"pairs": pairs["people"], "weak": people_fp}
+
+    # --- confirm through the service with the derived thresholds ------------------------------
+    final = Settings.from_env({}, data_dir=tmp, pin_kdf_n=1024,
+                              pdq_strong=thresholds["pdq"]["strong"],
+                              pdq_weak=thresholds["pdq"]["weak"],
+                              phash_strong=thresholds["phash"]["strong"],
+                              phash_weak=thresholds["phash"]["weak"])
+    registry.close()
+    confirm = build_registry(final)
+    confirmed_caught = confirmed_fp = 0
+    dup_pairs = {(q, c) for q, c, _ in duplicates}
+    for i in range(0, len(queries), 500):
+        for (path, variant, _j, _t), result in zip(answers[i : i + 500],
+                                                   confirm.match(queries[i : i + 500]),
+                                                   strict=True):
+            own = case_of.get(path)
+            cases = {m.case for m in result.matches}
+            if variant is not None:
+                confirmed_caught += own in cases
+            confirmed_fp += sum(1 for c in cases if c != own
+                                and (path, path_of[c]) not in dup_pairs)
+    confirm.close()
+
+    hash_times = {"register_ms": 1000 * float(np.median([t for *_x, t in reg])),
+                  "query_ms": 1000 * float(np.median([t for *_x, t in answers]))}
+    result = {
+        "command": "python bench/accuracy.py " + shlex.join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+        "seconds": round(time.time() - started),
+        "registered_images": n_reg, "originals": len(originals), "unrelated_queries": len(negatives),
+        "altered_copies": sum(r["copies"] for r in families.values()),
+        "stored_signals_per_image": {"mean": float(np.mean(stored)), "max": int(max(stored))},
+        "thresholds": thresholds, "fp_budget_per_pair": FP_BUDGET,
+        "false_positives": fp, "families": families,
+        "dataset_duplicates": [(Path(q).name, Path(c).name) for q, c, _ in duplicates],
+        "confirmed": {"copies_caught": confirmed_caught,
+                      "copies": sum(r["copies"] for r in families.values()),
+                      "false_positive_pairs": confirmed_fp},
+        "timing": {**hash_times, "match_ms_per_query": 1000 * match_s / max(1, len(queries))},
+        "distances": {
+            "true_pdq": {f: [c["pdq"] for c in cs] for f, cs in true_d.items()},
+            "unrelated_pdq": [d["pdq"] for *_x, d in unrelated if "pdq" in d],
+            "unrelated_phash": [d["phash"] for *_x, d in unrelated if "phash" in d],
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    report(result, args.out)
+    return 0
+
+
+def report(r: dict, out: Path) -> None:  # type: ignore[type-arg]
+    th = r["thresholds"]
+    lines = [
+        f"Command: `{r['command']}` ({r['seconds']} s, {r['started']} UTC)",
+        "",
+        f"Registered images: {r['registered_images']} ({r['originals']} originals + people "
+        f"photos); unrelated queries: {r['unrelated_queries']}; altered copies: "
+        f"{r['altered_copies']}; stored signals per image: mean "
+        f"{r['stored_signals_per_image']['mean']:.1f}, max {r['stored_signals_per_image']['max']}.",
+        "",
+        "| signal | strong ≤ | weak ≤ | nearest unrelated pair | dev FP pairs at weak |",
+        "|---|---|---|---|---|",
+    ]
+    for s, t in th.items():
+        lines.append(f"| {s} | {t['strong']} | {t['weak']} | {t['nearest_unrelated']} | "
+                     f"{t['fp_dev_at_weak']} |")
+    lines += ["", "| family | copies | recall weak (all) | dev | holdout | recall strong | "
+              "median PDQ distance |", "|---|---|---|---|---|---|---|"]
+    for fam, row in r["families"].items():
+        lines.append(f"| {fam} | {row['copies']} | {row['weak_all']:.1%} | "
+                     f"{row.get('weak_dev', 0):.1%} | {row.get('weak_holdout', 0):.1%} | "
+                     f"{row['strong_all']:.1%} | {row['pdq_median']:.0f} |")
+    fp = r["false_positives"]
+    lines += ["", "| unrelated pairs | pairs | false positives (weak) | (strong) |",
+              "|---|---|---|---|"]
+    for split in ("all", "dev", "holdout"):
+        lines.append(f"| {split} | {fp[split]['pairs']:,} | {fp[split]['weak']} | "
+                     f"{fp[split]['strong']} |")
+    lines.append(f"| people vs people | {fp['people']['pairs']:,} | {fp['people']['weak']} | |")
+    c = r["confirmed"]
+    lines += ["", f"Confirmed through `Registry.match` with the derived thresholds: "
+              f"{c['copies_caught']} of {c['copies']} copies matched their case; "
+              f"{c['false_positive_pairs']} unrelated (query, case) matches.",
+              f"Dataset duplicates left out (same file bytes): {len(r['dataset_duplicates'])}.",
+              "", f"Hashing (median, one core): registration {r['timing']['register_ms']:.1f} ms, "
+              f"query {r['timing']['query_ms']:.1f} ms per image; matching "
+              f"{r['timing']['match_ms_per_query']:.2f} ms per query (batches of 500)."]
+    text = "\n".join(lines)
+    print(text)
+    md = out.with_suffix(".md")
+    begin, end = "<!-- generated by bench/accuracy.py -->", "<!-- end generated -->"
+    doc = md.read_text() if md.exists() else f"# Accuracy\n\n{begin}\n{end}\n"
+    if begin in doc and end in doc:
+        head, rest = doc.split(begin, 1)
+        doc = head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+    md.write_text(doc)
+    plots(r, out)
+
+
+def plots(r: dict, out: Path) -> None:  # type: ignore[type-arg]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots")
+        return
+    fams = list(r["families"])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar(fams, [r["families"][f]["weak_all"] * 100 for f in fams], label="weak tier")
+    ax.bar(fams, [r["families"][f]["strong_all"] * 100 for f in fams], alpha=0.6, label="strong")
+    ax.set_ylabel("recall %")
+    ax.set_ylim(0, 100)
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_name("accuracy-recall.png"), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bins = np.arange(0, 92, 2)
+    unrel = [d for d in r["distances"]["unrelated_pdq"] if d is not None]
+    ax.hist(unrel, bins=bins, alpha=0.6, label=f"unrelated (query, case) pairs within 90 bits "
+            f"(n={len(unrel)})", log=True)
+    true_all = [d for ds in r["distances"]["true_pdq"].values() for d in ds if d is not None]
+    ax.hist(true_all, bins=bins, alpha=0.6, label=f"altered copies (n={len(true_all)})", log=True)
+    for tier in ("strong", "weak"):
+        ax.axvline(r["thresholds"]["pdq"][tier], linestyle="--", color="k")
+    ax.set_xlabel("best PDQ distance over views (bits)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_name("accuracy-pdq-distances.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
