@@ -109,7 +109,10 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
     content = _variant("content", base) if trimmed else None
     variants: tuple[Variant, ...] = ()
     if registration:
-        variants = tuple(_variant(label, view) for label, view in registration_views(base))
+        # Views of the original as it is: copies are cut and flipped from what was posted, not
+        # from our trimmed version of it (measured: views of the trimmed base missed 6% of
+        # centred 90% crops of photos whose sky or frame the trimmer peels).
+        variants = tuple(_variant(label, view) for label, view in registration_views(img))
     return ImageSignals(
         pdq=pdq,
         pdq_quality=quality,
