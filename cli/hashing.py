@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import click
 
+from cli import client
 from cli.main import Context, cli, handle_errors
 from cli.output import emit_json, read_file, show_progress
 from registry.config import Settings
@@ -91,18 +93,34 @@ def submit(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@click.option("--url", default=None, help="Registry to ask (platform mode), e.g. "
+              "https://registry.example.org; without it, the local database (operator mode).")
+@click.option("--key", envvar="TAKEDOWN_API_KEY", default=None,
+              help="Platform API key for --url [env TAKEDOWN_API_KEY].")
 @FILES
 @click.pass_obj
 @handle_errors
-def match(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
-    """Hash FILES locally and match them against the local database (operator mode: matches
-    carry their case number). Exit 0 whether or not anything matched; 1 if a file failed."""
-    registry = ctx.registry()
-    failed = False
+def match(ctx: Context, as_json: bool, url: str | None, key: str | None,
+          files: tuple[str, ...]) -> None:
+    """Hash FILES locally and match them. With --url, only the hashes are sent to that
+    registry's API; without it, match against the local database (operator mode: matches carry
+    their case number). Exit 0 whether or not anything matched; 1 if a file failed."""
+    if url and not key:
+        raise click.UsageError("--url needs --key (or TAKEDOWN_API_KEY).")
+    if key and not url:
+        raise click.UsageError("--key is only used with --url.")
     hashed = list(_hash_files(files, ctx.settings))
     good = [(p, r) for p, r in hashed if not isinstance(r, RegistryError)]
-    queries = [registry.query_of_image(p, r) for p, r in good]
-    results = {p: res for (p, _), res in zip(good, registry.match(queries), strict=True)}
+    if url:
+        assert key is not None
+        queries = [client.query_json(p, r, ctx.settings.pdq_min_quality) for p, r in good]
+        answers = client.match(url, key, queries) if queries else []
+        results = {p: a for (p, _), a in zip(good, answers, strict=True)}
+    else:
+        registry = ctx.registry()
+        found = registry.match([registry.query_of_image(p, r) for p, r in good])
+        results = {p: _local_json(res) for (p, _), res in zip(good, found, strict=True)}
+    failed = False
     for path, result in hashed:
         if isinstance(result, RegistryError):
             failed = True
@@ -113,13 +131,18 @@ def match(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-def _print_match(path: str, result: QueryResult, as_json: bool) -> None:
+def _local_json(result: QueryResult) -> dict[str, object]:
+    return {"matched": result.matched,
+            "matches": [m.to_json(with_case=True) for m in result.matches]}
+
+
+def _print_match(path: str, result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        emit_json({"file": path, "matched": result.matched,
-                   "matches": [m.to_json(with_case=True) for m in result.matches]})
+        emit_json({"file": path, "matched": result["matched"], "matches": result["matches"]})
         return
-    if not result.matched:
+    if not result["matched"]:
         click.echo(f"{path}\tno match")
-    for m in result.matches:
-        click.echo(f"{path}\tMATCH case={m.case} tier={m.tier.value} signal={m.signal.value} "
-                   f"distance={m.distance} bank={m.bank} match_id={m.match_id}")
+    for m in result["matches"]:
+        case = f"case={m['case']} " if "case" in m else ""
+        click.echo(f"{path}\tMATCH {case}tier={m['tier']} signal={m['signal']} "
+                   f"distance={m['distance']} bank={m['bank']} match_id={m['match_id']}")

@@ -53,6 +53,10 @@ class Settings:
     pin_kdf_n: int = _setting(2**15, "scrypt cost parameter N for case PINs (power of two).")
     pin_max_failures: int = _setting(5, "Wrong PINs in a row before a case locks.")
     pin_lockout_s: int = _setting(900, "Seconds a case stays locked after too many wrong PINs.")
+    quarantine_after: int = _setting(
+        3, "A hash with this many 'not_violating' reports is quarantined for operator review.")
+    rate_limit: str = _setting(
+        "1200 per minute", "Requests per API key (Flask-Limiter syntax, e.g. '20 per second').")
     compact_ratio: float = _setting(
         0.1, "Compact an index when tombstones or delta exceed this fraction of its size."
     )

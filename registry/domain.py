@@ -294,15 +294,27 @@ class QueryResult:
         return bool(self.matches)
 
 
-def confidence(tier: Tier, distance: int, thresholds: Thresholds | None) -> float:
+def confidence(tier: Tier, distance: int, thresholds: Thresholds | None,
+               not_violating: int = 0) -> float:
     """A score in [0, 1] for routing to review: 1.0 for exact digests, decreasing with distance
-    inside the perceptual tiers (strong matches never fall below 0.75)."""
+    inside the perceptual tiers (strong matches never fall below 0.75); each ``not_violating``
+    report from a platform on this hash halves it."""
     if tier is Tier.EXACT or thresholds is None:
-        return 1.0
-    if tier is Tier.STRONG:
-        return round(1.0 - 0.25 * distance / max(thresholds.strong + 1, 1), 4)
-    span = max(thresholds.weak - thresholds.strong, 1)
-    return round(0.7 - 0.4 * (distance - thresholds.strong - 1) / span, 4)
+        base = 1.0
+    elif tier is Tier.STRONG:
+        base = 1.0 - 0.25 * distance / max(thresholds.strong + 1, 1)
+    else:
+        span = max(thresholds.weak - thresholds.strong, 1)
+        base = 0.7 - 0.4 * (distance - thresholds.strong - 1) / span
+    return round(base * 0.5 ** max(0, not_violating), 4)
+
+
+class Outcome(StrEnum):
+    """What a platform reports after reviewing a match."""
+
+    REMOVED = "removed"
+    NOT_VIOLATING = "not_violating"
+    UNDER_REVIEW = "under_review"
 
 
 # --- records the store returns ----------------------------------------------------------------
@@ -326,6 +338,8 @@ class RegisteredSignal:
     status: SignalStatus
     case_number: str | None
     label: str = ""
+    removed: int = 0
+    not_violating: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,3 +371,23 @@ class Change:
     action: ChangeAction
     signal_id: int
     signal: Signal
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRecord:
+    """One entry of the hash feed: a registered signal became active or was withdrawn."""
+
+    seq: int
+    status: str
+    signal_id: int
+    signal: Signal
+    bank: str
+    label: str
+    pipeline_version: int
+    at: datetime
+
+    def to_json(self) -> dict[str, object]:
+        return {"seq": self.seq, "status": self.status, "id": str(self.signal_id),
+                "signal": self.signal.kind.value, "value": self.signal.hex, "bank": self.bank,
+                "view": self.label, "pipeline_version": self.pipeline_version,
+                "at": self.at.isoformat()}

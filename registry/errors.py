@@ -23,6 +23,14 @@ class InvalidInput(RegistryError):
     code = "invalid_input"
 
 
+class InvalidJson(InvalidInput):
+    code = "invalid_json"
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+
+
 class InvalidHash(InvalidInput):
     code = "invalid_hash"
 

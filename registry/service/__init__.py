@@ -9,9 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from registry.config import Settings
-from registry.domain import CaseStatus, Platform, Query, QueryResult, Scope
+from registry.domain import (
+    BankKind,
+    CaseStatus,
+    Platform,
+    Query,
+    QueryResult,
+    RegisteredSignal,
+    Scope,
+)
 from registry.hashing import DecodeOptions, ImageSignals, compute_signals
-from registry.service import cases, matching, platforms
+from registry.service import banks, cases, feed, feedback, matching, platforms
 from registry.service.cases import CaseReceipt, CaseView, SubmittedImage
 from registry.service.indexing import IndexKeeper, Progress, VerifyReport
 from registry.store import Store
@@ -75,6 +83,30 @@ class Registry:
     def query_of_image(self, ref: str, image: ImageSignals) -> Query:
         return matching.query_of_image(ref, image, self.settings)
 
+    # --- feedback, feed, banks ----------------------------------------------------------------
+    def record_feedback(self, platform: Platform, match_id: str, outcome: str
+                        ) -> feedback.FeedbackReceipt:
+        receipt = feedback.record(self.store, self.settings, platform, match_id,
+                                  feedback.parse_outcome(outcome))
+        self._catch_up()
+        return receipt
+
+    def release_signal(self, signal_id: int) -> None:
+        feedback.release(self.store, signal_id)
+        self._catch_up()
+
+    def quarantined(self) -> list[RegisteredSignal]:
+        with self.store.transaction(write=False) as tx:
+            return tx.signals.quarantined()
+
+    def read_feed(self, platform: Platform, cursor: str | None, limit: int) -> feed.FeedPage:
+        return feed.read(self.store, platform, cursor, limit)
+
+    def register_bank(self, bank: str, kind: BankKind, images: Sequence[SubmittedImage]) -> int:
+        count = banks.register(self.store, self.settings, bank, kind, images)
+        self._catch_up()
+        return count
+
     # --- platforms -----------------------------------------------------------------------------
     def add_platform(self, name: str, scopes: Iterable[Scope]) -> tuple[Platform, str]:
         return platforms.add(self.store, name, scopes)
@@ -101,6 +133,11 @@ class Registry:
 
     def verify_index(self) -> VerifyReport:
         return self.keeper.verify()
+
+    @property
+    def index_version(self) -> int:
+        """The change-log position the index reflects (what a match answer was computed at)."""
+        return self.keeper.indexes.position
 
     def index_stats(self) -> dict[str, object]:
         self.keeper.sync()

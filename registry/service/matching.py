@@ -82,7 +82,8 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         seen.add(key)
         m = _match(h, reg, settings)
         per_query[h.query].append(m)
-        records.append((m.match_id, platform_id, h.signal_id, h.distance, h.tier.value))
+        records.append((m.match_id, platform_id, h.signal_id, h.distance, h.tier.value,
+                        queries[h.query].id))
     with store.transaction() as tx:
         tx.matches.add_many(records)
         tx.audit.record(actor, "match", "", {"queries": len(queries),
@@ -133,7 +134,7 @@ def _match(hit: _Hit, reg: RegisteredSignal, settings: Settings) -> Match:
         distance=hit.distance,
         tier=hit.tier,
         bank=reg.bank,
-        confidence=confidence(hit.tier, hit.distance, thresholds),
+        confidence=confidence(hit.tier, hit.distance, thresholds, reg.not_violating),
         signal_id=hit.signal_id,
         case=reg.case_number,
     )

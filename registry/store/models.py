@@ -76,6 +76,8 @@ class SignalRow(Base):
     quality: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    removed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    not_violating: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class PlatformRow(Base):
@@ -99,6 +101,7 @@ class MatchRow(Base):
     distance: Mapped[int] = mapped_column(Integer)
     tier: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    query_ref: Mapped[str] = mapped_column(String(128), default="", server_default="")
 
 
 class FeedbackRow(Base):

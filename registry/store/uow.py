@@ -16,6 +16,7 @@ from registry.domain import (
     CaseStatus,
     Change,
     ChangeAction,
+    FeedRecord,
     Platform,
     RegisteredSignal,
     Scope,
@@ -199,6 +200,23 @@ class SignalRepository:
             yield rows
             last = rows[-1][0]
 
+    def count_feedback(self, signal_id: int, outcome: str) -> int:
+        """Add one report of ``outcome`` to a signal's counters; return the new count."""
+        column = SignalRow.removed if outcome == "removed" else SignalRow.not_violating
+        self.s.execute(update(SignalRow).where(SignalRow.id == signal_id)
+                       .values({column: column + 1, SignalRow.updated_at: now()}))
+        return int(self.s.scalar(select(column).where(SignalRow.id == signal_id)) or 0)
+
+    def quarantined(self, limit: int = 1000) -> list[RegisteredSignal]:
+        ids = self.s.scalars(select(SignalRow.id).where(
+            SignalRow.status == SignalStatus.QUARANTINED.value).order_by(SignalRow.id).limit(limit))
+        found = self.get_many(list(ids))
+        return [found[i] for i in sorted(found)]
+
+    def status_of(self, signal_id: int) -> SignalStatus | None:
+        value = self.s.scalar(select(SignalRow.status).where(SignalRow.id == signal_id))
+        return SignalStatus(value) if value else None
+
     def count(self) -> dict[str, dict[str, int]]:
         rows = self.s.execute(select(SignalRow.kind, SignalRow.status, func.count())
                               .group_by(SignalRow.kind, SignalRow.status))
@@ -212,7 +230,8 @@ def _registered(row: SignalRow, bank: str, number: str | None) -> RegisteredSign
     signal = Signal(SignalKind(row.kind), bytes.fromhex(row.value))
     return RegisteredSignal(id=row.id, signal=signal,
                             bank=bank, status=SignalStatus(row.status), case_number=number,
-                            label=row.label)
+                            label=row.label, removed=row.removed,
+                            not_violating=row.not_violating)
 
 
 class PlatformRepository:
@@ -267,6 +286,21 @@ class ChangeLog:
     def head(self) -> int:
         return int(self.s.scalar(select(func.coalesce(func.max(ChangeRow.seq), 0))) or 0)
 
+    def feed(self, position: int, limit: int) -> list[FeedRecord]:
+        """Change-log entries after ``position`` as feed records (adds are ``active``,
+        withdrawals and quarantines ``withdrawn``)."""
+        stmt = (select(ChangeRow.seq, ChangeRow.action, ChangeRow.at, SignalRow, BankRow.name)
+                .join(SignalRow, SignalRow.id == ChangeRow.signal_id)
+                .join(BankRow, BankRow.id == SignalRow.bank_id)
+                .where(ChangeRow.seq > position).order_by(ChangeRow.seq).limit(limit))
+        return [FeedRecord(seq=int(seq),
+                           status="active" if action == ChangeAction.ADD.value else "withdrawn",
+                           signal_id=row.id,
+                           signal=Signal(SignalKind(row.kind), bytes.fromhex(row.value)),
+                           bank=str(bank), label=row.label,
+                           pipeline_version=row.pipeline_version, at=_aware(at) or now())
+                for seq, action, at, row, bank in self.s.execute(stmt)]
+
     def since(self, position: int, limit: int = 100_000) -> list[Change]:
         stmt = (select(ChangeRow.seq, ChangeRow.action, ChangeRow.signal_id, SignalRow.kind,
                        SignalRow.value)
@@ -320,10 +354,21 @@ class MatchRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
 
-    def add_many(self, rows: Iterable[tuple[str, int | None, int, int, str]]) -> None:
+    def add_many(self, rows: Iterable[tuple[str, int | None, int, int, str, str]]) -> None:
         ts = now()
         self.s.add_all([MatchRow(id=mid, platform_id=pid, signal_id=sid, distance=d, tier=t,
-                                 created_at=ts) for mid, pid, sid, d, t in rows])
+                                 query_ref=ref[:128], created_at=ts)
+                        for mid, pid, sid, d, t, ref in rows])
+        self.s.flush()
+
+    def get(self, match_id: str) -> tuple[int | None, int] | None:
+        """(platform id, signal id) of a match, or None."""
+        row = self.s.get(MatchRow, match_id)
+        return (row.platform_id, row.signal_id) if row else None
+
+    def add_feedback(self, match_id: str, platform_id: int, outcome: str) -> None:
+        self.s.add(FeedbackRow(match_id=match_id, platform_id=platform_id, outcome=outcome,
+                               created_at=now()))
         self.s.flush()
 
     def takedowns_of_case(self, case_id: int) -> int:

@@ -1,23 +1,57 @@
-"""The web edge: ``create_app(registry)`` builds the Flask app over one Registry.
+"""The web edge: ``create_app(registry)`` builds the app over one Registry.
 
-Blueprints stay thin: they translate HTTP to service calls and RegistryError to the JSON error
-shape (one handler, in ``errors``). The API and the submitter pages arrive in their own modules.
+Blueprints stay thin: they translate HTTP to service calls; errors of every kind become the one
+JSON shape in ``errors``; uploads never touch the disk (``InMemoryRequest``); rate limits and
+metrics are built per app, never at import time.
 """
 
 from __future__ import annotations
 
-from flask import Flask
+import io
+from typing import IO, Any
 
+from apiflask import APIFlask
+from flask import Request
+
+from registry.errors import InvalidJson
 from registry.service import Registry
-from registry.web import errors, ops
+from registry.web import api, docs, errors, limits, metrics, ops
 
 
-def create_app(registry: Registry, test_config: dict[str, object] | None = None) -> Flask:
-    app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=registry.settings.max_upload_bytes + 64 * 1024)
+class InMemoryRequest(Request):
+    """Werkzeug spools uploads over 500 KB to temporary files; the image must stay in memory,
+    so every upload stream is a BytesIO (its size is bounded by MAX_CONTENT_LENGTH)."""
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None, content_length: int | None = None
+                         ) -> IO[bytes]:
+        return io.BytesIO()
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        raise InvalidJson("The request body is not valid JSON.")
+
+
+def create_app(registry: Registry, test_config: dict[str, object] | None = None) -> APIFlask:
+    app = APIFlask(__name__, title="Takedown Registry API", version="1",
+                   spec_path="/api/openapi.json", docs_path=None)
+    app.request_class = InMemoryRequest
+    app.config.update(
+        MAX_CONTENT_LENGTH=registry.settings.max_upload_bytes + 64 * 1024,
+        MAX_FORM_MEMORY_SIZE=registry.settings.max_upload_bytes + 64 * 1024,
+        OPENAPI_VERSION="3.1.0",
+        VALIDATION_ERROR_STATUS_CODE=422,
+        JSON_SORT_KEYS=False,
+        INFO={"description": docs.DESCRIPTION},
+    )
     if test_config:
         app.config.update(test_config)
     app.extensions["registry"] = registry
     errors.register(app)
+    metrics.install(app, registry)
+    limiter = limits.install(app, registry.settings)
+    limiter.limit(registry.settings.rate_limit)(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(docs.bp)
+    app.spec_processor(docs.complete_spec)  # type: ignore[arg-type]
     return app

@@ -1,11 +1,18 @@
-"""The one place where errors become HTTP: ``{"error": {"code", "message"}}`` with a status."""
+"""The one place where errors become HTTP: ``{"error": {"code", "message"}}`` with a status.
+
+RegistryError subclasses map by class; HTTP errors (404, 405, 413, 429, schema validation) come
+through APIFlask's error processor and get the same shape. Never a traceback, never a 500 for
+bad input; an unexpected error is logged (without the request body) and answered 500.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from apiflask import APIFlask
+from apiflask.exceptions import HTTPError
+from flask import Response, jsonify
 
 from registry import errors as e
 
@@ -14,7 +21,9 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[e.RegistryError], int] = {
     e.FileTooLarge: 413,
     e.ImageTooLarge: 413,
-    e.InvalidInput: 400,
+    e.InvalidJson: 400,
+    e.UnsupportedMediaType: 415,
+    e.InvalidInput: 422,
     e.Unauthenticated: 401,
     e.WrongPin: 401,
     e.Forbidden: 403,
@@ -25,12 +34,18 @@ STATUS: dict[type[e.RegistryError], int] = {
     e.CaseLocked: 429,
     e.StorageUnavailable: 503,
 }
+CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+         405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+         422: "validation_error", 429: "rate_limited", 500: "internal_error",
+         503: "unavailable"}
 
 
 def status_of(err: e.RegistryError) -> int:
     for cls in type(err).__mro__:
         if cls in STATUS:
             return STATUS[cls]
+    if err.code == "match_not_found":
+        return 404
     return 500
 
 
@@ -40,18 +55,49 @@ def error_response(status: int, code: str, message: str) -> Response:
     return response
 
 
-def register(app: Flask) -> None:
+def _flatten(detail: Any, prefix: str = "") -> list[str]:
+    if isinstance(detail, dict):
+        out = []
+        for key, value in detail.items():
+            where = f"{prefix}.{key}" if prefix and key not in ("json", "query", "files") else (
+                prefix or ("" if key in ("json", "query", "files") else str(key)))
+            out += _flatten(value, where)
+        return out
+    if isinstance(detail, list) and all(isinstance(x, str) for x in detail):
+        return [f"{prefix}: {' '.join(detail)}" if prefix else " ".join(detail)]
+    return [f"{prefix}: {detail}"]
+
+
+def register(app: APIFlask) -> None:
     @app.errorhandler(e.RegistryError)
     def _registry_error(err: e.RegistryError) -> Response:
         response = error_response(status_of(err), err.code, err.message)
         if isinstance(err, e.CaseLocked):
             response.headers["Retry-After"] = str(err.retry_after_s)
+        if isinstance(err, e.Unauthenticated):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="takedown"'
         return response
 
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
-        code = (err.name or "error").lower().replace(" ", "_")
-        return error_response(err.code or 500, code, err.description or err.name)
+    @app.error_processor
+    def _http_error(err: HTTPError) -> tuple[dict[str, Any], int, dict[str, str]]:
+        status = err.status_code
+        code = CODES.get(status, "error")
+        message = err.message or "Request failed."
+        if status == 422 and err.detail:
+            message = "The request does not match the schema: " + "; ".join(
+                _flatten(err.detail))
+        elif status == 429:
+            message = "Too many requests for this API key; retry after the Retry-After delay."
+        elif status == 413:
+            message = "The request body is larger than this server accepts."
+        elif status == 404:
+            message = "There is nothing at this address."
+        elif status == 405:
+            message = "This address does not accept that method."
+        elif status == 400 and not err.message:
+            message = "The request could not be understood."
+        headers = {str(k): str(v) for k, v in dict(err.headers or {}).items()}
+        return {"error": {"code": code, "message": message}}, status, headers
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:

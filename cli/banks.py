@@ -1,0 +1,75 @@
+"""``takedown canary`` and ``takedown quarantine list|release``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.main import Context, cli, handle_errors
+from cli.output import emit_json
+from registry.domain import BankKind, Query, Tier
+from registry.hashing.canary import COUNT, canary_image
+from registry.service import SubmittedImage
+from registry.service.banks import CANARY_BANK
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default="canary", show_default=True,
+              help="Folder to write the canary images to.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def canary(ctx: Context, out: str, as_json: bool) -> None:
+    """Write the benign canary images to OUT and register their hashes in the 'canary' bank
+    (once), so platforms can test their integration: a canary must match, in bank 'canary'."""
+    registry = ctx.registry()
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    written, new = [], []
+    for n in range(COUNT):
+        data = canary_image(n)
+        path = folder / f"takedown-canary-{n + 1}.png"
+        path.write_bytes(data)
+        written.append(str(path))
+        image = registry.hash_image(data, registration=True)
+        (known,) = registry.match([Query(path.name, (image.sha256,))])
+        if not any(m.bank == CANARY_BANK and m.tier is Tier.EXACT for m in known.matches):
+            new.append(SubmittedImage.from_image(image))
+    registered = registry.register_bank(CANARY_BANK, BankKind.CANARY, new) if new else 0
+    if as_json:
+        emit_json({"files": written, "registered_images": len(new), "signals": registered})
+    else:
+        click.echo(f"Wrote {len(written)} canary images to {folder}/; registered "
+                   f"{len(new)} new ({registered} signals) in bank '{CANARY_BANK}'.")
+
+
+@cli.group()
+def quarantine() -> None:
+    """Hashes quarantined after repeated 'not_violating' feedback, for operator review."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+@handle_errors
+def list_cmd(ctx: Context, as_json: bool) -> None:
+    """Quarantined hashes, with their bank, case and feedback counts."""
+    for s in ctx.registry(load_index=False).quarantined():
+        record = {"id": s.id, "signal": s.signal.kind.value, "bank": s.bank,
+                  "case": s.case_number, "view": s.label, "removed": s.removed,
+                  "not_violating": s.not_violating}
+        if as_json:
+            emit_json(record)
+        else:
+            click.echo("\t".join(f"{k}={v}" for k, v in record.items()))
+
+
+@quarantine.command("release")
+@click.argument("signal_id", type=int)
+@click.pass_obj
+@handle_errors
+def release(ctx: Context, signal_id: int) -> None:
+    """Put quarantined hash SIGNAL_ID back into matching (audited)."""
+    ctx.registry(load_index=False).release_signal(signal_id)
+    click.echo(f"Signal {signal_id} is active again.")

@@ -1,0 +1,44 @@
+"""The hash feed: registered signals in change order (adds ``active``, withdrawals and
+quarantines ``withdrawn``), paged by an opaque cursor; every read is audited."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from registry.domain import FeedRecord, Platform
+from registry.errors import InvalidInput
+from registry.store import Store
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    records: tuple[FeedRecord, ...]
+    next_cursor: str
+    has_more: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"records": [r.to_json() for r in self.records], "next_cursor": self.next_cursor,
+                "has_more": self.has_more}
+
+
+def parse_cursor(cursor: str | None) -> int:
+    if cursor is None or cursor == "":
+        return 0
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
+        raise InvalidInput("The cursor is not one this feed gave out.")
+    return int(cursor)
+
+
+def read(store: Store, platform: Platform, cursor: str | None, limit: int) -> FeedPage:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}.")
+    position = parse_cursor(cursor)
+    with store.transaction() as tx:
+        records = tx.changes.feed(position, limit + 1)
+        page = records[:limit]
+        tx.audit.record(f"platform:{platform.name}", "feed_read", "",
+                        {"cursor": position, "records": len(page)})
+    last = page[-1].seq if page else position
+    return FeedPage(tuple(page), str(last), len(records) > limit)

@@ -1,0 +1,128 @@
+"""The platform API, ``/api/v1``: match hashes or an image, report outcomes, read the feed.
+
+Thin: parse and validate (schemas), authenticate (bearer key + scope), call the service, shape
+the answer. Errors are raised as RegistryError and shaped once in ``registry.web.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import current_app, g, request
+
+from registry.domain import Query, QueryResult, Scope, Signal
+from registry.errors import InvalidInput, InvalidJson, UnknownSignal, UnsupportedMediaType
+from registry.service import Registry
+from registry.web import schemas
+from registry.web.metrics import record_matches
+
+bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="Platform API")
+SECURITY: list[str | dict[str, list[Any]]] = [{"ApiKey": []}]
+_KINDS = {"pdq": "pdq", "pdq_content": "pdq", "phash": "phash", "md5": "md5",
+          "sha256": "sha256"}
+
+
+def registry() -> Registry:
+    found: Registry = current_app.extensions["registry"]
+    return found
+
+
+def bearer_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+_MEDIA = {"api.match": "application/json", "api.feedback": "application/json",
+          "api.match_image": "multipart/form-data"}
+
+
+@bp.before_request
+def _gate() -> None:
+    """Before any parsing: the key and its scope (401/403), then the media type (415) and
+    well-formed JSON (400), so a caller learns the first thing that is wrong."""
+    scope = Scope.FEED if request.endpoint == "api.feed" else Scope.MATCH
+    g.platform = registry().authenticate(bearer_key(), scope)
+    wanted = _MEDIA.get(request.endpoint or "")
+    if wanted is None or request.method != "POST":
+        return
+    if request.mimetype != wanted:
+        raise UnsupportedMediaType(
+            f"This endpoint takes {wanted}; the request was {request.mimetype or 'untyped'}.")
+    if wanted == "application/json":
+        try:
+            json.loads(request.get_data(cache=True))
+        except ValueError:
+            raise InvalidJson("The request body is not valid JSON.") from None
+
+
+def result_json(result: QueryResult) -> dict[str, Any]:
+    return {"id": result.id, "matched": result.matched,
+            "matches": [m.to_json() for m in result.matches]}
+
+
+def parse_query(raw: dict[str, Any]) -> Query:
+    signals = []
+    for name, value in raw["signals"].items():
+        if name not in _KINDS:
+            raise UnknownSignal(
+                f"Unknown signal {name!r}; known signals are {', '.join(_KINDS)}.")
+        if value is None:
+            continue
+        signals.append(Signal.parse(_KINDS[name], value))
+    if not signals:
+        raise InvalidInput(f"Query {raw['id']!r} has no signals.")
+    return Query(raw["id"], tuple(signals))
+
+
+@bp.post("/match")
+@bp.input(schemas.MatchRequest, arg_name="body")
+@bp.output(schemas.MatchResponse)
+@bp.doc(security=SECURITY, responses=[400, 401, 403, 413, 415, 422, 429])
+def match(body: dict[str, Any]) -> dict[str, Any]:
+    """Match hashes: 1 to 1000 queries, any subset of signals each; results in query order."""
+    queries = [parse_query(q) for q in body["queries"]]
+    results = registry().match(queries, platform=g.platform)
+    record_matches(results)
+    return {"index_version": registry().index_version,
+            "results": [result_json(r) for r in results]}
+
+
+@bp.post("/match/image")
+@bp.input(schemas.ImageUpload, location="files", arg_name="files")
+@bp.output(schemas.ImageMatchResponse)
+@bp.doc(security=SECURITY, responses=[400, 401, 403, 413, 415, 422, 429])
+def match_image(files: dict[str, Any]) -> dict[str, Any]:
+    """Match an image: multipart field ``file``, hashed in memory (never stored) with the same
+    pipeline as registration; the answer includes the computed signals."""
+    upload = files["file"]
+    data = upload.read()
+    image = registry().hash_image(data)
+    del data  # the bytes were only ever in memory; drop them now
+    query = registry().query_of_image(upload.filename or "file", image)
+    (result,) = registry().match([query], platform=g.platform)
+    record_matches([result])
+    signals = {k: v for k, v in image.to_json().items() if isinstance(v, str)}
+    return {"index_version": registry().index_version, **result_json(result),
+            "signals": signals}
+
+
+@bp.post("/feedback")
+@bp.input(schemas.FeedbackRequest, arg_name="body")
+@bp.output(schemas.FeedbackResponse)
+@bp.doc(security=SECURITY, responses=[400, 401, 403, 404, 415, 422, 429])
+def feedback(body: dict[str, Any]) -> dict[str, Any]:
+    """Report what your review decided about a match (only the platform that received it)."""
+    return registry().record_feedback(g.platform, body["match_id"], body["outcome"]).to_json()
+
+
+@bp.get("/feed")
+@bp.input(schemas.FeedQuery, location="query", arg_name="params")
+@bp.output(schemas.FeedResponse)
+@bp.doc(security=SECURITY, responses=[400, 401, 403, 422, 429])
+def feed(params: dict[str, Any]) -> dict[str, Any]:
+    """Registered hashes in change order, ``active`` or ``withdrawn`` (scope ``feed``): apply
+    them in order to a local copy; a withdrawn hash must stop matching at once."""
+    return registry().read_feed(g.platform, params["cursor"], params["limit"]).to_json()

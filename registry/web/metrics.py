@@ -1,0 +1,78 @@
+"""Prometheus metrics, on a registry of the app's own (never the process-global one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from registry.domain import QueryResult, SignalKind
+from registry.service import Registry
+
+
+class Metrics:
+    def __init__(self, registry: Registry) -> None:
+        self.collectors = CollectorRegistry()
+        r = self.collectors
+        self.requests = Counter("takedown_http_requests", "HTTP requests",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("takedown_http_request_seconds", "Request latency",
+                                 ["endpoint"], registry=r,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.matches = Counter("takedown_matches", "Matches returned", ["tier", "bank"],
+                               registry=r)
+        self.queries = Counter("takedown_match_queries", "Queries answered", registry=r)
+        self.rate_limited = Counter("takedown_rate_limited", "Requests refused with 429",
+                                    registry=r)
+        index_size = Gauge("takedown_index_hashes", "Hashes in the in-memory index", ["kind"],
+                           registry=r)
+        index_age = Gauge("takedown_index_age_seconds", "Seconds since the index was loaded",
+                          registry=r)
+        index_position = Gauge("takedown_index_position", "Change-log position of the index",
+                               registry=r)
+        for kind in registry.keeper.indexes.indexes:
+            index_size.labels(kind.value).set_function(_size_of(registry, kind))
+        index_age.set_function(lambda: time.time() - registry.keeper.loaded_at
+                               if registry.keeper.loaded_at else 0.0)
+        index_position.set_function(lambda: registry.keeper.indexes.position)
+
+
+def _size_of(registry: Registry, kind: SignalKind) -> Callable[[], float]:
+    return lambda: float(len(registry.keeper.indexes.indexes[kind]))
+
+
+def install(app: Flask, registry: Registry) -> Metrics:
+    metrics = Metrics(registry)
+    app.extensions["metrics"] = metrics
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - g.started)
+        if response.status_code == 429:
+            metrics.rate_limited.inc()
+        return response
+
+    return metrics
+
+
+def record_matches(results: Sequence[QueryResult]) -> None:
+    metrics: Metrics = current_app.extensions["metrics"]
+    metrics.queries.inc(len(results))
+    for result in results:
+        for m in result.matches:
+            metrics.matches.labels(m.tier.value, m.bank).inc()
+
+
+def exposition() -> Response:
+    metrics: Metrics = current_app.extensions["metrics"]
+    return Response(generate_latest(metrics.collectors), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,108 @@
+"""Request and response schemas of the platform API: they validate input and generate the
+OpenAPI document, so the spec cannot drift from the code."""
+
+from __future__ import annotations
+
+from apiflask import Schema
+from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Nested, String
+from apiflask.validators import Length, OneOf, Range
+
+SIGNAL_NAMES = ("pdq", "pdq_content", "phash", "md5", "sha256")
+
+
+class Signals(Schema):
+    pdq = String(metadata={"description": "PDQ of the whole image, 64 lowercase hex digits"})
+    pdq_content = String(metadata={
+        "description": "PDQ of the picture inside borders, caption bars or screenshot chrome "
+                       "(`takedown hash` prints it when it differs from `pdq`)"})
+    phash = String(metadata={"description": "pHash (imagehash.phash), 16 lowercase hex digits"})
+    md5 = String(metadata={"description": "MD5 of the file bytes, 32 lowercase hex digits"})
+    sha256 = String(metadata={"description": "SHA-256 of the file bytes, 64 hex digits"})
+
+
+class MatchQuery(Schema):
+    id = String(required=True, validate=Length(1, 128),
+                metadata={"description": "Your reference for this query, echoed back"})
+    signals = Nested(Signals, required=True)
+
+
+class MatchRequest(Schema):
+    queries = List(Nested(MatchQuery), required=True, validate=Length(1, 1000))
+
+
+class MatchOut(Schema):
+    match_id = String(metadata={"description": "Quote it when you send feedback"})
+    signal = String(metadata={"description": "pdq, phash, md5 or sha256"})
+    distance = Integer(metadata={"description": "Hamming bits (0 for digests)"})
+    tier = String(validate=OneOf(["exact", "strong", "weak"]))
+    bank = String()
+    confidence = Float(metadata={"description": "0-1, lowered by not_violating feedback"})
+
+
+class QueryResultOut(Schema):
+    id = String()
+    matched = Boolean()
+    matches = List(Nested(MatchOut))
+
+
+class MatchResponse(Schema):
+    index_version = Integer(metadata={"description": "Change-log position answered at"})
+    results = List(Nested(QueryResultOut))
+
+
+class ImageMatchResponse(QueryResultOut):
+    index_version = Integer()
+    signals = Dict(keys=String(), values=String(),
+                   metadata={"description": "The signals computed from the upload"})
+
+
+class ImageUpload(Schema):
+    file = File(  # type: ignore[no-untyped-call]
+        required=True,
+        metadata={"description": "The image (JPEG, PNG, GIF, WebP, BMP or TIFF); hashed in "
+                                 "memory, never stored"})
+
+
+class FeedbackRequest(Schema):
+    match_id = String(required=True, validate=Length(1, 64))
+    outcome = String(required=True,
+                     validate=OneOf(["removed", "not_violating", "under_review"]))
+
+
+class FeedbackResponse(Schema):
+    match_id = String()
+    outcome = String()
+    recorded = Boolean()
+    quarantined = Boolean()
+
+
+class FeedQuery(Schema):
+    cursor = String(load_default="", metadata={"description": "next_cursor of the last page"})
+    limit = Integer(load_default=500, validate=Range(1, 1000))
+
+
+class FeedRecordOut(Schema):
+    seq = Integer()
+    status = String(validate=OneOf(["active", "withdrawn"]))
+    id = String(metadata={"description": "Stable id of the registered hash"})
+    signal = String()
+    value = String()
+    bank = String()
+    view = String(metadata={"description": "Which view of the image (full, content, mirror…)"})
+    pipeline_version = Integer()
+    at = String()
+
+
+class FeedResponse(Schema):
+    records = List(Nested(FeedRecordOut))
+    next_cursor = String()
+    has_more = Boolean()
+
+
+class ErrorDetail(Schema):
+    code = String(required=True)
+    message = String(required=True)
+
+
+class ErrorResponse(Schema):
+    error = Nested(ErrorDetail, required=True)
