@@ -11,7 +11,7 @@ from typing import Any
 from registry.errors import RegistryError
 from registry.hashing import ImageSignals
 
-SIGNALS = ("pdq", "pdq_content", "phash", "md5", "sha256")
+SIGNALS = ("pdq", "pdq_content", "pdq_frame", "phash", "md5", "sha256")
 
 
 class ApiError(RegistryError):
@@ -24,6 +24,8 @@ def query_json(ref: str, image: ImageSignals, min_quality: int) -> dict[str, Any
         signals.pop("pdq", None)
     if image.content is not None and image.content.quality < min_quality:
         signals.pop("pdq_content", None)
+    if image.frame is not None and image.frame.quality < min_quality:
+        signals.pop("pdq_frame", None)
     return {"id": ref, "signals": signals}
 
 

@@ -41,6 +41,12 @@ class TrimRules:
     ink: int = 70
     max_side: float = 0.7  # never peel more than this fraction from one side
     min_keep: float = 0.1  # a box smaller than this fraction per axis is not trusted
+    # Conservative: peel only the chrome whose colour is the edge's own (a frame, a caption
+    # bar), stopping where another flat colour begins: that may be the picture's own sky.
+    conservative: bool = False
+
+
+FRAME_RULES = TrimRules(conservative=True)
 
 
 def content_box(img: Image.Image, rules: TrimRules | None = None) -> Box:
@@ -84,7 +90,11 @@ def _peel(a: npt.NDArray[np.int16], start: int, stop: int, step: int, rules: Tri
         row = a[line]
         median = np.median(row, axis=0).astype(np.int16)
         if _near(row, median, rules.tol) >= rules.flat:
-            bg = median
+            if rules.conservative and bg is not None and \
+                    int(np.abs(median - bg).max()) > rules.tol:
+                return line
+            if bg is None or not rules.conservative:
+                bg = median
         elif bg is None or not _is_text(row, bg, rules):
             return line
         line += step

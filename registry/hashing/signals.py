@@ -4,6 +4,9 @@ views the matching pipeline adds (docs/accuracy.md):
 - ``content``: PDQ of the picture found inside borders, caption bars or screenshot chrome
   (:mod:`registry.hashing.content`), when that differs from the whole image; queries and
   registrations both carry it;
+- ``frame``: for queries only, PDQ of the conservative box (only the edge-coloured frame or bar
+  peeled), when it differs from ``content``: it catches copies whose picture has flat regions
+  next to the chrome (a dark ground, a sky) that the full trimmer peels too;
 - ``variants``: for registration only, PDQ of mirrored, cropped and rotated views of the
   (trimmed) original (:mod:`registry.hashing.variants`).
 
@@ -23,7 +26,7 @@ import pdqhash
 from PIL import Image
 
 from registry.domain import Signal, SignalKind
-from registry.hashing.content import content_box
+from registry.hashing.content import FRAME_RULES, content_box
 from registry.hashing.decode import DecodeOptions, decode_image
 from registry.hashing.variants import registration_views
 
@@ -50,6 +53,7 @@ class ImageSignals:
     width: int
     height: int
     content: Variant | None = None
+    frame: Variant | None = None
     variants: tuple[Variant, ...] = ()
 
     def signals(self) -> tuple[Signal, ...]:
@@ -67,6 +71,9 @@ class ImageSignals:
         if self.content is not None:
             out["pdq_content"] = self.content.pdq.hex
             out["pdq_content_quality"] = self.content.quality
+        if self.frame is not None:
+            out["pdq_frame"] = self.frame.pdq.hex
+            out["pdq_frame_quality"] = self.frame.quality
         if self.variants:
             out["pdq_variants"] = {v.label: v.pdq.hex for v in self.variants}
         return out
@@ -104,9 +111,14 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
     pdq, quality = pdq_of(img)
     md5, sha256 = digests_of(data)
     box = content_box(img)
-    trimmed = (box[2] - box[0]) * (box[3] - box[1]) < (1 - _MIN_TRIM) * img.width * img.height
+    trimmed = _shaved(box, img)
     base = img.crop(box) if trimmed else img
     content = _variant("content", base) if trimmed else None
+    frame = None
+    if trimmed:  # a query also tries the conservative box, when it differs
+        frame_box = content_box(img, FRAME_RULES)
+        if frame_box != box and _shaved(frame_box, img):
+            frame = _variant("frame", img.crop(frame_box))
     variants: tuple[Variant, ...] = ()
     if registration:
         # Views of the original as it is: copies are cut and flipped from what was posted, not
@@ -122,5 +134,11 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
         width=img.width,
         height=img.height,
         content=content,
+        frame=None if registration else frame,
         variants=variants,
     )
+
+
+def _shaved(box: tuple[int, int, int, int], img: Image.Image) -> bool:
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return area < (1 - _MIN_TRIM) * img.width * img.height

@@ -44,8 +44,9 @@ def query_of_image(ref: str, image: ImageSignals, settings: Settings) -> Query:
     signals = [image.phash, image.md5, image.sha256]
     if image.pdq_quality >= settings.pdq_min_quality:
         signals.insert(0, image.pdq)
-    if image.content is not None and image.content.quality >= settings.pdq_min_quality:
-        signals.insert(1, image.content.pdq)
+    for view in (image.content, image.frame):
+        if view is not None and view.quality >= settings.pdq_min_quality:
+            signals.insert(1, view.pdq)
     usable = []
     for s in signals:
         try:
