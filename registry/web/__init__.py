@@ -49,7 +49,9 @@ def create_app(registry: Registry, test_config: dict[str, object] | None = None)
     errors.register(app)
     metrics.install(app, registry)
     limiter = limits.install(app, registry.settings)
-    limiter.limit(registry.settings.rate_limit)(api.bp)
+    # One budget per key across every API endpoint (a plain blueprint limit would give each
+    # endpoint its own budget, multiplying the documented rate by the number of endpoints).
+    limiter.shared_limit(registry.settings.rate_limit, scope="api")(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(docs.bp)

@@ -71,7 +71,11 @@ def parse_query(raw: dict[str, Any]) -> Query:
                 f"Unknown signal {name!r}; known signals are {', '.join(_KINDS)}.")
         if value is None:
             continue
-        signals.append(Signal.parse(_KINDS[name], value))
+        try:
+            signals.append(Signal.parse(_KINDS[name], value))
+        except InvalidInput as e:
+            # Name the query: in a batch of 1000 the caller must know which one is wrong.
+            raise type(e)(f"Query {raw['id']!r}, {name}: {e.message}") from None
     if not signals:
         raise InvalidInput(f"Query {raw['id']!r} has no signals.")
     return Query(raw["id"], tuple(signals))

@@ -64,6 +64,8 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
     schemas["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+    if "Signals" in schemas:
+        schemas["Signals"]["minProperties"] = 1  # a query with no signals is refused (422)
     for ops in spec.get("paths", {}).values():
         for op in ops.values():
             if "requestBody" in op:

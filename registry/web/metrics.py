@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from registry.domain import QueryResult, SignalKind
 from registry.service import Registry
@@ -75,4 +75,6 @@ def record_matches(results: Sequence[QueryResult]) -> None:
 
 def exposition() -> Response:
     metrics: Metrics = current_app.extensions["metrics"]
-    return Response(generate_latest(metrics.collectors), mimetype=CONTENT_TYPE_LATEST)
+    # The classic text format (0.0.4) every Prometheus version reads; passed as content_type,
+    # not mimetype, so Werkzeug does not append a second charset.
+    return Response(generate_latest(metrics.collectors), content_type=CONTENT_TYPE_PLAIN_0_0_4)

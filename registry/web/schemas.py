@@ -5,19 +5,31 @@ from __future__ import annotations
 
 from apiflask import Schema
 from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Nested, String
-from apiflask.validators import Length, OneOf, Range
+from apiflask.validators import Length, OneOf, Range, Regexp
+from marshmallow import ValidationError
 
 SIGNAL_NAMES = ("pdq", "pdq_content", "phash", "md5", "sha256")
 
 
+def _hex(digits: int) -> str:
+    # Documented, not enforced here: the domain parses hex (and rejects degenerate hashes) with
+    # specific error codes (invalid_hash, degenerate_hash).
+    return f"^[0-9a-f]{{{digits}}}$"
+
+
 class Signals(Schema):
-    pdq = String(metadata={"description": "PDQ of the whole image, 64 lowercase hex digits"})
+    pdq = String(metadata={"description": "PDQ of the whole image, 64 lowercase hex digits",
+                           "pattern": _hex(64)})
     pdq_content = String(metadata={
         "description": "PDQ of the picture inside borders, caption bars or screenshot chrome "
-                       "(`takedown hash` prints it when it differs from `pdq`)"})
-    phash = String(metadata={"description": "pHash (imagehash.phash), 16 lowercase hex digits"})
-    md5 = String(metadata={"description": "MD5 of the file bytes, 32 lowercase hex digits"})
-    sha256 = String(metadata={"description": "SHA-256 of the file bytes, 64 hex digits"})
+                       "(`takedown hash` prints it when it differs from `pdq`)",
+        "pattern": _hex(64)})
+    phash = String(metadata={"description": "pHash (imagehash.phash), 16 lowercase hex digits",
+                             "pattern": _hex(16)})
+    md5 = String(metadata={"description": "MD5 of the file bytes, 32 lowercase hex digits",
+                           "pattern": _hex(32)})
+    sha256 = String(metadata={"description": "SHA-256 of the file bytes, 64 lowercase hex "
+                                             "digits", "pattern": _hex(64)})
 
 
 class MatchQuery(Schema):
@@ -76,8 +88,17 @@ class FeedbackResponse(Schema):
     quarantined = Boolean()
 
 
+def _cursor_in_range(value: str) -> None:
+    # Change-log positions are 64-bit signed integers; a larger number is no cursor we gave out
+    # (and would overflow the database's integer type).
+    if value.isdigit() and int(value) >= 2**63:
+        raise ValidationError("The cursor is not one this feed gave out.")
+
+
 class FeedQuery(Schema):
-    cursor = String(load_default="", metadata={"description": "next_cursor of the last page"})
+    cursor = String(load_default="", validate=[Regexp(r"^[0-9]{0,19}$"), _cursor_in_range],
+                    metadata={"description": "next_cursor of the last page (empty: from the "
+                                             "start)"})
     limit = Integer(load_default=500, validate=Range(1, 1000))
 
 

@@ -1,0 +1,136 @@
+"""Schemathesis against the app, loaded from its own /api/openapi.json: every operation, with
+schema-valid (positive) and schema-violating (negative) requests, authenticated with a real key
+over a registry that holds data, answers without a 500 and as the document says (status codes,
+content types, headers, response bodies).
+
+Two of schemathesis' checks are left out on purpose: ``positive_data_acceptance`` (a hash can be
+well-formed hex and still be refused as degenerate, 422 ``degenerate_hash``, which a JSON schema
+cannot express) and ``negative_data_rejection`` (unknown query parameters are ignored, as usual
+for GET). Hypothesis examples are bounded so the run stays short.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from registry.bootstrap import build_registry
+from registry.config import Settings
+from registry.domain import Scope
+from registry.hashing import DecodeOptions, compute_signals
+from registry.service import Registry, SubmittedImage
+from registry.web import create_app
+from tests.conftest import FAST_KDF, encode, photo
+
+CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
+          content_type_conformance, response_headers_conformance]
+OPERATIONS = [("POST", "/api/v1/match"), ("POST", "/api/v1/match/image"),
+              ("POST", "/api/v1/feedback"), ("GET", "/api/v1/feed")]
+MAX_EXAMPLES = int(os.environ.get("TAKEDOWN_FUZZ_EXAMPLES", "25"))  # more in a deep run
+
+
+@dataclass
+class Api:
+    registry: Registry
+    schema: Any
+    headers: dict[str, str]
+    image: bytes
+
+    def case(self, operation: Any, **kwargs: Any) -> Any:
+        return self.schema.make_case(operation=operation, **kwargs)
+
+
+@cache
+def registered(seed: int) -> SubmittedImage:
+    return SubmittedImage.from_image(
+        compute_signals(encode(photo(seed), quality=90), DecodeOptions(), registration=True))
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    s = Settings.from_env({}, data_dir=str(tmp_path / "data"), pin_kdf_n=FAST_KDF,
+                          rate_limit="100000 per minute")
+    registry = build_registry(s)
+    image = encode(photo(41), quality=90)
+    receipt = registry.submit_case([registered(41)])
+    registry.submit_case([registered(42)])
+    registry.withdraw_case(receipt.number, receipt.pin)  # the feed holds tombstones too
+    registry.submit_case([SubmittedImage.from_image(registry.hash_image(image))])
+    _, key = registry.add_platform("fuzzer", [Scope.MATCH, Scope.FEED])
+    app = create_app(registry)
+    schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)
+    yield Api(registry, schema, {"Authorization": f"Bearer {key}"}, image)
+    registry.close()
+
+
+def test_the_document_lists_every_operation(api):
+    found = set()
+    for result in api.schema.get_all_operations():
+        operation = result.ok()
+        found.add((operation.method.upper(), operation.path))
+    assert found == set(OPERATIONS)
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+                         ids=["positive", "negative"])
+@pytest.mark.parametrize("method, path", OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_generated_requests_get_documented_answers(api, method, path, mode):
+    operation = api.schema[path][method]
+    statuses: dict[int, int] = {}
+
+    @given(case=operation.as_strategy(mode))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        response = case.call_and_validate(headers=api.headers, checks=CHECKS)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+    run()
+    assert 500 not in statuses and sum(statuses.values()) > 0
+
+
+def test_real_answers_conform(api):
+    """Answers with matches, feedback on a real match and a feed page with both statuses are
+    validated against the document too (random inputs rarely reach them)."""
+    match = api.schema["/api/v1/match"]["POST"]
+    image = api.registry.hash_image(api.image)
+    body = {"queries": [{"id": "hit", "signals": {"pdq": image.pdq.hex, "md5": image.md5.hex}},
+                        {"id": "miss", "signals": {"md5": "0123456789abcdef0123456789abcdef"}}]}
+    response = api.case(match, body=body, media_type="application/json").call_and_validate(
+        headers=api.headers, checks=CHECKS)
+    results = response.json()["results"]
+    assert results[0]["matched"] and not results[1]["matched"]
+
+    feedback = api.schema["/api/v1/feedback"]["POST"]
+    match_id = results[0]["matches"][0]["match_id"]
+    answer = api.case(feedback, body={"match_id": match_id, "outcome": "removed"},
+                                media_type="application/json").call_and_validate(
+        headers=api.headers, checks=CHECKS)
+    assert answer.json()["recorded"] is True
+
+    upload = api.schema["/api/v1/match/image"]["POST"]
+    answer = api.case(upload, body={"file": api.image},
+                              media_type="multipart/form-data").call_and_validate(
+        headers=api.headers, checks=CHECKS)
+    assert answer.json()["matched"] is True
+
+    feed = api.schema["/api/v1/feed"]["GET"]
+    page = api.case(feed, query={"limit": 1000}).call_and_validate(headers=api.headers,
+                                                                  checks=CHECKS)
+    assert {r["status"] for r in page.json()["records"]} == {"active", "withdrawn"}
