@@ -40,7 +40,8 @@ def screenshot_like(img):
     draw.text((20, 10), "9:41", fill=(0, 0, 0), font=ImageFont.load_default(size=22))
     draw.rectangle((500, 14, 580, 30), fill=(0, 0, 0))
     draw.rectangle((0, 50, 600, 130), fill=(30, 60, 200))
-    draw.text((80, 75), "Class 2-3 chat", fill=(255, 255, 255), font=ImageFont.load_default(size=28))
+    title = ImageFont.load_default(size=28)
+    draw.text((80, 75), "Class 2-3 chat", fill=(255, 255, 255), font=title)
     pic = img.resize((560, 420))
     screen.paste(pic, (20, 160))
     for n in range(4):
@@ -102,7 +103,7 @@ def test_registration_views():
     img = photo(8)
     views = dict(registration_views(img))
     assert len(views) == 1 + len(CROPS) + len(ROTATIONS) == 15
-    assert list(views)[0] == "mirror"
+    assert next(iter(views)) == "mirror"
     assert views["mirror"].tobytes() == ImageOps.mirror(img).tobytes()
     assert views["crop90-c"].size == (576, 432)
     assert views["crop80-tl"].tobytes() == img.crop((0, 0, 512, 384)).tobytes()

@@ -270,3 +270,22 @@ def test_service_on_postgresql(pg_url, tmp_path):
     assert not registry.match([registry.query_of_image("q", image(registry, 1))])[0].matched
     assert registry.verify_index().ok
     registry.close()
+
+
+def test_repeated_feedback_on_one_match_does_not_quarantine(registry, settings):
+    submit(registry, 1)
+    platform, _ = registry.add_platform("p", [Scope.MATCH])
+    query = registry.query_of_image("q", image(registry, 1))
+    (result,) = registry.match([query], platform=platform)
+    match_id = next(m.match_id for m in result.matches if m.signal is SignalKind.PDQ)
+    for _ in range(settings.quarantine_after + 1):
+        receipt = registry.record_feedback(platform, match_id, "not_violating")
+        assert not receipt.quarantined
+    assert registry.match([query], platform=platform)[0].matched
+    # Distinct matches of the same hash do add up.
+    for _ in range(settings.quarantine_after - 1):
+        (again,) = registry.match([query], platform=platform)
+        mid = next(m.match_id for m in again.matches if m.signal is SignalKind.PDQ)
+        last = registry.record_feedback(platform, mid, "not_violating")
+    assert last.quarantined
+    assert [s.signal.kind for s in registry.quarantined()] == [SignalKind.PDQ]

@@ -26,7 +26,8 @@ class FeedPage:
 def parse_cursor(cursor: str | None) -> int:
     if cursor is None or cursor == "":
         return 0
-    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19 or \
+            int(cursor) >= 2**63:
         raise InvalidInput("The cursor is not one this feed gave out.")
     return int(cursor)
 

@@ -43,8 +43,10 @@ def record(store: Store, settings: Settings, platform: Platform, match_id: str,
         if found is None or found[0] != platform.id:
             raise MatchNotFound("This API key received no match with that match_id.")
         _, signal_id = found
+        repeated = tx.matches.has_feedback(match_id, outcome.value)
         tx.matches.add_feedback(match_id, platform.id, outcome.value)
-        if outcome is not Outcome.UNDER_REVIEW:
+        # A match counts once per outcome: repeating a report does not add weight to it.
+        if outcome is not Outcome.UNDER_REVIEW and not repeated:
             count = tx.signals.count_feedback(signal_id, outcome.value)
             if (outcome is Outcome.NOT_VIOLATING and count >= settings.quarantine_after
                     and tx.signals.status_of(signal_id) is SignalStatus.ACTIVE):

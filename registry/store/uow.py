@@ -366,6 +366,11 @@ class MatchRepository:
         row = self.s.get(MatchRow, match_id)
         return (row.platform_id, row.signal_id) if row else None
 
+    def has_feedback(self, match_id: str, outcome: str) -> bool:
+        stmt = select(func.count()).select_from(FeedbackRow).where(
+            FeedbackRow.match_id == match_id, FeedbackRow.outcome == outcome)
+        return bool(self.s.scalar(stmt))
+
     def add_feedback(self, match_id: str, platform_id: int, outcome: str) -> None:
         self.s.add(FeedbackRow(match_id=match_id, platform_id=platform_id, outcome=outcome,
                                created_at=now()))

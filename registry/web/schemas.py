@@ -8,7 +8,7 @@ from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Nested, S
 from apiflask.validators import Length, OneOf, Range, Regexp
 from marshmallow import ValidationError
 
-SIGNAL_NAMES = ("pdq", "pdq_content", "phash", "md5", "sha256")
+SIGNAL_NAMES = ("pdq", "pdq_content", "pdq_frame", "phash", "md5", "sha256")
 
 
 def _hex(digits: int) -> str:
@@ -23,6 +23,10 @@ class Signals(Schema):
     pdq_content = String(metadata={
         "description": "PDQ of the picture inside borders, caption bars or screenshot chrome "
                        "(`takedown hash` prints it when it differs from `pdq`)",
+        "pattern": _hex(64)})
+    pdq_frame = String(metadata={
+        "description": "PDQ of the picture with only its outer frame or caption bar removed "
+                       "(`takedown hash` prints it when it differs from `pdq_content`)",
         "pattern": _hex(64)})
     phash = String(metadata={"description": "pHash (imagehash.phash), 16 lowercase hex digits",
                              "pattern": _hex(16)})
