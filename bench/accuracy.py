@@ -35,6 +35,7 @@ import shlex  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import zlib  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from multiprocessing import Pool  # noqa: E402
@@ -113,7 +114,8 @@ def hash_query(job: tuple[str, int | None]) -> tuple[str, int | None, dict[str, 
     data = Path(path).read_bytes()
     if variant is not None:
         v = VARIANTS[variant]
-        rng = np.random.default_rng(abs(hash((Path(path).name, variant))) % 2**32)
+        # A seed from the file name and transform alone: every run makes the same copies.
+        rng = np.random.default_rng(zlib.crc32(f"{Path(path).name}/{variant}".encode()))
         data = png(v.apply(Image.open(io.BytesIO(data)).convert("RGB"), rng))
     t = time.perf_counter()
     signals = compute_signals(data, OPTIONS)
