@@ -101,6 +101,10 @@ class CaseLocked(RegistryError):
         self.retry_after_s = retry_after_s
 
 
+class MatchNotFound(RegistryError):
+    code = "match_not_found"
+
+
 class InvalidTransition(RegistryError):
     code = "invalid_transition"
 

@@ -7,12 +7,8 @@ from dataclasses import dataclass
 
 from registry.config import Settings
 from registry.domain import ChangeAction, Outcome, Platform, SignalStatus
-from registry.errors import InvalidInput, RegistryError
+from registry.errors import InvalidInput, MatchNotFound
 from registry.store import Store
-
-
-class MatchNotFound(RegistryError):
-    code = "match_not_found"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ STATUS: dict[type[e.RegistryError], int] = {
     e.Forbidden: 403,
     e.CaseNotFound: 404,
     e.PlatformNotFound: 404,
+    e.MatchNotFound: 404,
     e.PlatformExists: 409,
     e.InvalidTransition: 409,
     e.CaseLocked: 429,
@@ -44,8 +45,6 @@ def status_of(err: e.RegistryError) -> int:
     for cls in type(err).__mro__:
         if cls in STATUS:
             return STATUS[cls]
-    if err.code == "match_not_found":
-        return 404
     return 500
 
 
