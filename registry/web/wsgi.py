@@ -1,0 +1,22 @@
+"""The WSGI entry point for production servers: ``gunicorn 'registry.web.wsgi:create()'``.
+
+Nothing is built at import time: gunicorn calls :func:`create` once per worker after the fork
+(the default, no ``--preload``), so each worker opens its own database connections and loads its
+own copy of the index (from the snapshot, then the change-log tail). Settings come from the
+``TAKEDOWN_*`` environment variables, exactly as for ``takedown serve``.
+"""
+
+from __future__ import annotations
+
+from apiflask import APIFlask
+
+from registry.bootstrap import build_registry
+from registry.config import Settings
+from registry.web import create_app
+
+
+def create() -> APIFlask:
+    """Settings from the environment -> registry (migrated if SQLite, index loaded) -> app."""
+    settings = Settings.from_env()
+    registry = build_registry(settings)
+    return create_app(registry)
