@@ -60,6 +60,8 @@ class Settings:
         3, "A hash with this many 'not_violating' reports is quarantined for operator review.")
     rate_limit: str = _setting(
         "1200 per minute", "Requests per API key (Flask-Limiter syntax, e.g. '20 per second').")
+    auth_failure_limit: str = _setting(
+        "30 per minute", "Failed API authentications per client address before 429.")
     compact_ratio: float = _setting(
         0.1, "Compact an index when tombstones or delta exceed this fraction of its size."
     )

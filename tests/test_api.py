@@ -877,3 +877,24 @@ def test_canary_images_match_through_the_api_in_bank_canary(tmp_path, monkeypatc
         assert body["matched"] and {m["bank"] for m in body["matches"]} == {"canary"}
     finally:
         registry.close()
+
+
+def test_failed_authentications_are_limited_per_address(tmp_path):
+    from registry.bootstrap import build_registry
+    from registry.config import Settings
+    from registry.web import create_app
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "d"), pin_kdf_n=1024,
+                                 auth_failure_limit="3 per minute")
+    reg = build_registry(settings)
+    _, key = reg.add_platform("p", [])
+    client = create_app(reg).test_client()
+    body = {"queries": [{"id": "a", "signals": {"md5": "62ffda02f4fabd4f7a1410866b8adace"}}]}
+    for n in range(3):
+        wrong = client.post("/api/v1/match", json=body,
+                            headers={"Authorization": f"Bearer trk_guess{n}"})
+        assert wrong.status_code == 401
+    blocked = client.post("/api/v1/match", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert blocked.status_code == 429 and blocked.headers.get("Retry-After")
+    assert blocked.json["error"]["code"] == "rate_limited"
+    reg.close()

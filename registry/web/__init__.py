@@ -52,6 +52,11 @@ def create_app(registry: Registry, test_config: dict[str, object] | None = None)
     # One budget per key across every API endpoint (a plain blueprint limit would give each
     # endpoint its own budget, multiplying the documented rate by the number of endpoints).
     limiter.shared_limit(registry.settings.rate_limit, scope="api")(api.bp)
+    # Every wrong key would otherwise start a fresh budget: failed authentications are also
+    # limited per client address, so keys cannot be guessed at the API's full rate.
+    limiter.shared_limit(registry.settings.auth_failure_limit, scope="auth-failures",
+                         key_func=limits.client_address,
+                         deduct_when=lambda response: response.status_code == 401)(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(docs.bp)

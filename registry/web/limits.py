@@ -20,6 +20,10 @@ def _key() -> str:
     return "addr:" + (request.remote_addr or "unknown")
 
 
+def client_address() -> str:
+    return "addr:" + (request.remote_addr or "unknown")
+
+
 def install(app: Flask, settings: Settings) -> Limiter:
     return Limiter(
         _key,
