@@ -898,3 +898,21 @@ def test_failed_authentications_are_limited_per_address(tmp_path):
     assert blocked.status_code == 429 and blocked.headers.get("Retry-After")
     assert blocked.json["error"]["code"] == "rate_limited"
     reg.close()
+
+
+def test_retry_after_only_on_429_and_never_zero(tmp_path):
+    from registry.bootstrap import build_registry
+    from registry.config import Settings
+    from registry.web import create_app
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "d"), pin_kdf_n=1024,
+                                 rate_limit="2 per minute")
+    reg = build_registry(settings)
+    _, key = reg.add_platform("p", [])
+    client = create_app(reg).test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    answers = [client.get("/api/v1/feed", headers=headers) for _ in range(3)]
+    assert [a.status_code for a in answers] == [403, 403, 429]
+    assert all("Retry-After" not in a.headers for a in answers[:2])
+    assert 1 <= int(answers[2].headers["Retry-After"]) <= 61
+    reg.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
-from flask import Flask, request
+from flask import Flask, Response, request
 from flask_limiter import Limiter
 
 from registry.config import Settings
@@ -24,7 +24,22 @@ def client_address() -> str:
     return "addr:" + (request.remote_addr or "unknown")
 
 
+def _retry_after_only_on_429(response: Response) -> Response:
+    """Flask-Limiter sends Retry-After on every response and rounds it down, so it reads 0 in a
+    window's last second; a client obeying it would retry at once into another 429."""
+    if response.status_code != 429:
+        response.headers.pop("Retry-After", None)
+    else:
+        try:
+            seconds = int(response.headers.get("Retry-After", "1"))
+        except ValueError:
+            seconds = 1
+        response.headers["Retry-After"] = str(max(1, seconds + 1))
+    return response
+
+
 def install(app: Flask, settings: Settings) -> Limiter:
+    app.after_request(_retry_after_only_on_429)
     return Limiter(
         _key,
         app=app,
