@@ -131,3 +131,33 @@ def test_unsupported_database_url_is_a_config_error():
         Store("mysql://root@localhost/x")
     with pytest.raises(ConfigError, match="not a valid"):
         Store("::not a url::")
+
+
+def _migrate_in_child(url: str) -> str:
+    store = Store(url)
+    try:
+        return store.migrate()
+    finally:
+        store.close()
+
+
+def _migrate_concurrently(url: str) -> list[str]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        return pool.map(_migrate_in_child, [url] * 3)
+
+
+def test_concurrent_migrations_on_sqlite_all_succeed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    assert _migrate_concurrently(url) == [head_revision()] * 3
+    assert Store(url).is_current()
+
+
+@pytest.mark.services
+def test_concurrent_migrations_on_postgresql_all_succeed(pg_url):
+    assert _migrate_concurrently(pg_url) == [head_revision()] * 3
+    store = Store(pg_url)
+    assert store.is_current()
+    store.close()

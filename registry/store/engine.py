@@ -21,6 +21,7 @@ from registry.errors import ConfigError, StorageUnavailable
 from registry.store.uow import Transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x74616B65  # "take": the advisory lock key that serialises migrations
 
 
 def make_engine(url: str) -> Engine:
@@ -71,9 +72,16 @@ def migrate(engine: Engine) -> str:
     """Apply every pending migration; return the revision the database is now at."""
     cfg = _alembic_config()
     try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        # Workers starting together must not migrate together: SQLite takes the write lock up
+        # front (BEGIN IMMEDIATE), PostgreSQL a transaction-scoped advisory lock; whoever comes
+        # second waits, then finds the schema current.
+        with engine.connect() as plain:
+            conn = plain.execution_options(write=True)
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
     except OperationalError as e:
         raise StorageUnavailable(f"Cannot migrate the database: {e.orig}") from None
     return head_revision()
