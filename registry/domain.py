@@ -340,6 +340,7 @@ class RegisteredSignal:
     label: str = ""
     removed: int = 0
     not_violating: int = 0
+    image_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,3 +178,14 @@ def test_views_are_validated(registry):
     with pytest.raises(InvalidInput):
         registry.submit_case([SubmittedImage(image.signals, image.pdq_quality,
                                              (("x", blank, 100),))])
+
+
+def test_bank_images_match_once_per_image(registry):
+    from registry.domain import BankKind
+
+    signals = registry.hash_image(encode(photo(15)), registration=True)
+    registry.register_bank("canary", BankKind.CANARY, [SubmittedImage.from_image(signals)])
+    (result,) = registry.match([registry.query_of_image("q", registry.hash_image(
+        encode(photo(15))))])
+    pdq = [m for m in result.matches if m.signal is SignalKind.PDQ]
+    assert len(pdq) == 1 and pdq[0].bank == "canary" and pdq[0].distance == 0

@@ -3,6 +3,7 @@ imported lists later). A canary hash matches like any other, in the ``canary`` b
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 from registry.config import Settings
@@ -19,8 +20,9 @@ def register(store: Store, settings: Settings, bank: str, kind: BankKind,
     validate_submission(images, settings)
     with store.transaction() as tx:
         bank_id = tx.banks.ensure(bank, kind)
-        rows = [row for image in images for row in image.rows(settings.pdq_min_quality)]
-        ids = tx.signals.add_many(bank_id, None, rows, PIPELINE_VERSION)
+        ids = [i for image in images for i in tx.signals.add_many(
+            bank_id, None, image.rows(settings.pdq_min_quality), PIPELINE_VERSION,
+            image_key=secrets.token_hex(8))]
         tx.changes.append(ChangeAction.ADD, ids)
         tx.audit.record(actor, "bank_registered", bank, {"images": len(images),
                                                           "signals": len(ids)})

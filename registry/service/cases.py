@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -128,8 +129,9 @@ def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage]) -
         bank_id = tx.banks.ensure(SUBMISSIONS_BANK, BankKind.SUBMISSIONS, "Cases from submitters")
         number = _new_number(tx)
         case_id = tx.cases.add(number, pin_hash)
-        rows = [row for image in images for row in image.rows(settings.pdq_min_quality)]
-        ids = tx.signals.add_many(bank_id, case_id, rows, PIPELINE_VERSION)
+        ids = [i for image in images for i in tx.signals.add_many(
+            bank_id, case_id, image.rows(settings.pdq_min_quality), PIPELINE_VERSION,
+            image_key=secrets.token_hex(8))]
         tx.changes.append(ChangeAction.ADD, ids)
         tx.audit.record("submitter", "case_submitted", number,
                         {"images": len(images), "signals": len(ids)})

@@ -71,13 +71,14 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         registered = tx.signals.get_many(h.signal_id for h in hits)
     per_query: list[list[Match]] = [[] for _ in queries]
     records = []
-    # One match per query, signal kind and registered image: the closest of its views.
+    # One match per query, signal kind and case (or, outside cases, registered image): the
+    # closest of its views.
     seen: set[tuple[int, SignalKind, str | int]] = set()
     for h in sorted(hits, key=lambda h: (h.query, h.distance, h.signal_id)):
         reg = registered.get(h.signal_id)
         if reg is None or reg.status is not SignalStatus.ACTIVE:
             continue
-        key = (h.query, h.kind, reg.case_number or h.signal_id)
+        key = (h.query, h.kind, reg.case_number or reg.image_key or h.signal_id)
         if key in seen:
             continue
         seen.add(key)

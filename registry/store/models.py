@@ -78,6 +78,7 @@ class SignalRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     removed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     not_violating: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    image_key: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class PlatformRow(Base):

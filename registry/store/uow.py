@@ -133,13 +133,14 @@ class SignalRepository:
         self.s = session
 
     def add_many(self, bank_id: int, case_id: int | None,
-                 signals: Sequence[tuple[Signal, str, int | None]], pipeline_version: int
-                 ) -> list[int]:
-        """Insert ``(signal, label, quality)`` rows; return their ids in order."""
+                 signals: Sequence[tuple[Signal, str, int | None]], pipeline_version: int,
+                 image_key: str = "") -> list[int]:
+        """Insert ``(signal, label, quality)`` rows of one image; return their ids in order."""
         ts = now()
         rows = [SignalRow(case_id=case_id, bank_id=bank_id, kind=sig.kind.value, value=sig.hex,
                           label=label, status=SignalStatus.ACTIVE.value, quality=quality,
-                          pipeline_version=pipeline_version, created_at=ts, updated_at=ts)
+                          pipeline_version=pipeline_version, image_key=image_key,
+                          created_at=ts, updated_at=ts)
                 for sig, label, quality in signals]
         self.s.add_all(rows)
         self.s.flush()
@@ -231,7 +232,7 @@ def _registered(row: SignalRow, bank: str, number: str | None) -> RegisteredSign
     return RegisteredSignal(id=row.id, signal=signal,
                             bank=bank, status=SignalStatus(row.status), case_number=number,
                             label=row.label, removed=row.removed,
-                            not_violating=row.not_violating)
+                            not_violating=row.not_violating, image_key=row.image_key)
 
 
 class PlatformRepository:
