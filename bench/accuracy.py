@@ -163,7 +163,8 @@ def best_distances(registry, queries: list[Query]) -> list[dict[tuple[str, str],
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--originals", type=Path, default=ROOT.parent / "shared/data/originals")
     ap.add_argument("--negatives", type=Path, default=ROOT.parent / "shared/data/negatives")
     ap.add_argument("--limit", type=int, default=None, help="originals to use (quick runs)")
@@ -228,7 +229,8 @@ def main() -> int:
         originals = [it for it in originals if it.path not in too_plain]
     register_s = time.time() - t
     path_of = {c: p for p, c in case_of.items()}
-    queries = [query_of(str(n), j, settings.pdq_min_quality) for n, (_, _, j, _) in enumerate(answers)]
+    queries = [query_of(str(n), j, settings.pdq_min_quality)
+               for n, (_, _, j, _) in enumerate(answers)]
     t = time.time()
     best = best_distances(registry, queries)
     match_s = time.time() - t
@@ -374,7 +376,8 @@ def main() -> int:
         "command": "python bench/accuracy.py " + shlex.join(sys.argv[1:]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
         "seconds": round(time.time() - started),
-        "registered_images": n_reg, "originals": len(originals), "unrelated_queries": len(negatives),
+        "registered_images": n_reg, "originals": len(originals),
+        "unrelated_queries": len(negatives),
         "refused_too_plain": [Path(p).name for p in too_plain],
         "altered_copies": sum(r["copies"] for r in families.values()),
         "stored_signals_per_image": {"mean": float(np.mean(stored)), "max": int(max(stored))},
