@@ -15,11 +15,6 @@ def emit_json(obj: object) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=False))
 
 
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
-
-
 def read_file(path: str, limit: int) -> bytes:
     """Read an input file into memory, refusing oversized files before reading them."""
     p = Path(path)
