@@ -200,7 +200,8 @@ CASE_NUMBER_BITS = 60
 
 @dataclass(frozen=True, slots=True)
 class CaseNumber:
-    """A random 60-bit case number shown as ``XXXX-XXXX-XXXX-C`` (C is a check symbol)."""
+    """A random 60-bit case number shown as ``7K3M-Q9ZT-W2AB-5``: 12 Crockford base32 characters
+    and a check symbol."""
 
     value: int
 
