@@ -200,7 +200,7 @@ CASE_NUMBER_BITS = 60
 
 @dataclass(frozen=True, slots=True)
 class CaseNumber:
-    """A random 60-bit case number shown as ``7K3M-Q9ZT-W2AB-5``: 12 Crockford base32 characters
+    """A random 60-bit case number shown as ``7K3M-Q9ZT-W2AB-C``: 12 Crockford base32 characters
     and a check symbol."""
 
     value: int
@@ -215,7 +215,7 @@ class CaseNumber:
         if len(cleaned) != 13 or any(c not in _DECODE for c in cleaned):
             raise InvalidCaseNumber(
                 "A case number has 12 letters or digits and a check character, "
-                "like 7K3M-Q9ZT-W2AB-5."
+                "like 7K3M-Q9ZT-W2AB-C."
             )
         value = 0
         for c in cleaned[:12]:
