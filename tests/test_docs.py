@@ -52,3 +52,12 @@ def test_readme_documents_no_command_that_does_not_exist():
     documented = set(re.findall(r"`takedown ([a-z]+(?: [a-z]+)?)", README))
     real = {" ".join(p) for p in COMMANDS} | {p[0] for p in COMMANDS}
     assert documented <= real, documented - real
+
+
+def test_the_documented_case_number_is_a_valid_one():
+    import re
+
+    from registry.domain import CaseNumber
+
+    (example,) = set(re.findall(r"`([0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-.)`", README))
+    assert str(CaseNumber.parse(example)) == example
