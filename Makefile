@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench bench-index bench-accuracy clean
+.PHONY: run test lint bench bench-index bench-accuracy bench-http bench-api clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ bench-index: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy.py
+
+bench-http: $(STAMP)
+	$(BIN)/python bench/http.py
+
+bench-api: $(STAMP)
+	$(BIN)/python bench/api_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
