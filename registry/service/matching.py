@@ -117,14 +117,15 @@ def _perceptual_hits(keeper: IndexKeeper, settings: Settings, queries: Sequence[
 
 def _exact_hits(store: Store, queries: Sequence[Query]) -> list[_Hit]:
     hits: list[_Hit] = []
-    for kind in (SignalKind.MD5, SignalKind.SHA256):
-        which = [(qi, s.hex) for qi, q in enumerate(queries) for s in q.signals if s.kind is kind]
-        if not which:
-            continue
-        with store.transaction(write=False) as tx:
-            found = tx.signals.find_exact(kind, [v for _, v in which])
-        for qi, value in which:
-            hits.extend(_Hit(qi, sid, kind, 0, Tier.EXACT) for sid in found.get(value, []))
+    wanted = {kind: [(qi, s.hex) for qi, q in enumerate(queries) for s in q.signals
+                     if s.kind is kind] for kind in (SignalKind.MD5, SignalKind.SHA256)}
+    if not any(wanted.values()):
+        return hits
+    with store.transaction(write=False) as tx:  # one round trip for both digests
+        for kind, which in wanted.items():
+            found = tx.signals.find_exact(kind, [v for _, v in which]) if which else {}
+            for qi, value in which:
+                hits.extend(_Hit(qi, sid, kind, 0, Tier.EXACT) for sid in found.get(value, []))
     return hits
 
 

@@ -8,8 +8,6 @@ from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Nested, S
 from apiflask.validators import Length, OneOf, Range, Regexp
 from marshmallow import ValidationError
 
-SIGNAL_NAMES = ("pdq", "pdq_content", "pdq_frame", "phash", "md5", "sha256")
-
 
 def _hex(digits: int) -> str:
     # Documented, not enforced here: the domain parses hex (and rejects degenerate hashes) with
