@@ -189,3 +189,18 @@ def test_bank_images_match_once_per_image(registry):
         encode(photo(15))))])
     pdq = [m for m in result.matches if m.signal is SignalKind.PDQ]
     assert len(pdq) == 1 and pdq[0].bank == "canary" and pdq[0].distance == 0
+
+
+def test_frame_box_stops_where_the_picture_has_its_own_flat_edge():
+    from registry.hashing.content import FRAME_RULES
+
+    img = photo(16)
+    img.paste((20, 20, 20), (0, 0, img.width, 40))  # the picture's own dark, flat top
+    out = captioned(img, 80)  # a white caption bar above it
+    full = content_box(out)
+    frame = content_box(out, FRAME_RULES)
+    assert full[1] >= 80 + 38  # the full trimmer peels the bar and the dark strip
+    assert close(frame, (0, 80, img.width, 80 + img.height))  # the frame box only the bar
+    signals = compute_signals(encode(out, "PNG"))
+    original = compute_signals(encode(img, "PNG"))
+    assert signals.frame is not None and signals.frame.pdq - original.pdq <= 16

@@ -289,3 +289,12 @@ def test_repeated_feedback_on_one_match_does_not_quarantine(registry, settings):
         last = registry.record_feedback(platform, mid, "not_violating")
     assert last.quarantined
     assert [s.signal.kind for s in registry.quarantined()] == [SignalKind.PDQ]
+
+
+@pytest.mark.parametrize("cursor", ["-1", "1.5", "abc", "٣", "9" * 20, str(2**63)])
+def test_feed_cursor_is_checked_before_the_database(cursor):
+    from registry.service.feed import parse_cursor
+
+    with pytest.raises(InvalidInput, match="cursor"):
+        parse_cursor(cursor)
+    assert parse_cursor(str(2**63 - 1)) == 2**63 - 1 and parse_cursor("") == 0

@@ -57,7 +57,9 @@ def content_box(img: Image.Image, rules: TrimRules | None = None) -> Box:
     a = np.asarray(small, dtype=np.int16)
     h, w = a.shape[:2]
     top, bottom, left, right = 0, h, 0, w
-    for _ in range(3):
+    # A second pass starts its peel afresh at the new edge; the conservative box must not, or
+    # it would peel the picture's own flat edge once the bar is gone.
+    for _ in range(1 if rules.conservative else 3):
         before = (top, bottom, left, right)
         top = _peel(a[:, left:right], top, bottom, 1, rules)
         if top >= bottom:
