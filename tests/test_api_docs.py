@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import encode, photo
+from tests.test_serve import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "api.md"
@@ -124,16 +124,6 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     pytest.fail(f"{url} was not ready within {timeout} s: {log.read_text()[-2000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def _cli(env: dict[str, str], cwd: Path, *args: str) -> str:
     result = subprocess.run(["takedown", *args], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=120, check=False)
@@ -171,7 +161,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         yield Live(work, data, env, urls, key, logs)
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)
 
 
 # --- running a block --------------------------------------------------------------------------

@@ -39,7 +39,9 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> 
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
+    """Stop a server started with start_new_session=True, and its children."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
