@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint bench bench-index bench-accuracy bench-http bench-api clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py registry/index/_mih.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# Browser tests drive Debian's Chromium (Playwright's own browser downloads fail here);
 	@# installed only as root, otherwise those tests skip with the reason.

@@ -61,6 +61,7 @@ from registry.service import SubmittedImage  # noqa: E402
 
 EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 FP_BUDGET = 1e-6  # false positives per unrelated pair, per signal family (PDQ, pHash)
+STRONG_CAP = {"pdq": 31}
 WIDE = {"pdq": 90, "phash": 16}  # first-pass thresholds: wide enough to see the distributions
 VARIANTS = variants()
 OPTIONS = DecodeOptions()
@@ -312,7 +313,11 @@ def main() -> int:
         weak = max(ok, default=0)
         nearest = min((d[signal] for *_x, d in unrelated if signal in d), default=WIDE[signal])
         margin = 10 if signal == "pdq" else 3
-        strong = max(0, min(weak, nearest - margin))
+        # PDQ's strong tier also stays at the customary 31: the radius the index is exact to at
+        # 16-bit chunks (docs/performance.md); the weak tier above it is searched with measured
+        # recall (bench/scale.py).
+        cap = STRONG_CAP.get(signal, weak)
+        strong = max(0, min(weak, nearest - margin, cap))
         thresholds[signal] = {"strong": strong, "weak": weak, "nearest_unrelated": nearest,
                               "fp_at_weak": curves[signal]["all"][weak],
                               "fp_people_at_weak": curves[signal]["people"][weak]}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from registry.config import Settings
+from registry.domain import SignalKind
 from registry.errors import StorageUnavailable
-from registry.index.catalog import single_thread
+from registry.index.catalog import IndexOptions, single_thread
 from registry.service import Registry
 from registry.service.indexing import IndexKeeper
 from registry.store import Store
@@ -31,11 +32,19 @@ def build_registry(settings: Settings, *, migrate: bool | None = None, load_inde
     except BaseException:
         store.close()
         raise
-    keeper = IndexKeeper(store, settings.snapshot_dir / SNAPSHOT_NAME, settings.compact_ratio)
+    keeper = IndexKeeper(store, settings.snapshot_dir / SNAPSHOT_NAME, index_options(settings))
     registry = Registry(settings, store, keeper)
     if load_index:
         keeper.load()
     return registry
+
+
+def index_options(settings: Settings) -> IndexOptions:
+    """The index each perceptual kind gets: exact to the kind's strong threshold."""
+    return IndexOptions(
+        kind=settings.index,
+        exact_radius={k: settings.thresholds(k).strong for k in (SignalKind.PDQ, SignalKind.PHASH)},
+        compact_ratio=settings.compact_ratio)
 
 
 def upgrade_database(settings: Settings) -> str:

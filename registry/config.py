@@ -47,8 +47,9 @@ class Settings:
     pdq_min_quality: int = _setting(50, "PDQ hashes with a lower quality score are rejected.")
     # Derived in docs/accuracy.md (bench/accuracy.py): weak keeps false positives within 1e-6 per
     # unrelated pair on 47.5M pairs and on 2.6M people-vs-people pairs (0 observed); strong keeps
-    # a margin below the nearest unrelated pair (PDQ 56, pHash 8).
-    pdq_strong: int = _setting(46, "PDQ distance (inclusive) of the strong tier.")
+    # a margin below the nearest unrelated pair (PDQ 56, pHash 8) and, for PDQ, stays at the
+    # customary 31, the radius the index searches exactly at 16-bit chunks (docs/performance.md).
+    pdq_strong: int = _setting(31, "PDQ distance (inclusive) of the strong tier.")
     pdq_weak: int = _setting(55, "PDQ distance (inclusive) of the weak tier.")
     phash_strong: int = _setting(5, "pHash distance (inclusive) of the strong tier.")
     phash_weak: int = _setting(7, "pHash distance (inclusive) of the weak tier.")
@@ -62,6 +63,9 @@ class Settings:
         "1200 per minute", "Requests per API key (Flask-Limiter syntax, e.g. '20 per second').")
     auth_failure_limit: str = _setting(
         "30 per minute", "Failed API authentications per client address before 429.")
+    index: str = _setting(
+        "multi", "Index kind: 'multi' (multi-index hashing: exact to the strong threshold, "
+        "measured recall beyond it) or 'flat' (exhaustive scans: exact everywhere, slower).")
     compact_ratio: float = _setting(
         0.1, "Compact an index when tombstones or delta exceed this fraction of its size."
     )
@@ -88,6 +92,8 @@ class Settings:
             if t.weak >= kind.bits // 2:
                 raise ConfigError(
                     f"The {kind.value} weak threshold must be below {kind.bits // 2}.")
+        if self.index not in ("multi", "flat"):
+            raise ConfigError("TAKEDOWN_INDEX must be 'multi' or 'flat'.")
         if self.max_image_pixels <= 0 or self.max_upload_bytes <= 0 or self.max_queries <= 0:
             raise ConfigError("Size limits must be positive.")
         if self.pin_kdf_n < 2 or self.pin_kdf_n & (self.pin_kdf_n - 1):

@@ -13,7 +13,8 @@ import pytest
 
 from registry.domain import SignalKind
 from registry.errors import SnapshotError
-from registry.index import IndexSet, snapshot
+from registry.index import FlatIndex, IndexSet, MultiIndex, snapshot
+from registry.index.catalog import IndexOptions
 from registry.index.snapshot import MAGIC, Section
 
 
@@ -286,7 +287,8 @@ def test_index_set_round_trip_preserves_everything(tmp_path: Path) -> None:
         )
         assert twin.stats["tombstones"] == 0 and twin.stats["delta"] == 0
         queries = np.concatenate([codes[:25], random_codes(rng, 5, kind.bits)])
-        for radius in (0, 8, 31, kind.bits // 2):
+        exact = getattr(twin, "exact_radius", kind.bits)  # beyond it a MultiIndex may miss
+        for radius in [r for r in (0, 5, 8, 31, kind.bits // 2) if r <= exact]:
             want = [(r.ids.tolist(), r.distances.tolist()) for r in index.search(queries, radius)]
             got = [(r.ids.tolist(), r.distances.tolist()) for r in twin.search(queries, radius)]
             assert got == want
@@ -299,11 +301,15 @@ def test_index_set_round_trip_preserves_everything(tmp_path: Path) -> None:
     assert len(IndexSet.load(path)) == len(loaded)
 
 
-def test_index_set_load_honours_compact_ratio(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["multi", "flat"])
+def test_index_set_load_honours_the_options(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "index.snap"
     filled_index_set().save(path)
-    loaded = IndexSet.load(path, compact_ratio=0.5)
+    options = IndexOptions(kind=kind, compact_ratio=0.5)
+    loaded = IndexSet.load(path, options)
     assert all(i._ratio == 0.5 for i in loaded.indexes.values())
+    expected = MultiIndex if kind == "multi" else FlatIndex
+    assert all(type(i) is expected for i in loaded.indexes.values())
 
 
 def test_index_set_load_of_a_snapshot_without_some_kind(tmp_path: Path) -> None:

@@ -11,5 +11,6 @@ from registry.index.base import HashIndex, SearchResult
 from registry.index.brute import BruteForceIndex
 from registry.index.catalog import IndexSet
 from registry.index.flat import FlatIndex
+from registry.index.multi import MultiIndex
 
-__all__ = ["BruteForceIndex", "FlatIndex", "HashIndex", "IndexSet", "SearchResult"]
+__all__ = ["BruteForceIndex", "FlatIndex", "HashIndex", "IndexSet", "MultiIndex", "SearchResult"]

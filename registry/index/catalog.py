@@ -1,8 +1,13 @@
-"""IndexSet: one FlatIndex per perceptual signal kind, and the change-log position they reflect."""
+"""IndexSet: one index per perceptual signal kind, and the change-log position they reflect.
+
+``IndexOptions`` picks the kind: ``multi`` (:class:`MultiIndex`, exact to each signal's strong
+threshold) or ``flat`` (:class:`FlatIndex`, exact everywhere, a full scan per query).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -13,6 +18,7 @@ from registry.errors import SnapshotError
 from registry.index import snapshot
 from registry.index.base import SearchResult
 from registry.index.flat import FlatIndex
+from registry.index.multi import MultiIndex
 
 PERCEPTUAL = (SignalKind.PDQ, SignalKind.PHASH)
 
@@ -23,12 +29,33 @@ def single_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
+@dataclass(frozen=True, slots=True)
+class IndexOptions:
+    kind: str = "multi"
+    # The radius each kind's index must be exact to (its strong threshold).
+    exact_radius: Mapping[SignalKind, int] = field(
+        default_factory=lambda: {SignalKind.PDQ: 31, SignalKind.PHASH: 5})
+    compact_ratio: float = 0.1
+
+    def new(self, kind: SignalKind) -> FlatIndex | MultiIndex:
+        if self.kind == "flat":
+            return FlatIndex(kind.bits, self.compact_ratio)
+        return MultiIndex(kind.bits, self.exact_radius[kind], self.compact_ratio)
+
+    def of_arrays(self, kind: SignalKind, ids: np.ndarray, codes: np.ndarray
+                  ) -> FlatIndex | MultiIndex:
+        if self.kind == "flat":
+            return FlatIndex.from_arrays(kind.bits, ids, codes, self.compact_ratio)
+        return MultiIndex.from_arrays(kind.bits, ids, codes, self.exact_radius[kind],
+                                      self.compact_ratio)
+
+
 class IndexSet:
-    def __init__(self, compact_ratio: float = 0.1) -> None:
+    def __init__(self, options: IndexOptions | None = None) -> None:
         self.position = 0
-        self._ratio = compact_ratio
-        self.indexes: dict[SignalKind, FlatIndex] = {
-            k: FlatIndex(k.bits, compact_ratio) for k in PERCEPTUAL
+        self.options = options or IndexOptions()
+        self.indexes: dict[SignalKind, FlatIndex | MultiIndex] = {
+            k: self.options.new(k) for k in PERCEPTUAL
         }
 
     def __len__(self) -> int:
@@ -78,9 +105,9 @@ class IndexSet:
         snapshot.save(path, self.position, sections)
 
     @classmethod
-    def load(cls, path: Path, compact_ratio: float = 0.1) -> IndexSet:
+    def load(cls, path: Path, options: IndexOptions | None = None) -> IndexSet:
         position, sections = snapshot.load(path)
-        out = cls(compact_ratio)
+        out = cls(options)
         for s in sections:
             try:
                 kind = SignalKind(s.kind)
@@ -88,12 +115,13 @@ class IndexSet:
                 raise SnapshotError(f"{path} holds an unknown signal kind {s.kind!r}.") from None
             if kind not in out.indexes or kind.bits != s.bits:
                 raise SnapshotError(f"{path} holds {s.kind} codes of {s.bits} bits.")
-            out.indexes[kind] = FlatIndex.from_arrays(kind.bits, s.ids, s.codes, compact_ratio)
+            out.indexes[kind] = out.options.of_arrays(kind, s.ids, s.codes)
         out.position = position
         return out
 
     def stats(self) -> dict[str, object]:
         return {
             "position": self.position,
+            "index": self.options.kind,
             "kinds": {k.value: i.stats for k, i in self.indexes.items()},
         }

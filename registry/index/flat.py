@@ -99,7 +99,7 @@ class FlatIndex:
 
     def export(self) -> tuple[Ids, Codes]:
         ids = np.concatenate([self._base_ids, self._delta_ids])
-        codes = np.concatenate([_codes_of(self._base), _codes_of(self._delta)])
+        codes = np.concatenate([codes_of(self._base), codes_of(self._delta)])
         if self._tombstones:
             live = ~np.isin(ids, self._tomb_array)
             ids, codes = ids[live], codes[live]
@@ -147,7 +147,7 @@ class FlatIndex:
         return index
 
 
-def _codes_of(index: faiss.IndexBinaryFlat) -> Codes:
+def codes_of(index: faiss.IndexBinaryFlat) -> Codes:
     n = int(index.ntotal)
     if n == 0:
         return np.zeros((0, index.code_size), dtype=np.uint8)

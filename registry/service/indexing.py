@@ -15,7 +15,7 @@ import numpy as np
 from registry.domain import SignalKind
 from registry.errors import SnapshotError
 from registry.index.base import SearchResult
-from registry.index.catalog import PERCEPTUAL, IndexSet
+from registry.index.catalog import PERCEPTUAL, IndexOptions, IndexSet
 from registry.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,12 @@ class VerifyReport:
 class IndexKeeper:
     """Owns the IndexSet of this process and a lock around it (searches and updates)."""
 
-    def __init__(self, store: Store, snapshot_path: Path, compact_ratio: float = 0.1) -> None:
+    def __init__(self, store: Store, snapshot_path: Path,
+                 options: IndexOptions | None = None) -> None:
         self.store = store
         self.snapshot_path = snapshot_path
-        self.ratio = compact_ratio
-        self.indexes = IndexSet(compact_ratio)
+        self.options = options or IndexOptions()
+        self.indexes = IndexSet(self.options)
         self.lock = threading.RLock()
         self.loaded_at = 0.0
         self.loaded_from = "empty"
@@ -56,7 +57,7 @@ class IndexKeeper:
     def load(self) -> str:
         """Snapshot + log tail when a good snapshot exists, else a rebuild from the database."""
         try:
-            indexes = IndexSet.load(self.snapshot_path, self.ratio)
+            indexes = IndexSet.load(self.snapshot_path, self.options)
             with self.store.transaction(write=False) as tx:
                 head = tx.changes.head()
             if indexes.position > head:
@@ -75,7 +76,7 @@ class IndexKeeper:
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """A fresh index from every active signal, consistent with one change-log position."""
-        fresh = IndexSet(self.ratio)
+        fresh = IndexSet(self.options)
         with self.store.transaction(write=False) as tx:
             position = tx.changes.head()
             parts: dict[SignalKind, tuple[list[np.ndarray], list[bytes]]] = {

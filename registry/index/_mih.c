@@ -1,0 +1,298 @@
+/* Multi-index hashing kernels for MultiIndex (registry/index/multi.py).
+ *
+ * A code of B bytes is cut into m = B/2 chunks of 16 bits (big-endian: chunk c is bytes 2c and
+ * 2c+1). For each chunk a table maps each of the 65536 chunk values to the rows holding it:
+ * ``offsets[c][v] .. offsets[c][v+1]`` index ``postings[c]`` (row numbers, ascending).
+ *
+ * Pigeonhole: if a code is within distance D of the query and chunk c is probed to radius r_c
+ * (every value within r_c bits of the query's chunk), the code is found unless every probed
+ * chunk differs by more than r_c, which needs D >= sum(r_c + 1). So probing radii with
+ * sum(r_c + 1) > E finds every code within E: the search is exact to E. Beyond E it finds most
+ * codes, not all (the caller measures how many).
+ *
+ * Candidates are gathered first, then checked with software prefetch: checking is bound by
+ * random reads of the codes, and prefetching 24 rows ahead roughly halves its cost (measured in
+ * bench/index.py). The GIL is released while a kernel runs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK_VALUES 65536
+#define MAX_PROBE 3
+#define PREFETCH 24
+
+static inline uint32_t chunk_of(const uint8_t *code, int c) {
+    return ((uint32_t)code[2 * c] << 8) | code[2 * c + 1];
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define POPCOUNT_CLONES __attribute__((target_clones("popcnt", "default")))
+#else
+#define POPCOUNT_CLONES
+#endif
+
+/* Hamming distance of two codes of nbytes (a multiple of 8). */
+static inline int distance(const uint8_t *a, const uint8_t *b, int nbytes) {
+    int d = 0;
+    for (int i = 0; i < nbytes; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        d += __builtin_popcountll(x ^ y);
+    }
+    return d;
+}
+
+/* ---- build ------------------------------------------------------------------------------- */
+
+static void build_chunk(const uint8_t *codes, Py_ssize_t n, int nbytes, int c, uint32_t *off,
+                        uint32_t *post) {
+    memset(off, 0, (CHUNK_VALUES + 1) * sizeof(uint32_t));
+    for (Py_ssize_t i = 0; i < n; i++) off[chunk_of(codes + i * nbytes, c) + 1]++;
+    for (int v = 0; v < CHUNK_VALUES; v++) off[v + 1] += off[v];
+    /* off[v+1] is the end of bucket v. Filling each bucket from its end with rows taken in
+     * descending order keeps rows ascending and leaves off[v+1] at the bucket's start. */
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        uint32_t v = chunk_of(codes + i * nbytes, c);
+        post[--off[v + 1]] = (uint32_t)i;
+    }
+    for (int v = 0; v < CHUNK_VALUES; v++) off[v] = off[v + 1];
+    off[CHUNK_VALUES] = (uint32_t)n;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *what) {
+    if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS
+                                               : PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous%s buffer", what,
+                     writable ? " writable" : "");
+        return -1;
+    }
+    return 0;
+}
+
+/* build(codes, nbytes, chunk, offsets, postings): fills the table of one chunk. */
+static PyObject *mih_build(PyObject *self, PyObject *args) {
+    PyObject *codes_o, *off_o, *post_o;
+    int nbytes, chunk;
+    if (!PyArg_ParseTuple(args, "OiiOO", &codes_o, &nbytes, &chunk, &off_o, &post_o)) return NULL;
+    if (nbytes <= 0 || nbytes % 8) {
+        PyErr_SetString(PyExc_ValueError, "nbytes must be a positive multiple of 8");
+        return NULL;
+    }
+    if (chunk < 0 || chunk >= nbytes / 2) {
+        PyErr_SetString(PyExc_ValueError, "chunk out of range");
+        return NULL;
+    }
+    Py_buffer codes, off, post;
+    if (get_buffer(codes_o, &codes, 0, "codes") < 0) return NULL;
+    if (get_buffer(off_o, &off, 1, "offsets") < 0) { PyBuffer_Release(&codes); return NULL; }
+    if (get_buffer(post_o, &post, 1, "postings") < 0) {
+        PyBuffer_Release(&codes); PyBuffer_Release(&off); return NULL;
+    }
+    Py_ssize_t n = codes.len / nbytes;
+    if (codes.len % nbytes || off.len != (CHUNK_VALUES + 1) * 4 || post.len != n * 4 ||
+        n > (Py_ssize_t)UINT32_MAX) {
+        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&post);
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    build_chunk((const uint8_t *)codes.buf, n, nbytes, chunk, (uint32_t *)off.buf,
+                (uint32_t *)post.buf);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&post);
+    Py_RETURN_NONE;
+}
+
+/* ---- search ------------------------------------------------------------------------------ */
+
+typedef struct {
+    uint32_t *rows;
+    int32_t *dist;
+    Py_ssize_t len, cap;
+} hits_t;
+
+static int hits_push(hits_t *h, uint32_t row, int32_t d) {
+    if (h->len == h->cap) {
+        Py_ssize_t cap = h->cap ? h->cap * 2 : 64;
+        uint32_t *r = realloc(h->rows, cap * sizeof(uint32_t));
+        if (!r) return -1;
+        h->rows = r;
+        int32_t *dd = realloc(h->dist, cap * sizeof(int32_t));
+        if (!dd) return -1;
+        h->dist = dd;
+        h->cap = cap;
+    }
+    h->rows[h->len] = row;
+    h->dist[h->len] = d;
+    h->len++;
+    return 0;
+}
+
+typedef struct {
+    uint32_t *buf;
+    Py_ssize_t cap;
+} cand_t;
+
+/* Every 16-bit value within r bits of v, for r = 0..probe, appended to out. */
+static int probe_values(uint32_t v, int probe, uint32_t *out) {
+    int n = 0;
+    out[n++] = v;
+    if (probe >= 1)
+        for (int i = 0; i < 16; i++) out[n++] = v ^ (1u << i);
+    if (probe >= 2)
+        for (int i = 0; i < 16; i++)
+            for (int j = i + 1; j < 16; j++) out[n++] = v ^ (1u << i) ^ (1u << j);
+    if (probe >= 3)
+        for (int i = 0; i < 16; i++)
+            for (int j = i + 1; j < 16; j++)
+                for (int k = j + 1; k < 16; k++) out[n++] = v ^ (1u << i) ^ (1u << j) ^ (1u << k);
+    return n;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* One query: returns 0, or -1 on allocation failure. Hits are unique rows. */
+POPCOUNT_CLONES
+static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint32_t *offsets,
+                      const uint32_t *postings, const uint8_t *q, int radius,
+                      const uint8_t *probes, cand_t *cand, hits_t *hits, Py_ssize_t *examined) {
+    uint32_t values[1 + 16 + 120 + 560];
+    int m = nbytes / 2;
+    Py_ssize_t count = 0;
+    for (int c = 0; c < m; c++) {
+        if (probes[c] == 0xff) continue; /* chunk not probed */
+        const uint32_t *off = offsets + (size_t)c * (CHUNK_VALUES + 1);
+        const uint32_t *post = postings + (size_t)c * n;
+        int nv = probe_values(chunk_of(q, c), probes[c], values);
+        for (int k = 0; k < nv; k++) {
+            uint32_t lo = off[values[k]], hi = off[values[k] + 1];
+            Py_ssize_t need = count + (hi - lo);
+            if (need > cand->cap) {
+                Py_ssize_t cap = cand->cap ? cand->cap : 4096;
+                while (cap < need) cap *= 2;
+                uint32_t *b = realloc(cand->buf, cap * sizeof(uint32_t));
+                if (!b) return -1;
+                cand->buf = b;
+                cand->cap = cap;
+            }
+            memcpy(cand->buf + count, post + lo, (hi - lo) * sizeof(uint32_t));
+            count = need;
+        }
+    }
+    *examined += count;
+    Py_ssize_t first = hits->len;
+    const uint32_t *buf = cand->buf;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        if (p + PREFETCH < count) __builtin_prefetch(codes + (size_t)buf[p + PREFETCH] * nbytes);
+        uint32_t row = buf[p];
+        int d = distance(q, codes + (size_t)row * nbytes, nbytes);
+        if (d <= radius && hits_push(hits, row, d) < 0) return -1;
+    }
+    /* A code close to the query is usually found through several chunks: keep each row once. */
+    Py_ssize_t found = hits->len - first;
+    if (found > 1) {
+        uint64_t *pairs = malloc(found * sizeof(uint64_t));
+        if (!pairs) return -1;
+        for (Py_ssize_t i = 0; i < found; i++)
+            pairs[i] = ((uint64_t)hits->rows[first + i] << 32) | (uint32_t)hits->dist[first + i];
+        qsort(pairs, found, sizeof(uint64_t), cmp_u64);
+        Py_ssize_t kept = 0;
+        for (Py_ssize_t i = 0; i < found; i++) {
+            uint32_t row = (uint32_t)(pairs[i] >> 32);
+            if (kept && hits->rows[first + kept - 1] == row) continue;
+            hits->rows[first + kept] = row;
+            hits->dist[first + kept] = (int32_t)(uint32_t)pairs[i];
+            kept++;
+        }
+        hits->len = first + kept;
+        free(pairs);
+    }
+    return 0;
+}
+
+/* search(codes, nbytes, offsets, postings, queries, radius, probes)
+ *   -> (lims: int64[q+1] bytes, rows: uint32 bytes, distances: int32 bytes, examined: int)
+ * probes[c] is chunk c's probe radius (0..3), or 255 to skip the chunk. */
+static PyObject *mih_search(PyObject *self, PyObject *args) {
+    PyObject *codes_o, *off_o, *post_o, *q_o;
+    int nbytes, radius;
+    const char *probes;
+    Py_ssize_t nprobes;
+    if (!PyArg_ParseTuple(args, "OiOOOiy#", &codes_o, &nbytes, &off_o, &post_o, &q_o, &radius,
+                          &probes, &nprobes))
+        return NULL;
+    if (nbytes <= 0 || nbytes % 8 || nprobes != nbytes / 2) {
+        PyErr_SetString(PyExc_ValueError, "nbytes must be a multiple of 8, one probe per chunk");
+        return NULL;
+    }
+    for (Py_ssize_t c = 0; c < nprobes; c++) {
+        unsigned char p = (unsigned char)probes[c];
+        if (p > MAX_PROBE && p != 0xff) {
+            PyErr_SetString(PyExc_ValueError, "probe radius must be 0..3 or 255");
+            return NULL;
+        }
+    }
+    Py_buffer codes, off, post, qs;
+    if (get_buffer(codes_o, &codes, 0, "codes") < 0) return NULL;
+    if (get_buffer(off_o, &off, 0, "offsets") < 0) { PyBuffer_Release(&codes); return NULL; }
+    if (get_buffer(post_o, &post, 0, "postings") < 0) {
+        PyBuffer_Release(&codes); PyBuffer_Release(&off); return NULL;
+    }
+    if (get_buffer(q_o, &qs, 0, "queries") < 0) {
+        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&post); return NULL;
+    }
+    int m = nbytes / 2;
+    Py_ssize_t n = codes.len / nbytes, nq = qs.len / nbytes;
+    PyObject *result = NULL;
+    if (codes.len % nbytes || qs.len % nbytes || off.len != (Py_ssize_t)m * (CHUNK_VALUES + 1) * 4
+        || post.len != (Py_ssize_t)m * n * 4) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match");
+        goto done;
+    }
+    int64_t *lims = malloc((nq + 1) * sizeof(int64_t));
+    hits_t hits = {NULL, NULL, 0, 0};
+    cand_t cand = {NULL, 0};
+    Py_ssize_t examined = 0;
+    int failed = lims == NULL;
+    if (!failed) {
+        Py_BEGIN_ALLOW_THREADS
+        lims[0] = 0;
+        for (Py_ssize_t i = 0; i < nq && !failed; i++) {
+            failed = search_one((const uint8_t *)codes.buf, n, nbytes, (const uint32_t *)off.buf,
+                                (const uint32_t *)post.buf, (const uint8_t *)qs.buf + i * nbytes,
+                                radius, (const uint8_t *)probes, &cand, &hits, &examined) < 0;
+            lims[i + 1] = hits.len;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    if (failed) {
+        PyErr_NoMemory();
+    } else {
+        result = Py_BuildValue("(y#y#y#n)", (const char *)lims, (Py_ssize_t)((nq + 1) * 8),
+                               hits.rows ? (const char *)hits.rows : "", hits.len * 4,
+                               hits.dist ? (const char *)hits.dist : "", hits.len * 4, examined);
+    }
+    free(lims); free(hits.rows); free(hits.dist); free(cand.buf);
+done:
+    PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&post);
+    PyBuffer_Release(&qs);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"build", mih_build, METH_VARARGS, "build(codes, nbytes, chunk, offsets, postings)"},
+    {"search", mih_search, METH_VARARGS,
+     "search(codes, nbytes, offsets, postings, queries, radius, probes)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_mih", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__mih(void) { return PyModule_Create(&module); }

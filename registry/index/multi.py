@@ -1,0 +1,230 @@
+"""MultiIndex: multi-index hashing over 16-bit chunks, exact to a chosen radius.
+
+A flat scan reads every code for every query (about 30 ms at 10M PDQ codes). Multi-index
+hashing (Norouzi et al.) cuts each code into 16-bit chunks and keeps, per chunk, the rows holding
+each of the 65536 chunk values; a query reads only the rows whose chunk is within a small probe
+radius of its own, then checks their full distance (the kernels are in ``_mih.c``).
+
+Exactness is pigeonhole arithmetic: probing chunk ``c`` to radius ``r_c`` finds every code within
+``E`` when ``sum(r_c + 1) > E``. :func:`probe_schedule` picks the cheapest radii for a given
+``exact_radius`` (the strong-tier threshold): for PDQ's 16 chunks, radius 1 everywhere is exact to
+31 and radius 2 (one chunk at 1) exact to 47. Hits further out, up to the search radius, are found
+when some chunk happens to differ little, which is most of them: ``bench/scale.py`` measures that
+recall against brute force.
+
+Like :class:`~registry.index.flat.FlatIndex`, new codes go to a small faiss delta scanned flat,
+removals are tombstones, and both are folded into a rebuilt base past a size bound.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from registry.index import _mih
+from registry.index.base import Codes, Ids, SearchResult, check_codes
+from registry.index.flat import codes_of
+
+CHUNK_BITS = 16
+CHUNK_VALUES = 1 << CHUNK_BITS
+MAX_PROBE = 3
+_SKIP = 0xFF  # a chunk the schedule does not probe
+_MIN_DELTA_BEFORE_COMPACT = 4096
+
+
+def probe_schedule(chunks: int, exact_radius: int) -> bytes:
+    """Per-chunk probe radii with ``sum(r + 1) > exact_radius``, spread evenly (the cheapest
+    spread, as probing cost grows steeply with r). Chunks needing no probe are skipped."""
+    if exact_radius < 0:
+        raise ValueError("exact_radius must be >= 0")
+    need = exact_radius + 1
+    per, extra = divmod(need, chunks)
+    radii = [per - 1 + (1 if c < extra else 0) for c in range(chunks)]
+    if max(radii) > MAX_PROBE:
+        raise ValueError(
+            f"exact to {exact_radius} bits needs probe radius {max(radii)} per 16-bit chunk; "
+            f"at most {MAX_PROBE} is supported")
+    return bytes(r if r >= 0 else _SKIP for r in radii)
+
+
+def exact_radius_of(schedule: bytes) -> int:
+    """The largest radius a schedule is exact to."""
+    return sum(r + 1 for r in schedule if r != _SKIP) - 1
+
+
+class _Tables:
+    """The immutable base: codes, their ids and one chunk table per 16-bit chunk."""
+
+    def __init__(self, bits: int, ids: Ids, codes: Codes, threads: int = 2) -> None:
+        self.nbytes = bits // 8
+        self.chunks = bits // CHUNK_BITS
+        self.ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        n = len(self.codes)
+        if n >= 2**32:
+            raise ValueError("a base holds fewer than 2**32 codes")
+        self.offsets = np.empty((self.chunks, CHUNK_VALUES + 1), dtype=np.uint32)
+        self.postings = np.empty((self.chunks, n), dtype=np.uint32)
+
+        def build(c: int) -> None:
+            _mih.build(self.codes, self.nbytes, c, self.offsets[c], self.postings[c])
+
+        # The kernel releases the GIL: chunks build in parallel.
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            list(pool.map(build, range(self.chunks)))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def search(self, queries: Codes, radius: int, schedule: bytes
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32], int]:
+        lims, rows, dist, examined = _mih.search(self.codes, self.nbytes, self.offsets,
+                                                 self.postings, queries, radius, schedule)
+        return (np.frombuffer(lims, dtype=np.int64),
+                self.ids[np.frombuffer(rows, dtype=np.uint32)],
+                np.frombuffer(dist, dtype=np.int32), examined)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.codes.nbytes + self.ids.nbytes + self.offsets.nbytes
+                   + self.postings.nbytes)
+
+
+class MultiIndex:
+    def __init__(self, bits: int, exact_radius: int, compact_ratio: float = 0.1,
+                 max_delta: int = 32768) -> None:
+        if bits % CHUNK_BITS:
+            raise ValueError(f"bits must be a multiple of {CHUNK_BITS}")
+        self._bits = bits
+        self.schedule = probe_schedule(bits // CHUNK_BITS, exact_radius)
+        self.exact_radius = exact_radius_of(self.schedule)
+        self._ratio = compact_ratio
+        self._max_delta = max_delta
+        self._base = _Tables(bits, np.zeros(0, np.int64), np.zeros((0, bits // 8), np.uint8))
+        self._delta = faiss.IndexBinaryFlat(bits)
+        self._delta_ids = np.zeros(0, dtype=np.int64)
+        self._tombstones: set[int] = set()
+        self._tomb_array = np.zeros(0, dtype=np.int64)
+        self._dead_rows = 0
+        self.examined = 0  # candidate rows checked by base searches, for the benchmarks
+
+    # --- interface -------------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    def __len__(self) -> int:
+        return len(self._base) + int(self._delta.ntotal) - self._dead_rows
+
+    def add(self, ids: Ids, codes: Codes) -> None:
+        codes = check_codes(codes, self._bits)
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(codes):
+            raise ValueError("ids and codes differ in length")
+        if len(ids) == 0:
+            return
+        if self._tombstones and not self._tombstones.isdisjoint(ids.tolist()):
+            self.compact()  # a re-added id must not resurrect its old row
+        self._delta.add(codes)
+        self._delta_ids = np.concatenate([self._delta_ids, ids])
+        bound = min(self._max_delta, max(_MIN_DELTA_BEFORE_COMPACT, self._ratio * len(self._base)))
+        if self._delta.ntotal > bound:
+            self.compact()
+
+    def remove(self, ids: Ids) -> int:
+        wanted = {int(i) for i in np.asarray(ids, dtype=np.int64)} - self._tombstones
+        if not wanted:
+            return 0
+        wanted_arr = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
+        in_base = self._base.ids[np.isin(self._base.ids, wanted_arr)]
+        in_delta = self._delta_ids[np.isin(self._delta_ids, wanted_arr)]
+        rows = len(in_base) + len(in_delta)
+        if not rows:
+            return 0
+        self._tombstones |= set(in_base.tolist()) | set(in_delta.tolist())
+        self._tomb_array = np.array(sorted(self._tombstones), dtype=np.int64)
+        self._dead_rows += rows
+        if self._dead_rows > max(1024, self._ratio * (len(self) + self._dead_rows)):
+            self.compact()
+        return rows
+
+    def search(self, queries: Codes, radius: int) -> list[SearchResult]:
+        queries = check_codes(queries, self._bits)
+        if radius < 0:
+            raise ValueError("radius must be >= 0")
+        nq = len(queries)
+        parts: list[list[tuple[Ids, npt.NDArray[np.int32]]]] = [[] for _ in range(nq)]
+        if len(self._base) and nq:
+            lims, ids, dist, examined = self._base.search(queries, radius, self.schedule)
+            self.examined += examined
+            for q in range(nq):
+                lo, hi = lims[q], lims[q + 1]
+                if hi > lo:
+                    parts[q].append((ids[lo:hi], dist[lo:hi]))
+        if self._delta.ntotal and nq:
+            dlims, ddist, drows = self._delta.range_search(queries, radius + 1)
+            for q in range(nq):
+                lo, hi = dlims[q], dlims[q + 1]
+                if hi > lo:
+                    parts[q].append((self._delta_ids[drows[lo:hi]], ddist[lo:hi]))
+        results = []
+        for found in parts:
+            if not found:
+                results.append(SearchResult.of(np.zeros(0, np.int64), np.zeros(0, np.int32)))
+                continue
+            hit_ids = np.concatenate([p[0] for p in found])
+            hit_dist = np.concatenate([p[1] for p in found])
+            if len(self._tomb_array):
+                live = ~np.isin(hit_ids, self._tomb_array)
+                hit_ids, hit_dist = hit_ids[live], hit_dist[live]
+            results.append(SearchResult.of(hit_ids, hit_dist))
+        return results
+
+    def export(self) -> tuple[Ids, Codes]:
+        ids = np.concatenate([self._base.ids, self._delta_ids])
+        codes = np.concatenate([self._base.codes, codes_of(self._delta)])
+        if self._tombstones:
+            live = ~np.isin(ids, self._tomb_array)
+            ids, codes = ids[live], codes[live]
+        return ids, codes
+
+    # --- maintenance -----------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            "live": len(self),
+            "base": len(self._base),
+            "delta": int(self._delta.ntotal),
+            "tombstones": self._dead_rows,
+            "exact_radius": self.exact_radius,
+            "bytes": self.memory_bytes,
+        }
+
+    @property
+    def memory_bytes(self) -> int:
+        delta = int(self._delta.ntotal)
+        return (self._base.memory_bytes + delta * (self._bits // 8) + delta * 8
+                + len(self._tombstones) * 80)
+
+    def compact(self) -> None:
+        """Fold delta and tombstones into a rebuilt base (built aside, then swapped in)."""
+        ids, codes = self.export()
+        self._base = _Tables(self._bits, ids, codes)
+        self._delta = faiss.IndexBinaryFlat(self._bits)
+        self._delta_ids = np.zeros(0, dtype=np.int64)
+        self._tombstones = set()
+        self._tomb_array = np.zeros(0, dtype=np.int64)
+        self._dead_rows = 0
+
+    @classmethod
+    def from_arrays(cls, bits: int, ids: Ids, codes: Codes, exact_radius: int,
+                    compact_ratio: float = 0.1) -> MultiIndex:
+        index = cls(bits, exact_radius, compact_ratio)
+        codes = check_codes(codes, bits)
+        if len(ids) != len(codes):
+            raise ValueError("ids and codes differ in length")
+        index._base = _Tables(bits, np.asarray(ids, dtype=np.int64), codes)
+        return index
