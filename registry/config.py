@@ -63,9 +63,24 @@ class Settings:
         "1200 per minute", "Requests per API key (Flask-Limiter syntax, e.g. '20 per second').")
     auth_failure_limit: str = _setting(
         "30 per minute", "Failed API authentications per client address before 429.")
+    submit_limit: str = _setting(
+        "20 per hour", "Case submissions from the web page per client address.")
+    case_limit: str = _setting(
+        "60 per hour", "Case status checks and withdrawals on the web page per client address.")
+    quick_exit_url: str = _setting(
+        "https://www.naver.com/", "Where the pages' quick-exit button goes: a neutral site.")
     index: str = _setting(
         "multi", "Index kind: 'multi' (multi-index hashing: exact to the strong threshold, "
         "measured recall beyond it) or 'flat' (exhaustive scans: exact everywhere, slower).")
+    follow_poll_s: float = _setting(
+        0.5, "Serving processes re-read the change log at least this often (seconds), besides "
+        "waking on PostgreSQL notifications.")
+    snapshot_every: int = _setting(
+        10000, "A serving process writes an index snapshot after this many changes (0: never).")
+    max_index_lag: int = _setting(
+        100, "/readyz reports not ready when the index is more change-log entries behind.")
+    max_sync_age_s: float = _setting(
+        5.0, "/readyz reports not ready when the follower has not synced for this long.")
     compact_ratio: float = _setting(
         0.1, "Compact an index when tombstones or delta exceed this fraction of its size."
     )

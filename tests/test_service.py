@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -253,9 +254,25 @@ def test_corrupt_or_future_snapshot_is_rebuilt(settings):
 
 def test_ready_reports_lag(registry):
     assert registry.ready()["ready"] is True
-    registry.keeper.indexes.position -= 1
+    registry.keeper.indexes.position -= 1  # one entry behind: a commit landing right now
     state = registry.ready()
-    assert state["index_lag"] == 1 and state["ready"] is False
+    assert state["index_lag"] == 1 and state["ready"] is True
+    registry.keeper.indexes.position -= registry.settings.max_index_lag
+    state = registry.ready()
+    assert state["index_lag"] == registry.settings.max_index_lag + 1
+    assert state["ready"] is False
+
+
+def test_ready_reports_a_follower_that_stopped_syncing(registry):
+    follower = registry.follow_changes()
+    deadline = time.time() + 10
+    while not follower.status.last_sync_at and time.time() < deadline:
+        time.sleep(0.01)
+    state = registry.ready()
+    assert state["ready"] is True and state["follower"]["running"] is True
+    follower.stop()
+    state = registry.ready()
+    assert state["ready"] is False and state["follower"]["running"] is False
 
 
 @pytest.mark.services

@@ -6,6 +6,7 @@ sources. Logic lives in the small modules beside this one; this class only holds
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 from registry.config import Settings
@@ -18,9 +19,11 @@ from registry.domain import (
     RegisteredSignal,
     Scope,
 )
+from registry.errors import RegistryError
 from registry.hashing import DecodeOptions, ImageSignals, compute_signals
 from registry.service import banks, cases, feed, feedback, matching, platforms
 from registry.service.cases import CaseReceipt, CaseView, SubmittedImage
+from registry.service.follower import Follower
 from registry.service.indexing import IndexKeeper, Progress, VerifyReport
 from registry.store import Store
 
@@ -32,6 +35,15 @@ class Registry:
         self.settings = settings
         self.store = store
         self.keeper = keeper
+        self.follower: Follower | None = None
+
+    def follow_changes(self) -> Follower:
+        """Start this process's change-log follower (serving processes; idempotent)."""
+        if self.follower is None:
+            self.follower = Follower(self.store, self.keeper, self.settings.follow_poll_s,
+                                     self.settings.snapshot_every)
+            self.follower.start()
+        return self.follower
 
     # --- hashing (in memory; the bytes are not kept) -------------------------------------------
     @property
@@ -48,6 +60,10 @@ class Registry:
         receipt = cases.submit(self.store, self.settings, images)
         self._catch_up()
         return receipt
+
+    def validate_submission(self, images: Sequence[SubmittedImage]) -> None:
+        """Raise the error that submitting these images would meet; registers nothing."""
+        cases.validate_submission(images, self.settings)
 
     def case_status(self, number: str, pin: str) -> CaseView:
         return cases.status(self.store, self.settings, number, pin)
@@ -151,14 +167,32 @@ class Registry:
         return str(self.keeper.save_snapshot())
 
     def ready(self) -> dict[str, object]:
-        """Readiness: database reachable and migrated, index loaded and caught up."""
+        """Readiness: database reachable, index loaded and caught up (a few entries behind is
+        a commit landing right now; more, or a follower that stopped syncing, is not ready)."""
         db_ok = self.store.ping()
         lag = None
         if db_ok:
-            with self.store.transaction(write=False) as tx:
-                lag = tx.changes.head() - self.keeper.indexes.position
-        return {"database": db_ok, "index_loaded": self.keeper.loaded_at > 0,
-                "index_lag": lag, "ready": bool(db_ok and self.keeper.loaded_at and lag == 0)}
+            try:
+                with self.store.transaction(write=False) as tx:
+                    lag = tx.changes.head() - self.keeper.indexes.position
+            except RegistryError:
+                db_ok = False
+        out: dict[str, object] = {"database": db_ok, "index_loaded": self.keeper.loaded_at > 0,
+                                  "index_lag": lag}
+        following = True
+        if self.follower is not None:
+            st = self.follower.status
+            age = time.time() - st.last_sync_at if st.last_sync_at else None
+            following = st.running and age is not None and age <= self.settings.max_sync_age_s
+            out["follower"] = {"running": st.running, "last_sync_age_s":
+                               None if age is None else round(age, 3),
+                               "notifications": st.notifications, "errors": st.errors,
+                               "last_error": st.last_error or None}
+        out["ready"] = bool(db_ok and self.keeper.loaded_at and lag is not None
+                            and lag <= self.settings.max_index_lag and following)
+        return out
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         self.store.close()

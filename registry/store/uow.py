@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from registry.domain import (
@@ -34,6 +34,7 @@ from registry.store.models import (
     PlatformRow,
     SignalRow,
 )
+from registry.store.notify import CHANNEL
 
 
 def now() -> datetime:
@@ -275,14 +276,30 @@ def _platform(row: PlatformRow) -> Platform:
                     revoked_at=_aware(row.revoked_at))
 
 
+# One transaction-scoped advisory lock serialises the writers of both logs on PostgreSQL (SQLite
+# writers are serialised by BEGIN IMMEDIATE already). For the change log it makes sequence order
+# commit order: without it a follower could read seq 12 while seq 11 is still uncommitted,
+# advance past 11 and never see it. For the audit log it keeps the hash chain a chain.
+_LOG_LOCK = 0x6C6F6773  # "logs"
+
+
+def _serialise_logs(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOG_LOCK})
+
+
 class ChangeLog:
     def __init__(self, session: Session) -> None:
         self.s = session
 
     def append(self, action: ChangeAction, signal_ids: Iterable[int]) -> None:
         ts = now()
+        _serialise_logs(self.s)
         self.s.add_all([ChangeRow(signal_id=i, action=action.value, at=ts) for i in signal_ids])
         self.s.flush()
+        if self.s.get_bind().dialect.name == "postgresql":
+            # Delivered at commit to every worker's listener (registry.store.notify).
+            self.s.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
     def head(self) -> int:
         return int(self.s.scalar(select(func.coalesce(func.max(ChangeRow.seq), 0))) or 0)
@@ -320,6 +337,7 @@ class AuditLog:
 
     def record(self, actor: str, action: str, subject: str = "",
                details: dict[str, object] | None = None) -> None:
+        _serialise_logs(self.s)
         prev = self.s.scalar(select(AuditRow.digest).order_by(AuditRow.id.desc()).limit(1)) or ""
         ts = now()
         body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"))

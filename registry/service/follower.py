@@ -1,0 +1,92 @@
+"""The change-log follower: a thread per serving process that keeps its index current.
+
+It waits on the database's change notifications (PostgreSQL LISTEN/NOTIFY; see
+:mod:`registry.store.notify`) and also polls every ``poll_s`` as the safety net, and on each
+wake-up applies the log entries past the index's position (adds to the delta, withdrawals as
+tombstones). Every match request also syncs first, so this thread is what keeps idle workers
+current and takes the catching-up out of the request path. When the database is unreachable it
+retries with a growing pause; ``status`` tells /readyz whether it keeps up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from registry.errors import RegistryError
+from registry.service.indexing import IndexKeeper
+from registry.store import Store
+from registry.store.notify import Listener
+
+log = logging.getLogger("takedown.follower")
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerStatus:
+    running: bool
+    last_sync_at: float
+    notifications: int
+    errors: int
+    last_error: str
+
+
+class Follower:
+    def __init__(self, store: Store, keeper: IndexKeeper, poll_s: float = 0.5,
+                 snapshot_every: int = 0) -> None:
+        self.store = store
+        self.keeper = keeper
+        self.poll_s = poll_s
+        self.snapshot_every = snapshot_every  # save a snapshot after this many changes (0: never)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sync_at = 0.0
+        self._notifications = 0
+        self._errors = 0
+        self._last_error = ""
+        self._snapshot_position = keeper.indexes.position
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="takedown-follower",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def status(self) -> FollowerStatus:
+        alive = self._thread is not None and self._thread.is_alive()
+        return FollowerStatus(alive, self._last_sync_at, self._notifications, self._errors,
+                              self._last_error)
+
+    def _run(self) -> None:
+        pause = self.poll_s
+        while not self._stop.is_set():
+            try:
+                with Listener(self.store.url, self._stop) as listener:
+                    self._sync()
+                    pause = self.poll_s
+                    while not self._stop.is_set():
+                        if listener.wait(self.poll_s):
+                            self._notifications += 1
+                        self._sync()
+            except Exception as e:  # the database went away, or a bug: keep following
+                self._errors += 1
+                self._last_error = e.message if isinstance(e, RegistryError) else repr(e)
+                log.warning("follower: %s; retrying in %.1f s", self._last_error, pause)
+                self._stop.wait(pause)
+                pause = min(pause * 2, 10.0)
+
+    def _sync(self) -> None:
+        self.keeper.sync()
+        self._last_sync_at = time.time()
+        position = self.keeper.indexes.position
+        if self.snapshot_every and position - self._snapshot_position >= self.snapshot_every:
+            self.keeper.save_snapshot()
+            self._snapshot_position = position
