@@ -1,0 +1,127 @@
+// Every signal of the registration pipeline, computed in the browser: what the server computes
+// with compute_signals(data, registration=True) and SubmittedImage.from_image
+// (registry/hashing/signals.py, registry/service/cases.py), in the shape the submit page sends:
+//
+//   {signals: {pdq, phash, md5, sha256}, pdq_quality, views: [{label, pdq, quality}, ...],
+//    pipeline_version, width, height}
+//
+// Views: "content" first when the content box shaves at least 1% of the area, then the views of
+// variants.js in order. Like the server, views are cut from the original image, not from the
+// trimmed one. Nothing here sends, stores or posts pixels; only the hashes come out.
+
+import { contentBox } from './content.js';
+import { decodeImage, HashError } from './decode.js';
+import { md5Hex, sha256Hex } from './digests.js';
+import { pdqLuma, pdqOfLuma, releaseScratch } from './pdq.js';
+import { phashOfRGB } from './phash.js';
+import { rotateRGB } from './pillow.js';
+import { CROPS, cropWindow, ROTATIONS, rotationLabel } from './variants.js';
+
+export { HashError } from './decode.js';
+
+/** Must equal registry.hashing.PIPELINE_VERSION. */
+export const PIPELINE_VERSION = 2;
+const MIN_TRIM = 0.01;
+
+const PIXEL_STAGES = 3 + 1 + CROPS.length + ROTATIONS.length; // pdq, phash, content + views
+const FILE_STAGES = 3; // read, digests, decode
+
+/** RGBA (un-premultiplied, as ImageData holds it) -> RGB flattened onto black:
+ * c' = (c * a + 127) // 255, as registry/hashing/decode.py. */
+export function flatten(rgba, width, height) {
+  const n = width * height;
+  const rgb = new Uint8Array(n * 3);
+  for (let i = 0, p = 0, q = 0; i < n; i++, p += 4, q += 3) {
+    const a = rgba[p + 3];
+    if (a === 255) {
+      rgb[q] = rgba[p];
+      rgb[q + 1] = rgba[p + 1];
+      rgb[q + 2] = rgba[p + 2];
+    } else {
+      rgb[q] = Math.floor((rgba[p] * a + 127) / 255);
+      rgb[q + 1] = Math.floor((rgba[p + 1] * a + 127) / 255);
+      rgb[q + 2] = Math.floor((rgba[p + 2] * a + 127) / 255);
+    }
+  }
+  return rgb;
+}
+
+function counter(onProgress, total, start = 0) {
+  let done = start;
+  return (stage) => {
+    done += 1;
+    if (onProgress) onProgress(done, total, stage);
+  };
+}
+
+/**
+ * The perceptual signals of an RGB image (3 bytes per pixel): {pdq, pdq_quality, phash, views,
+ * width, height}. `step(stage)` is called after each stage.
+ */
+export function hashRGB(rgb, width, height, step = () => {}) {
+  const luma = pdqLuma(rgb, width, height);
+  const full = pdqOfLuma(luma, width, 0, 0, width, height);
+  step('pdq');
+  const phash = phashOfRGB(rgb, width, height);
+  step('phash');
+  const views = [];
+  const [left, top, right, bottom] = contentBox(rgb, width, height);
+  if ((right - left) * (bottom - top) < (1 - MIN_TRIM) * width * height) {
+    const content = pdqOfLuma(luma, width, left, top, right - left, bottom - top);
+    views.push({ label: 'content', pdq: content.hex, quality: content.quality });
+  }
+  step('content');
+  const mirror = pdqOfLuma(luma, width, 0, 0, width, height, true);
+  views.push({ label: 'mirror', pdq: mirror.hex, quality: mirror.quality });
+  step('mirror');
+  for (const [label, keep, fx, fy] of CROPS) {
+    const [x, y, w, h] = cropWindow(width, height, keep, fx, fy);
+    const crop = pdqOfLuma(luma, width, x, y, w, h);
+    views.push({ label, pdq: crop.hex, quality: crop.quality });
+    step(label);
+  }
+  for (const degrees of ROTATIONS) {
+    const rotated = pdqLuma(rotateRGB(rgb, width, height, degrees), width, height);
+    const view = pdqOfLuma(rotated, width, 0, 0, width, height);
+    const label = rotationLabel(degrees);
+    views.push({ label, pdq: view.hex, quality: view.quality });
+    step(label);
+  }
+  releaseScratch();
+  return { pdq: full.hex, pdq_quality: full.quality, phash, views, width, height };
+}
+
+/**
+ * The perceptual signals of decoded pixels (RGBA, un-premultiplied, e.g. ImageData.data):
+ * {pdq, pdq_quality, phash, views, width, height}. onProgress(done, total, stage) is optional.
+ */
+export function hashPixels(rgba, width, height, { onProgress } = {}) {
+  return hashRGB(flatten(rgba, width, height), width, height, counter(onProgress, PIXEL_STAGES));
+}
+
+/**
+ * Every signal of an image file (a File or Blob), decoded and hashed here: the object the submit
+ * page sends. Throws HashError (code, message) for files that are not hashable images.
+ */
+export async function hashFile(blob, { onProgress } = {}) {
+  const total = FILE_STAGES + PIXEL_STAGES;
+  const step = counter(onProgress, total);
+  if (blob.size === 0) throw new HashError('empty_file', 'The file is empty.');
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  step('read');
+  const md5 = md5Hex(bytes);
+  const sha256 = await sha256Hex(bytes);
+  step('digests');
+  const { rgba, width, height } = await decodeImage(bytes);
+  step('decode');
+  const rgb = flatten(rgba, width, height);
+  const image = hashRGB(rgb, width, height, step);
+  return {
+    signals: { pdq: image.pdq, phash: image.phash, md5, sha256 },
+    pdq_quality: image.pdq_quality,
+    views: image.views,
+    pipeline_version: PIPELINE_VERSION,
+    width,
+    height,
+  };
+}
