@@ -6,6 +6,7 @@ sources. Logic lives in the small modules beside this one; this class only holds
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 
@@ -178,7 +179,8 @@ class Registry:
             except RegistryError:
                 db_ok = False
         out: dict[str, object] = {"database": db_ok, "index_loaded": self.keeper.loaded_at > 0,
-                                  "index_lag": lag}
+                                  "index_lag": lag, "index_position": self.keeper.indexes.position,
+                                  "process": os.getpid()}
         following = True
         if self.follower is not None:
             st = self.follower.status
