@@ -144,11 +144,20 @@ def photo_jpeg(seed: int, size: tuple[int, int] = (1632, 1224), quality: int = 9
     return buf.getvalue()
 
 
+DATABASE_URL = ""  # --database-url: PostgreSQL instead of SQLite in the data dir
+
+
+def bench_settings(data_dir: Path, **overrides: Any) -> Any:
+    from registry.config import Settings
+
+    return Settings.from_env({}, data_dir=str(data_dir), database_url=DATABASE_URL or None,
+                             **overrides)
+
+
 def setup_data(data_dir: Path, n: int, seed: int) -> dict[str, Any]:
     """Register ``n`` PDQ codes through the service, two images, build and snapshot the index.
     Reused when ``setup.json`` in ``data_dir`` says the same (n, seed, version)."""
     from registry.bootstrap import build_registry
-    from registry.config import Settings
     from registry.domain import BankKind, Signal, SignalKind
     from registry.service import SubmittedImage
 
@@ -170,8 +179,8 @@ def setup_data(data_dir: Path, n: int, seed: int) -> dict[str, Any]:
     for i, data in enumerate(images):
         (data_dir / f"image-{i}.jpg").write_bytes(data)
 
-    settings = Settings.from_env({}, data_dir=str(data_dir))
-    registry = build_registry(settings, load_index=False)
+    settings = bench_settings(data_dir)
+    registry = build_registry(settings, migrate=True, load_index=False)
     t0 = time.perf_counter()
     registered = 0
     try:
@@ -216,10 +225,9 @@ def setup_data(data_dir: Path, n: int, seed: int) -> dict[str, Any]:
 
 def new_key(data_dir: Path) -> str:
     from registry.bootstrap import build_registry
-    from registry.config import Settings
     from registry.domain import Scope
 
-    registry = build_registry(Settings.from_env({}, data_dir=str(data_dir)), load_index=False)
+    registry = build_registry(bench_settings(data_dir), load_index=False)
     try:
         _, key = registry.add_platform(f"bench-{uuid.uuid4().hex[:8]}", [Scope.MATCH])
     finally:
@@ -289,6 +297,8 @@ class Server:
                     "TAKEDOWN_RATE_LIMIT": "1000000 per second"}
         self.env.pop("TAKEDOWN_DATABASE_URL", None)
         self.env.pop("TAKEDOWN_REDIS_URL", None)
+        if DATABASE_URL:
+            self.env["TAKEDOWN_DATABASE_URL"] = DATABASE_URL
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -478,11 +488,10 @@ def breakdown(data_dir: Path, cases: dict[str, tuple[bytes, int]]) -> dict[str, 
     """Run each case's body ``repeats`` times through the app in this process (Flask test
     client) under cProfile and sum every function's exclusive time by the module it is in."""
     from registry.bootstrap import build_registry
-    from registry.config import Settings
     from registry.domain import Scope
     from registry.web import create_app
 
-    settings = Settings.from_env({}, data_dir=str(data_dir), rate_limit="1000000 per second")
+    settings = bench_settings(data_dir, rate_limit="1000000 per second")
     registry = build_registry(settings)
     out: dict[str, Any] = {}
     try:
@@ -668,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None,
                    help="where the benchmark registry lives, reused when it holds the same "
                         "set-up (default: TMPDIR/takedown-bench-http-N)")
+    p.add_argument("--database-url", default="",
+                   help="PostgreSQL URL (a fresh database) instead of SQLite in the data dir")
     p.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     p.add_argument("--clients", type=int, default=4, help="concurrent client threads")
     p.add_argument("--batch", type=int, default=1000, help="queries per batched request")
@@ -689,9 +700,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.hashes, args.seconds, args.single, args.single_seconds = 20_000, 5.0, 50, 10.0
         args.images, args.image_seconds, args.breakdown_repeats = 6, 10.0, 1
+    global DATABASE_URL
+    DATABASE_URL = args.database_url
     if args.data_dir is None:
-        args.data_dir = str(Path(tempfile.gettempdir()) / f"takedown-bench-http-{args.hashes}")
+        suffix = "-pg" if DATABASE_URL else ""
+        args.data_dir = str(Path(tempfile.gettempdir())
+                            / f"takedown-bench-http-{args.hashes}{suffix}")
     data_dir = Path(args.data_dir).resolve()
+    if DATABASE_URL and (data_dir / "setup.json").exists():
+        (data_dir / "setup.json").unlink()  # a fresh database needs a fresh set-up
 
     started = time.time()
     report: dict[str, Any] = {

@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""Scale benchmark (issue 6): the registry's index against faiss at 10M PDQ hashes, restart time,
+memory per hash, change visibility across gunicorn workers on PostgreSQL, and batched HTTP
+throughput on PostgreSQL. Everything is measured in one run on this machine.
+
+Phases (each can be skipped):
+
+1. **index**: ``--hashes`` uniform random 256-bit codes (seeded). Queries: half are stored codes
+   with ``d`` random bits flipped, ``d`` uniform in 0..55 (so true neighbours sit at every
+   distance up to the weak threshold), half are fresh random codes (no neighbour). One query per
+   call, single thread, for both: faiss ``IndexBinaryFlat.range_search`` and ``MultiIndex``.
+   The strong tier (radius 31) must return exactly faiss's hits; the weak tier (radius 55)
+   reports recall against faiss's hits, overall and per distance band.
+2. **restart**: the index is saved as a snapshot (``IndexSet.save``), then a fresh Python process
+   imports the registry, loads it and builds the tables (``IndexSet.load``): wall time from
+   process start to a searchable index, and that process's resident memory per hash.
+3. **visibility**: ``gunicorn registry.web.wsgi:create() -w 4`` on a fresh PostgreSQL database;
+   the benchmark submits a case (through the service, to PostgreSQL), then polls ``/readyz``
+   from 4 client threads until each of the 4 worker processes has reported an index position at
+   or past the commit: add-to-visible; then the same for a withdrawal. ``--rounds`` times.
+4. **throughput**: ``bench/http.py`` run against PostgreSQL (``--database-url``), 1M hashes,
+   as its own process; its JSON is included.
+
+    .venv/bin/python bench/scale.py                       # 10M, all phases (~15 min)
+    .venv/bin/python bench/scale.py --hashes 1000000 --skip throughput
+
+Results: ``bench/results/scale.json`` (``--out``) and a printed table.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this folder comes first on sys.path and its http.py would hide the standard
+# library's ``http`` package (urllib needs it). Drop it.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+import uuid  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import faiss  # noqa: E402
+
+from registry.domain import SignalKind  # noqa: E402
+from registry.index import MultiIndex  # noqa: E402
+from registry.index.catalog import IndexOptions, IndexSet  # noqa: E402
+
+STRONG, WEAK = 31, 55
+PG_ADMIN = os.environ.get("TEST_POSTGRES_URL",
+                          "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def lat(values: list[float]) -> dict[str, float]:
+    ms = [v * 1e3 for v in values]
+    return {"p50_ms": round(pct(ms, 50), 3), "p99_ms": round(pct(ms, 99), 3),
+            "mean_ms": round(statistics.fmean(ms), 3)}
+
+
+# --- phase 1: index ---------------------------------------------------------------------------
+def make_queries(codes: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    out = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    for i in range(0, n, 2):
+        q = codes[int(rng.integers(len(codes)))].copy()
+        for p in rng.choice(256, size=int(rng.integers(0, WEAK + 1)), replace=False):
+            q[p // 8] ^= np.uint8(1 << (p % 8))
+        out[i] = q
+    return out
+
+
+def phase_index(n: int, queries_n: int, seed: int, snapshot: Path | None) -> dict[str, Any]:
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    t = time.perf_counter()
+    codes = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    print(f"index: {n:,} codes generated in {time.perf_counter() - t:.1f} s", flush=True)
+    queries = make_queries(codes, rng, queries_n)
+
+    flat = faiss.IndexBinaryFlat(256)
+    flat.add(codes)
+    truth: list[dict[int, int]] = []
+    flat_strong: list[float] = []
+    for q in queries:
+        t = time.perf_counter()
+        flat.range_search(q[None, :], STRONG + 1)
+        flat_strong.append(time.perf_counter() - t)
+    flat_weak: list[float] = []
+    for q in queries:
+        t = time.perf_counter()
+        _lims, dist, rows = flat.range_search(q[None, :], WEAK + 1)
+        flat_weak.append(time.perf_counter() - t)
+        truth.append({int(ids[r]): int(d) for r, d in zip(rows, dist, strict=True)})
+    print(f"index: faiss flat p50 {pct(flat_strong, 50) * 1e3:.2f} ms (strong), "
+          f"{pct(flat_weak, 50) * 1e3:.2f} ms (weak)", flush=True)
+    del flat
+    gc.collect()
+
+    before = rss_bytes()
+    t = time.perf_counter()
+    index = MultiIndex.from_arrays(256, ids, codes, STRONG)
+    build_s = time.perf_counter() - t
+    grown = rss_bytes() - before  # tables only: the codes and ids arrays already existed
+    strong_t: list[float] = []
+    strong_exact = True
+    for q, want in zip(queries, truth, strict=True):
+        t = time.perf_counter()
+        got = index.search(q[None, :], STRONG)[0]
+        strong_t.append(time.perf_counter() - t)
+        expect = {i: d for i, d in want.items() if d <= STRONG}
+        strong_exact &= dict(zip(got.ids.tolist(), got.distances.tolist(), strict=True)) == expect
+    weak_t: list[float] = []
+    found = total = 0
+    bands: dict[str, list[int]] = {}
+    wrong = 0
+    before_examined = index.examined
+    for q, want in zip(queries, truth, strict=True):
+        t = time.perf_counter()
+        got = index.search(q[None, :], WEAK)[0]
+        weak_t.append(time.perf_counter() - t)
+        hits = dict(zip(got.ids.tolist(), got.distances.tolist(), strict=True))
+        wrong += sum(1 for i, d in hits.items() if want.get(i) != d)
+        for i, d in want.items():
+            band = "0-31" if d <= 31 else "32-40" if d <= 40 else "41-47" if d <= 47 else "48-55"
+            b = bands.setdefault(band, [0, 0])
+            b[1] += 1
+            b[0] += i in hits
+            total += 1
+            found += i in hits
+    candidates = (index.examined - before_examined) / len(queries)
+    structural = index.memory_bytes
+    out = {
+        "hashes": n, "queries": len(queries),
+        "faiss_flat": {"strong": lat(flat_strong), "weak": lat(flat_weak)},
+        "multi": {"strong": lat(strong_t), "weak": lat(weak_t), "build_s": round(build_s, 2),
+                  "candidates_per_weak_query": round(candidates)},
+        "speedup_strong_p50": round(pct(flat_strong, 50) / pct(strong_t, 50), 1),
+        "speedup_weak_p50": round(pct(flat_weak, 50) / pct(weak_t, 50), 1),
+        "strong_exact": strong_exact,
+        "weak_recall": round(found / total, 5) if total else None, "weak_true_pairs": total,
+        "weak_recall_by_distance": {k: {"pairs": v[1], "recall": round(v[0] / v[1], 4)}
+                                    for k, v in sorted(bands.items())},
+        "wrong_distances": wrong,
+        "memory_bytes_per_hash": round(structural / n, 1),
+        "tables_rss_bytes_per_hash": round(grown / n, 1),
+    }
+    if snapshot is not None:
+        iset = IndexSet(IndexOptions())
+        iset.indexes[SignalKind.PDQ] = index
+        t = time.perf_counter()
+        iset.save(snapshot)
+        out["snapshot_save_s"] = round(time.perf_counter() - t, 2)
+        out["snapshot_bytes"] = snapshot.stat().st_size
+    return out
+
+
+# --- phase 2: restart -------------------------------------------------------------------------
+RESTART_CHILD = """
+import os, sys, time, resource
+t0 = float(sys.argv[2])
+sys.path.insert(0, sys.argv[3])
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+from registry.index.catalog import IndexSet, IndexOptions, single_thread
+import numpy as np
+single_thread()
+imported = time.time()
+base = rss()
+from pathlib import Path
+iset = IndexSet.load(Path(sys.argv[1]), IndexOptions())
+loaded = time.time()
+from registry.domain import SignalKind
+iset.search(SignalKind.PDQ, [bytes(32)], 31)
+ready = time.time()
+print(repr({"import_s": imported - t0, "load_s": loaded - imported, "ready_s": ready - t0,
+            "rss": rss(), "rss_after_import": base, "hashes": len(iset)}))
+"""
+
+
+def phase_restart(snapshot: Path, repeats: int) -> dict[str, Any]:
+    runs = []
+    for _ in range(repeats):
+        t0 = time.time()
+        out = subprocess.run([sys.executable, "-c", RESTART_CHILD, str(snapshot), repr(t0),
+                              str(ROOT)], capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"restart child failed: {out.stderr[-2000:]}")
+        runs.append(eval(out.stdout.strip().splitlines()[-1]))  # our own child's dict literal
+    best = min(runs, key=lambda r: r["ready_s"])
+    n = best["hashes"]
+    return {"runs": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+                     for r in runs],
+            "ready_s_median": round(statistics.median(r["ready_s"] for r in runs), 2),
+            "ready_s_max": round(max(r["ready_s"] for r in runs), 2),
+            "rss_bytes_per_hash": round((best["rss"] - best["rss_after_import"]) / n, 1),
+            "note": "process start (python -c) -> imports -> snapshot read + CRC check -> "
+                    "MultiIndex tables built (2 threads) -> first search answered"}
+
+
+# --- phase 3: visibility across gunicorn workers ---------------------------------------------
+def make_pg_database() -> str:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"takedown_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def readyz(base: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())  # type: ignore[no-any-return]
+    except OSError:  # not listening yet, or a worker restarting
+        time.sleep(0.05)
+        return {}
+
+
+def wait_all_workers(base: str, workers: int, target: int, timeout: float) -> float | None:
+    """Poll /readyz from several threads until ``workers`` distinct processes reported an index
+    position >= target; the elapsed time, or None on timeout."""
+    seen: set[int] = set()
+    done = threading.Event()
+    start = time.perf_counter()
+    finished: list[float] = []
+
+    def poll() -> None:
+        while not done.is_set() and time.perf_counter() - start < timeout:
+            state = readyz(base)
+            if state.get("index_position", -1) >= target:
+                seen.add(int(state["process"]))
+                if len(seen) >= workers and not done.is_set():
+                    finished.append(time.perf_counter() - start)
+                    done.set()
+
+    threads = [threading.Thread(target=poll) for _ in range(workers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return finished[0] if finished else None
+
+
+def phase_visibility(workers: int, rounds: int, background: int) -> dict[str, Any]:
+    from registry.bootstrap import build_registry, upgrade_database
+    from registry.config import Settings
+    from registry.domain import BankKind, Signal
+    from registry.service import SubmittedImage
+
+    url = make_pg_database()
+    tmp = Path(tempfile.mkdtemp(prefix="takedown-scale-"))
+    settings = Settings.from_env({}, database_url=url, data_dir=str(tmp), pin_kdf_n=1024)
+    upgrade_database(settings)
+    registry = build_registry(settings)
+    rng = np.random.default_rng(5)
+
+    def image() -> SubmittedImage:
+        code = rng.integers(0, 256, size=32, dtype=np.uint8).tobytes()
+        return SubmittedImage((Signal(SignalKind.PDQ, code),), 100)
+
+    for _ in range(0, background, 50):
+        registry.register_bank("bench", BankKind.IMPORTED, [image() for _ in range(50)])
+    port = _free_port()
+    env = dict(os.environ, TAKEDOWN_DATABASE_URL=url, TAKEDOWN_DATA_DIR=str(tmp),
+               TAKEDOWN_SECRET_KEY="bench", TAKEDOWN_RATE_LIMIT="1000000 per minute")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"),
+                             "registry.web.wsgi:create()", "-w", str(workers), "--bind",
+                             f"127.0.0.1:{port}", "--timeout", "120"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    adds: list[float] = []
+    withdraws: list[float] = []
+    misses = 0
+    try:
+        head = _head(registry)
+        if wait_all_workers(base, workers, head, 120) is None:
+            raise RuntimeError("gunicorn workers did not become current")
+        for _ in range(rounds):
+            receipt = registry.submit_case([image()])
+            seen = wait_all_workers(base, workers, _head(registry), 10)
+            if seen is None:
+                misses += 1
+            else:
+                adds.append(seen)
+            registry.operator_withdraw_case(receipt.number)
+            seen = wait_all_workers(base, workers, _head(registry), 10)
+            if seen is None:
+                misses += 1
+            else:
+                withdraws.append(seen)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        registry.close()
+        drop_pg_database(url)
+    return {"workers": workers, "rounds": rounds, "background_hashes": background,
+            "add_to_visible": lat(adds) if adds else None,
+            "withdraw_to_invisible": lat(withdraws) if withdraws else None,
+            "timeouts": misses,
+            "note": "time from the commit returning in the submitting process until every "
+                    "worker's /readyz reported an index position at or past it (includes the "
+                    "polling granularity of 4 client threads)"}
+
+
+def _head(registry: Any) -> int:
+    with registry.store.transaction(write=False) as tx:
+        return int(tx.changes.head())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- phase 4: throughput on PostgreSQL --------------------------------------------------------
+def phase_throughput(hashes: int, seconds: float) -> dict[str, Any]:
+    url = make_pg_database()
+    out_path = Path(tempfile.mkdtemp(prefix="takedown-scale-http-")) / "http.json"
+    try:
+        subprocess.run([sys.executable, str(ROOT / "bench" / "http.py"), "--hashes", str(hashes),
+                        "--database-url", url, "--seconds", str(seconds), "--no-breakdown",
+                        "--out", str(out_path)], check=True)
+        return json.loads(out_path.read_text())  # type: ignore[no-any-return]
+    finally:
+        drop_pg_database(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hashes", type=int, default=10_000_000)
+    p.add_argument("--queries", type=int, default=400)
+    p.add_argument("--restarts", type=int, default=3)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--background", type=int, default=20_000,
+                   help="hashes registered before the visibility rounds")
+    p.add_argument("--http-hashes", type=int, default=1_000_000)
+    p.add_argument("--http-seconds", type=float, default=30.0)
+    p.add_argument("--skip", action="append", default=[],
+                   choices=["index", "restart", "visibility", "throughput"])
+    p.add_argument("--seed", type=int, default=20261126)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    args = p.parse_args(argv)
+    report: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "nproc": os.cpu_count(),
+                    "python": platform.python_version(), "faiss": faiss.__version__,
+                    "max_rss_limit": resource.getrlimit(resource.RLIMIT_AS)[0]},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args)}
+    tmp = Path(tempfile.mkdtemp(prefix="takedown-scale-"))
+    snapshot = tmp / "snapshot.tridx"
+    try:
+        if "index" not in args.skip:
+            report["index"] = phase_index(args.hashes, args.queries, args.seed,
+                                          None if "restart" in args.skip else snapshot)
+            print(json.dumps(report["index"], indent=1), flush=True)
+            gc.collect()
+        if "restart" not in args.skip and snapshot.exists():
+            report["restart"] = phase_restart(snapshot, args.restarts)
+            print(json.dumps(report["restart"], indent=1), flush=True)
+    finally:
+        snapshot.unlink(missing_ok=True)
+    if "visibility" not in args.skip:
+        report["visibility"] = phase_visibility(args.workers, args.rounds, args.background)
+        print(json.dumps(report["visibility"], indent=1), flush=True)
+    if "throughput" not in args.skip:
+        report["throughput"] = phase_throughput(args.http_hashes, args.http_seconds)
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
