@@ -15,7 +15,7 @@ from flask import Request
 
 from registry.errors import InvalidJson
 from registry.service import Registry
-from registry.web import api, docs, errors, limits, metrics, ops
+from registry.web import api, docs, errors, limits, metrics, ops, site
 
 
 class InMemoryRequest(Request):
@@ -60,5 +60,6 @@ def create_app(registry: Registry, test_config: dict[str, object] | None = None)
     app.register_blueprint(ops.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(docs.bp)
+    site.install(app, registry, limiter)  # the submitter pages (/, /submit, /case)
     app.spec_processor(docs.complete_spec)  # type: ignore[arg-type]
     return app
