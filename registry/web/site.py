@@ -57,9 +57,9 @@ def install(app: APIFlask, registry: Registry, limiter: Limiter) -> None:
     for endpoint, budget in (("submit", "submit"), ("submit_signals", "submit"),
                              ("case", "case"), ("withdraw", "case")):
         name = f"{pages.bp.name}.{endpoint}"
-        app.view_functions[name] = limiter.shared_limit(
-            budgets[budget], scope=f"pages-{budget}", key_func=client_address,
-            methods=["POST"])(app.view_functions[name])
+        limited = limiter.shared_limit(budgets[budget], scope=f"pages-{budget}",
+                                       key_func=client_address, methods=["POST"])
+        app.view_functions[name] = limited(app.view_functions[name])  # type: ignore[assignment]
 
 
 # Hooks are set on the blueprint once, at import; register_blueprint installs them per app.
