@@ -13,6 +13,10 @@ tests launch the system Chromium through ``executable_path``. Use::
 A missing Chromium or Playwright skips the test with the reason, or fails it when
 ``REQUIRE_SERVICES=1`` (as CI runs), through ``conftest.unavailable``.
 
+``WorkerPage`` drives the hashing worker (registry/web/static/js/hash/worker.js) the way the
+submit page does: a file is picked in an ``<input type=file>`` (from bytes in memory, never
+from disk) and posted to the worker; every message the worker sends back is returned.
+
 ``static_server()`` serves ``registry/web/static`` under ``/static/`` (the path the Flask app
 serves it from) plus, optionally, the files of one test folder under ``/files/``, on a
 loopback port, from a thread of the test process. Module workers need a same-origin page: ``/``
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tests.conftest import unavailable
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page, Request
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "registry" / "web" / "static"
@@ -146,3 +150,59 @@ def static_server(files: Path | None = None) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# Runs in the test page: one worker, one file input, and window.hashPicked() -> {messages, ms}.
+_WORKER_PAGE = """() => {
+  const input = document.createElement('input');
+  input.type = 'file';
+  input.id = 'picked';
+  document.body.append(input);
+  const worker = new Worker('/static/js/hash/worker.js', {type: 'module'});
+  const pending = new Map();
+  let next = 0;
+  worker.onmessage = (event) => {
+    const job = pending.get(event.data.id);
+    if (!job) return;
+    job.messages.push(event.data);
+    if (event.data.type !== 'progress') {
+      pending.delete(event.data.id);
+      job.resolve({messages: job.messages, ms: performance.now() - job.started});
+    }
+  };
+  worker.onerror = (event) => {
+    for (const job of pending.values()) job.reject(new Error('worker failed: ' + event.message));
+    pending.clear();
+  };
+  window.hashPicked = () => new Promise((resolve, reject) => {
+    const id = 'job-' + (++next);
+    pending.set(id, {messages: [], resolve, reject, started: performance.now()});
+    worker.postMessage({id, file: input.files[0]});
+  });
+}"""
+
+
+class WorkerPage:
+    """A page of ``base_url``'s origin running the hashing worker; records every request the
+    page and its worker make (``requests``)."""
+
+    def __init__(self, browser: Browser, base_url: str) -> None:
+        self.page: Page = browser.new_page()
+        self.requests: list[str] = []
+        self.page.on("request", self._record)
+        self.page.goto(base_url + "/")
+        self.page.evaluate(_WORKER_PAGE)
+
+    def _record(self, request: Request) -> None:
+        self.requests.append(request.url)
+
+    def hash(self, name: str, data: bytes, mime: str = "application/octet-stream"
+             ) -> tuple[list[dict[str, Any]], float]:
+        """Pick ``data`` as a file named ``name`` and hash it in the worker: (messages, ms)."""
+        self.page.set_input_files("#picked", files=[{"name": name, "mimeType": mime,
+                                                     "buffer": data}])
+        out = self.page.evaluate("() => window.hashPicked()")
+        return list(out["messages"]), float(out["ms"])
+
+    def close(self) -> None:
+        self.page.close()

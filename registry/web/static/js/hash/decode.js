@@ -42,12 +42,13 @@ function truncated() {
 function jpegInfo(b) {
   let size = null;
   let o = 2;
-  while (o + 4 <= b.length) {
+  while (o + 2 <= b.length) {
     if (b[o] !== 0xff) { o++; continue; } // stray bytes between segments: libjpeg skips them
     const marker = b[o + 1];
     if (marker === 0xff) { o++; continue; } // fill byte
     if (marker === 0xd9) return { size, complete: size !== null };
     if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) { o += 2; continue; }
+    if (o + 4 > b.length) break;
     const length = u16be(b, o + 2);
     if (length < 2 || o + 2 + length > b.length) throw truncated();
     const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 &&
