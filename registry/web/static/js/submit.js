@@ -209,6 +209,8 @@ function finish(receipt) {
   clearPreviews();
   start.hidden = true;
   alertBox.hidden = true;
+  // Announced, not shown: the receipt's own heading says the same on screen.
+  status.classList.add('sr-only');
   status.textContent = strings.registered;
   showReceipt(receipt.case, receipt.pin);
 }

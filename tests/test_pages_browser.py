@@ -1,0 +1,348 @@
+"""The submitter pages in Debian's Chromium against a real ``takedown serve``: submit -> case
+number and PIN -> status -> withdraw -> status in both languages; every request the page makes
+is recorded to prove that no image byte leaves the browser; a case submitted in the browser is
+found by ``takedown match`` (operator mode, same database) on a transformed copy, and not after
+withdrawal; the quick exit; the no-JavaScript upload; keyboard and labels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli.main import cli
+from tests.browser import launch_chromium
+from tests.conftest import FAST_KDF, encode, photo
+from tests.test_serve import free_port, serve, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+ENV = {"TAKEDOWN_PIN_KDF_N": str(FAST_KDF), "TAKEDOWN_SUBMIT_LIMIT": "1000 per hour",
+       "TAKEDOWN_CASE_LIMIT": "1000 per hour", "TAKEDOWN_QUICK_EXIT_URL": "https://neutral.test/"}
+TEXT = {
+    "ko": {"registered": "등록했습니다. 아래에 접수 번호와 PIN이 있습니다.",
+           "copied": "복사했습니다.",
+           "active": "유효", "withdrawn": "철회됨", "confirm": "이 접수를 철회할까요?",
+           "done": "접수를 철회했습니다.", "leave": "접수 번호와 PIN을 저장하셨나요?"},
+    "en": {"registered": "Registered. Your case number and PIN are shown below.",
+           "copied": "Copied.", "active": "Active", "withdrawn": "Withdrawn",
+           "confirm": "Withdraw this case?", "done": "The case is withdrawn.",
+           "leave": "Have you saved your case number and PIN?"},
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("served")
+
+
+@pytest.fixture(scope="module")
+def base(data_dir: Path) -> Iterator[str]:
+    """``takedown serve`` in a subprocess, on its own database under ``data_dir/data``."""
+    port = free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in ENV.items():
+            mp.setenv(name, value)
+        mp.delenv("TAKEDOWN_DATABASE_URL", raising=False)
+        proc = serve([sys.executable, "-m", "cli", "serve", "--port", str(port)], data_dir, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_for(url + "/readyz", proc)["ready"] is True
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with launch_chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def context(browser: Any, base: str) -> Iterator[Any]:
+    ctx = browser.new_context(locale="en-US", accept_downloads=True)
+    ctx.set_default_timeout(60_000)
+    ctx.route("https://neutral.test/**", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<title>neutral</title><p>weather</p>"))
+    yield ctx
+    ctx.close()
+
+
+def image_file(seed: int, size: tuple[int, int] = (1000, 750), name: str | None = None
+               ) -> dict[str, Any]:
+    return {"name": name or f"photo-{seed}.jpg", "mimeType": "image/jpeg",
+            "buffer": encode(photo(seed, size), quality=92)}
+
+
+def submit_in_browser(page: Any, base: str, files: list[dict[str, Any]], lang: str | None = None
+                      ) -> tuple[str, str]:
+    page.goto(f"{base}/submit" + (f"?lang={lang}" if lang else ""))
+    page.set_input_files("#images", files=files)
+    page.check("#consent")
+    page.click("#submit-button")
+    page.wait_for_selector("#result:not([hidden])")
+    return page.inner_text("#case-number").strip(), page.inner_text("#case-pin").strip()
+
+
+def open_case(page: Any, base: str, number: str, pin: str, lang: str) -> None:
+    page.goto(f"{base}/case?lang={lang}")
+    page.fill("#case", number)
+    page.fill("#pin", pin)
+    page.click(".case-form button[type=submit]")
+    page.wait_for_selector(".facts")
+
+
+def takedown_match(data_dir: Path, path: Path) -> dict[str, Any]:
+    env = {"TAKEDOWN_DATA_DIR": str(data_dir / "data"), "TAKEDOWN_DATABASE_URL": ""}
+    result = CliRunner().invoke(cli, ["match", "--json", str(path)], env=env,
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+# --- the whole flow, in both languages --------------------------------------------------------
+@pytest.mark.parametrize("lang", ["ko", "en"])
+def test_submit_status_withdraw_status(browser, base, lang):
+    context = browser.new_context(locale={"ko": "ko-KR", "en": "en-US"}[lang],
+                                  accept_downloads=True)
+    context.set_default_timeout(60_000)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    page = context.new_page()
+    text = TEXT[lang]
+    try:
+        # No ?lang=: the browser's Accept-Language picks the language.
+        page.goto(f"{base}/submit")
+        assert page.get_attribute("html", "lang") == lang
+        page.set_input_files("#images", files=[image_file(1), image_file(2, (700, 900))])
+        previews = page.locator("#preview-list img")
+        assert previews.count() == 2
+        assert all(src.startswith("blob:") for src in
+                   previews.evaluate_all("els => els.map(e => e.src)"))
+        page.check("#consent")
+        page.click("#submit-button")
+        page.wait_for_selector("#result:not([hidden])")
+        assert page.inner_text("#status") == text["registered"]  # the live region
+        assert page.evaluate("document.activeElement.id") == "result-title"
+        assert page.is_hidden("#start")
+        number = page.inner_text("#case-number").strip()
+        pin = page.inner_text("#case-pin").strip()
+        assert re.fullmatch(r"[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-.", number)
+        assert re.fullmatch(r"\d{4}-\d{4}-\d{4}", pin)
+
+        page.click("[data-copy=case-number]")
+        page.wait_for_function("() => document.getElementById('copy-status').textContent !== ''")
+        assert page.inner_text("#copy-status") == text["copied"]
+        assert page.evaluate("navigator.clipboard.readText()") == number
+        with page.expect_download() as download:
+            page.click("#save-file")
+        saved = Path(download.value.path()).read_text(encoding="utf-8-sig")
+        assert number in saved and pin in saved and "/case" in saved
+        assert download.value.suggested_filename.endswith(".txt")
+
+        # Status through the case page (paste-able fields, password-manager hints).
+        page.goto(f"{base}/case")
+        assert page.get_attribute("#case", "autocomplete") == "username"
+        assert page.get_attribute("#pin", "autocomplete") == "current-password"
+        assert page.get_attribute("#pin", "type") == "password"
+        page.fill("#case", number.lower().replace("-", " "))  # typed loosely: still found
+        page.fill("#pin", pin.replace("-", ""))
+        page.click(".case-form button[type=submit]")
+        page.wait_for_selector(".facts")
+        facts = page.inner_text(".facts")
+        assert text["active"] in facts and number in facts
+        assert re.search(r"\n2\n", facts)  # two images
+
+        page.click(".withdraw button[type=submit]")
+        assert page.inner_text("h1") == text["confirm"]
+        page.click("button.danger")
+        page.wait_for_selector(".alert.success")
+        assert text["done"] in page.inner_text(".alert.success")
+        assert text["withdrawn"] in page.inner_text(".facts")
+        assert page.locator(".withdraw").count() == 0
+
+        open_case(page, base, number, pin, lang)
+        assert text["withdrawn"] in page.inner_text(".facts")
+    finally:
+        context.close()
+
+
+# --- privacy: what leaves the browser ---------------------------------------------------------
+def test_no_image_byte_leaves_the_browser(context, base):
+    files = [image_file(11, (1200, 900)), image_file(12, (640, 640))]
+    page = context.new_page()
+    requests: list[Any] = []
+
+    def record(request: Any) -> None:
+        if all(request is not seen for seen in requests):
+            requests.append(request)
+
+    # The page's requests and, through the context, its worker's too.
+    page.on("request", record)
+    context.on("request", record)
+    number, _pin = submit_in_browser(page, base, files, lang="en")
+    assert number
+
+    assert requests and all(r.url.startswith(base) for r in requests), \
+        [r.url for r in requests if not r.url.startswith(base)]
+    posts = [r for r in requests if r.method != "GET"]
+    assert [r.url.split("?")[0] for r in posts] == [base + "/submit/signals"]
+    (post,) = posts
+    assert post.headers["content-type"] == "application/json"
+    body = post.post_data_buffer
+    for r in requests:  # no request of any kind carries any piece of any file
+        data = (r.post_data_buffer or b"") + r.url.encode()
+        for f in files:
+            content = f["buffer"]
+            for start in range(0, len(content) - 32, 997):
+                assert content[start:start + 32] not in data, r.url
+    sent = json.loads(body)
+    assert set(sent) == {"images"} and len(sent["images"]) == 2
+    for image, f in zip(sent["images"], files, strict=True):
+        assert set(image) == {"signals", "pdq_quality", "views", "pipeline_version"}
+        assert set(image["signals"]) == {"pdq", "phash", "md5", "sha256"}
+        assert image["signals"]["sha256"] == hashlib.sha256(f["buffer"]).hexdigest()
+        assert all(re.fullmatch(r"[0-9a-f]+", v) for v in image["signals"].values())
+        for view in image["views"]:
+            assert set(view) == {"label", "pdq", "quality"}
+            assert re.fullmatch(r"[0-9a-f]{64}", view["pdq"])
+    # Nothing but hashes, numbers and short labels: far smaller than the images.
+    assert len(body) < 20_000 < min(len(f["buffer"]) for f in files)
+
+
+# --- the registry finds what the browser registered -------------------------------------------
+def test_a_browser_submission_is_matched_by_takedown_match_until_withdrawn(context, base,
+                                                                           data_dir, tmp_path):
+    page = context.new_page()
+    number, pin = submit_in_browser(page, base, [image_file(21)], lang="en")
+    copy = tmp_path / "copy.jpg"  # resized to half and re-encoded at quality 60
+    copy.write_bytes(encode(photo(21, (1000, 750)).resize((500, 375), Image.Resampling.BILINEAR),
+                            quality=60))
+    found = takedown_match(data_dir, copy)
+    assert found["matched"] is True
+    assert {m["case"] for m in found["matches"]} == {number}
+    assert {m["tier"] for m in found["matches"]} <= {"strong", "weak"}
+    mirrored = tmp_path / "mirrored.jpg"
+    mirrored.write_bytes(encode(photo(21, (1000, 750)).transpose(
+        Image.Transpose.FLIP_LEFT_RIGHT), quality=80))
+    assert takedown_match(data_dir, mirrored)["matched"] is True  # through a browser view
+
+    open_case(page, base, number, pin, "en")
+    page.click(".withdraw button[type=submit]")
+    page.click("button.danger")
+    page.wait_for_selector(".alert.success")
+    assert takedown_match(data_dir, copy) == {"file": str(copy), "matched": False,
+                                              "matches": []}
+    assert takedown_match(data_dir, mirrored)["matched"] is False
+
+
+# --- the page's own safety and error handling -------------------------------------------------
+def test_quick_exit_leaves_at_once_and_is_not_in_the_history(context, base):
+    page = context.new_page()
+    page.goto(f"{base}/?lang=en")
+    page.goto(f"{base}/submit?lang=en")
+    page.click("#quick-exit")
+    page.wait_for_url("https://neutral.test/")
+    page.go_back()
+    assert page.url == f"{base}/?lang=en"  # the page that was left is gone from the history
+    page.goto(f"{base}/case?lang=en")
+    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")
+    page.wait_for_url("https://neutral.test/")
+
+
+def test_quick_exit_and_upload_work_without_javascript(browser, base):
+    context = browser.new_context(java_script_enabled=False, locale="ko-KR")
+    context.route("https://neutral.test/**", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<title>neutral</title>"))
+    page = context.new_page()
+    try:
+        page.goto(f"{base}/submit")
+        assert "자바스크립트가 꺼져 있어서" in page.inner_text("main")
+        page.set_input_files("#images", files=[image_file(31)])
+        page.check("#consent")
+        page.click("#submit-button")
+        page.wait_for_selector("#case-number")
+        assert re.fullmatch(r"[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-.",
+                            page.inner_text("#case-number").strip())
+        assert page.is_hidden("[data-copy=case-number]")  # buttons need JavaScript
+        page.click("#quick-exit")
+        page.wait_for_url("https://neutral.test/")
+    finally:
+        context.close()
+
+
+def test_leaving_before_saving_the_pin_asks_first(context, base):
+    page = context.new_page()
+    submit_in_browser(page, base, [image_file(41)], lang="en")
+    messages: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        messages.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    page.click("nav.menu a[href^='/case']")
+    assert messages and messages[0].startswith(TEXT["en"]["leave"])
+    assert page.is_visible("#result") and page.url.startswith(f"{base}/submit")
+    page.once("dialog", lambda dialog: dialog.accept())
+    with page.expect_navigation():
+        page.click("nav.menu a[href^='/case']")
+    assert page.url.startswith(f"{base}/case")
+
+
+def test_files_the_browser_cannot_use_are_refused_before_anything_is_sent(context, base):
+    page = context.new_page()
+    posts: list[str] = []
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+    page.goto(f"{base}/submit?lang=en")
+    page.set_input_files("#images", files=[
+        image_file(51), {"name": "notes.jpg", "mimeType": "image/jpeg",
+                         "buffer": b"these are not the pixels you are looking for" * 20}])
+    page.check("#consent")
+    page.click("#submit-button")
+    page.wait_for_selector("#alert:not([hidden])")
+    assert "notes.jpg could not be read as an image" in page.inner_text("#alert-text")
+    assert page.evaluate("document.activeElement.id") == "alert"
+    assert page.locator("#preview-list li.bad").count() == 1
+    grey = encode(Image.new("RGB", (600, 400), (128, 128, 128)))
+    page.set_input_files("#images", files=[{"name": "grey.jpg", "mimeType": "image/jpeg",
+                                            "buffer": grey}])
+    page.click("#submit-button")
+    page.wait_for_selector("#alert:not([hidden])")
+    assert "grey.jpg is too plain" in page.inner_text("#alert-text")
+    assert posts == []
+
+
+def test_keyboard_and_labels(context, base):
+    page = context.new_page()
+    page.goto(f"{base}/submit?lang=en")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Enter")
+    assert page.evaluate("location.hash") == "#main"
+    order = []
+    page.goto(f"{base}/submit?lang=en")
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || "
+                                   "document.activeElement.textContent.trim()"))
+    assert order[:4] == ["Skip to main content", "Takedown Registry", "한국어", "quick-exit"]
+    assert "images" in order
+    for path in ("/submit", "/case"):
+        page.goto(f"{base}{path}?lang=en")
+        unlabelled = page.evaluate("""[...document.querySelectorAll('input, button, select')]
+            .filter(e => e.type !== 'hidden' && !e.closest('[hidden]'))
+            .filter(e => !(e.labels && e.labels.length) && !e.textContent.trim()
+                         && !e.getAttribute('aria-label'))
+            .map(e => e.outerHTML)""")
+        assert unlabelled == []
