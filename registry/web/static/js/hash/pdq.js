@@ -66,45 +66,64 @@ function windowSize(oldSide, newSide) {
   return Math.floor((oldSide + 2 * newSide - 1) / (2 * newSide));
 }
 
+const BLOCK = 8; // rows filtered side by side: independent running sums keep the CPU busy
+const blockSums = new Float32Array(BLOCK);
+const blockStarts = new Int32Array(BLOCK);
+
 // One box pass along each row of the view (x0, y0, w, h) of `src` (row length `stride`, read
-// right to left when `mirror`), written to `out` (w x h).
-function boxRows(src, stride, x0, y0, w, h, mirror, out, win) {
+// right to left when `mirror`), written to `out` (w x h); or, with `cols` (64 ascending
+// column indices, repeated when w < 64), only those columns, to `out` (h x 64). Each row's
+// running sum is the reference's, element for element.
+function boxRows(src, stride, x0, y0, w, h, mirror, out, win, cols = null) {
   const half = Math.floor((win + 2) / 2);
   const p1 = half - 1;
   const p2 = win - half + 1;
   const p3 = w - win;
   const p4 = half - 1;
   const step = mirror ? -1 : 1;
-  for (let y = 0; y < h; y++) {
-    const base = (y0 + y) * stride + (mirror ? x0 + w - 1 : x0);
-    let li = base;
-    let ri = base;
-    let oi = y * w;
-    let sum = 0;
+  const sums = blockSums;
+  const starts = blockStarts;
+  const outW = cols ? 64 : w;
+  for (let yb = 0; yb < h; yb += BLOCK) {
+    const n = Math.min(BLOCK, h - yb);
+    for (let k = 0; k < n; k++) {
+      sums[k] = 0;
+      starts[k] = (y0 + yb + k) * stride + (mirror ? x0 + w - 1 : x0);
+    }
+    const outStart = yb * outW;
+    let ri = 0; // offsets (in steps) of the read window's right and left edges
+    let li = 0;
+    let oi = 0;
     let size = 0;
-    for (let i = 0; i < p1; i++) {
-      sum = f32(sum + src[ri]);
+    let next = 0;
+    let want = cols ? cols[0] : -1;
+    for (let i = 0; i < p1; i++, ri += step) {
+      for (let k = 0; k < n; k++) sums[k] = sums[k] + src[starts[k] + ri];
       size++;
-      ri += step;
     }
-    for (let i = 0; i < p2; i++) {
-      sum = f32(sum + src[ri]);
-      size++;
-      out[oi++] = sum / size;
-      ri += step;
-    }
-    for (let i = 0; i < p3; i++) {
-      sum = f32(sum + src[ri]);
-      sum = f32(sum - src[li]);
-      out[oi++] = sum / size;
-      li += step;
-      ri += step;
-    }
-    for (let i = 0; i < p4; i++) {
-      sum = f32(sum - src[li]);
-      size--;
-      out[oi++] = sum / size;
-      li += step;
+    for (let i = 0; i < p2 + p3 + p4; i++, oi++) {
+      if (i < p2) {
+        for (let k = 0; k < n; k++) sums[k] = sums[k] + src[starts[k] + ri];
+        size++;
+        ri += step;
+      } else if (i < p2 + p3) {
+        for (let k = 0; k < n; k++) sums[k] = f32(sums[k] + src[starts[k] + ri]) - src[starts[k] + li];
+        ri += step;
+        li += step;
+      } else {
+        for (let k = 0; k < n; k++) sums[k] = sums[k] - src[starts[k] + li];
+        size--;
+        li += step;
+      }
+      if (!cols) {
+        for (let k = 0; k < n; k++) out[outStart + k * outW + oi] = sums[k] / size;
+      } else {
+        while (want === oi) {
+          for (let k = 0; k < n; k++) out[outStart + k * 64 + next] = sums[k] / size;
+          next++;
+          want = next < 64 ? cols[next] : -1;
+        }
+      }
     }
   }
 }
@@ -149,6 +168,46 @@ function boxCols(src, w, h, out, win) {
       sums[j] = s;
       out[o + j] = s / size;
     }
+  }
+}
+
+// The second round's column pass over the h x 64 columns kept, writing only the 64 rows
+// decimation reads (`rows`): the 64 x 64 block.
+function boxColsAt(src, h, block, win, rows) {
+  const half = Math.floor((win + 2) / 2);
+  const p1 = half - 1;
+  const p2 = win - half + 1;
+  const p3 = h - win;
+  const p4 = half - 1;
+  const sums = new Float32Array(64);
+  let ri = 0;
+  let li = 0;
+  let oi = 0;
+  let next = 0;
+  let size = 0;
+  const emit = () => {
+    while (next < 64 && rows[next] === oi) {
+      for (let j = 0; j < 64; j++) block[next * 64 + j] = sums[j] / size;
+      next++;
+    }
+  };
+  for (let i = 0; i < p1; i++, ri++) {
+    for (let j = 0; j < 64; j++) sums[j] = sums[j] + src[ri * 64 + j];
+    size++;
+  }
+  for (let i = 0; i < p2; i++, ri++, oi++) {
+    size++;
+    for (let j = 0; j < 64; j++) sums[j] = sums[j] + src[ri * 64 + j];
+    emit();
+  }
+  for (let i = 0; i < p3; i++, ri++, li++, oi++) {
+    for (let j = 0; j < 64; j++) sums[j] = f32(sums[j] + src[ri * 64 + j]) - src[li * 64 + j];
+    emit();
+  }
+  for (let i = 0; i < p4; i++, li++, oi++) {
+    size--;
+    for (let j = 0; j < 64; j++) sums[j] = sums[j] - src[li * 64 + j];
+    emit();
   }
 }
 
@@ -256,22 +315,22 @@ export function pdqOfLuma(luma, stride, x0, y0, w, h, mirror = false) {
       }
     }
   } else {
-    scratch(w * h, w);
+    scratch(Math.max(w, 64) * h, w); // the second round keeps h x 64 values
     const a = scratchA;
     const b = scratchB;
     const winRows = windowSize(w, 64);
     const winCols = windowSize(h, 64);
+    const rows = new Int32Array(64);
+    const cols = new Int32Array(64);
+    for (let i = 0; i < 64; i++) {
+      rows[i] = Math.trunc(((i + 0.5) * h) / 64);
+      cols[i] = Math.trunc(((i + 0.5) * w) / 64);
+    }
     boxRows(luma, stride, x0, y0, w, h, mirror, b, winRows);
     boxCols(b, w, h, a, winCols);
-    boxRows(a, w, 0, 0, w, h, false, b, winRows);
-    boxCols(b, w, h, a, winCols);
-    for (let i = 0; i < 64; i++) {
-      const ini = Math.trunc(((i + 0.5) * h) / 64);
-      for (let j = 0; j < 64; j++) {
-        const inj = Math.trunc(((j + 0.5) * w) / 64);
-        block[i * 64 + j] = a[ini * w + inj];
-      }
-    }
+    // Decimation reads 64 x 64 values: the second round computes only what leads to them.
+    boxRows(a, w, 0, 0, w, h, false, b, winRows, cols);
+    boxColsAt(b, h, block, winCols, rows);
   }
   const q = quality(block);
   const coefficients = dct16(block);

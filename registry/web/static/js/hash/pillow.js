@@ -197,13 +197,49 @@ function cubic(v1, v2, v3, v4, d) {
   return p1 + d * (p2 + d * (p3 + d * p4));
 }
 
+function clampByte(v) {
+  return v <= 0 ? 0 : v >= 255 ? 255 : Math.trunc(v);
+}
+
+// One output pixel whose 4 x 4 neighbourhood may leave the image: Pillow clamps the columns and
+// the first row; a later row outside the image repeats the row above it.
+function bicubicAtEdge(rgb, width, height, xf, yf, dx, dy, out, o) {
+  const rowStride = width * 3;
+  const c0 = Math.min(Math.max(xf - 1, 0), width - 1) * 3;
+  const c1 = Math.min(Math.max(xf, 0), width - 1) * 3;
+  const c2 = Math.min(Math.max(xf + 1, 0), width - 1) * 3;
+  const c3 = Math.min(Math.max(xf + 2, 0), width - 1) * 3;
+  const r0 = Math.min(Math.max(yf - 1, 0), height - 1) * rowStride;
+  const r1 = yf >= 0 && yf < height ? yf * rowStride : -1;
+  const r2 = yf + 1 >= 0 && yf + 1 < height ? (yf + 1) * rowStride : -1;
+  const r3 = yf + 2 >= 0 && yf + 2 < height ? (yf + 2) * rowStride : -1;
+  for (let band = 0; band < 3; band++) {
+    let r = r0 + band;
+    const v1 = cubic(rgb[r + c0], rgb[r + c1], rgb[r + c2], rgb[r + c3], dx);
+    let v2 = v1;
+    if (r1 >= 0) {
+      r = r1 + band;
+      v2 = cubic(rgb[r + c0], rgb[r + c1], rgb[r + c2], rgb[r + c3], dx);
+    }
+    let v3 = v2;
+    if (r2 >= 0) {
+      r = r2 + band;
+      v3 = cubic(rgb[r + c0], rgb[r + c1], rgb[r + c2], rgb[r + c3], dx);
+    }
+    let v4 = v3;
+    if (r3 >= 0) {
+      r = r3 + band;
+      v4 = cubic(rgb[r + c0], rgb[r + c1], rgb[r + c2], rgb[r + c3], dx);
+    }
+    out[o + band] = clampByte(cubic(v1, v2, v3, v4, dy));
+  }
+}
+
 /** Image.rotate(degrees, BICUBIC, expand=False, fillcolor=(0, 0, 0)) of an RGB image. */
 export function rotateRGB(rgb, width, height, degrees) {
   const [a0, a1, a2, a3, a4, a5] = rotationMatrix(width, height, degrees);
   const out = new Uint8Array(width * height * 3);
-  const rowStride = width * 3;
-  const cols = [0, 0, 0, 0];
-  const rows = [0, 0, 0, 0];
+  const rs = width * 3;
   for (let y = 0; y < height; y++) {
     const yc = y + 0.5;
     for (let x = 0; x < width; x++) {
@@ -217,35 +253,20 @@ export function rotateRGB(rgb, width, height, degrees) {
       const yf = Math.floor(yin);
       const dx = xin - xf;
       const dy = yin - yf;
-      for (let i = 0; i < 4; i++) {
-        const xi = xf - 1 + i;
-        cols[i] = (xi < 0 ? 0 : xi < width ? xi : width - 1) * 3;
-        const yi = yf - 1 + i;
-        // Pillow clamps the first row only; a later row outside the image repeats the previous.
-        rows[i] = i === 0 ? (yi < 0 ? 0 : yi < height ? yi : height - 1) * rowStride
-          : (yi >= 0 && yi < height) ? yi * rowStride : -1;
-      }
       const o = (y * width + x) * 3;
-      for (let band = 0; band < 3; band++) {
-        let r = rows[0] + band;
-        const v1 = cubic(rgb[r + cols[0]], rgb[r + cols[1]], rgb[r + cols[2]], rgb[r + cols[3]], dx);
-        let v2 = v1;
-        if (rows[1] >= 0) {
-          r = rows[1] + band;
-          v2 = cubic(rgb[r + cols[0]], rgb[r + cols[1]], rgb[r + cols[2]], rgb[r + cols[3]], dx);
-        }
-        let v3 = v2;
-        if (rows[2] >= 0) {
-          r = rows[2] + band;
-          v3 = cubic(rgb[r + cols[0]], rgb[r + cols[1]], rgb[r + cols[2]], rgb[r + cols[3]], dx);
-        }
-        let v4 = v3;
-        if (rows[3] >= 0) {
-          r = rows[3] + band;
-          v4 = cubic(rgb[r + cols[0]], rgb[r + cols[1]], rgb[r + cols[2]], rgb[r + cols[3]], dx);
-        }
-        const v = cubic(v1, v2, v3, v4, dy);
-        out[o + band] = v <= 0 ? 0 : v >= 255 ? 255 : Math.trunc(v);
+      if (xf < 1 || xf + 2 >= width || yf < 1 || yf + 2 >= height) {
+        bicubicAtEdge(rgb, width, height, xf, yf, dx, dy, out, o);
+        continue;
+      }
+      for (let band = 0, p = ((yf - 1) * width + xf - 1) * 3; band < 3; band++, p++) {
+        const v1 = cubic(rgb[p], rgb[p + 3], rgb[p + 6], rgb[p + 9], dx);
+        const q = p + rs;
+        const v2 = cubic(rgb[q], rgb[q + 3], rgb[q + 6], rgb[q + 9], dx);
+        const r = q + rs;
+        const v3 = cubic(rgb[r], rgb[r + 3], rgb[r + 6], rgb[r + 9], dx);
+        const t = r + rs;
+        const v4 = cubic(rgb[t], rgb[t + 3], rgb[t + 6], rgb[t + 9], dx);
+        out[o + band] = clampByte(cubic(v1, v2, v3, v4, dy));
       }
     }
   }
