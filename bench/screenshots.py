@@ -65,7 +65,7 @@ def shoot(browser: object, base: str, lang: str, device: str, out: Path) -> list
     width = WIDTHS[device]
     context = browser.new_context(  # type: ignore[attr-defined]
         viewport={"width": width, "height": 900 if device == "desktop" else 844},
-        device_scale_factor=1 if device == "desktop" else 2, locale=lang)
+        device_scale_factor=1, locale=lang)
     page = context.new_page()
     written = []
 

@@ -634,3 +634,47 @@ def test_an_unavailable_database_is_explained(client, registry, monkeypatch):
     response = post_case(client, number, pin, lang="ko")
     assert response.status_code == 503
     assert "지금은 등록소에 연결할 수 없어서" in page(response).all_text
+
+
+# --- colour contrast (WCAG 2.2 AA) ------------------------------------------------------------
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def test_colours_meet_aa_contrast():
+    from pathlib import Path
+
+    css = (Path(__file__).resolve().parent.parent / "registry/web/static/css/site.css"
+           ).read_text()
+    colour = dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-f]{6})", css))
+    colour["white"] = "#ffffff"
+    text_pairs = [  # (foreground, background): body text, links, buttons, alerts, badges
+        ("ink", "paper"), ("ink", "card"), ("muted", "paper"), ("muted", "card"),
+        ("accent", "paper"), ("accent", "card"), ("white", "accent"), ("white", "accent-dark"),
+        ("accent-dark", "accent-soft"), ("white", "exit"), ("white", "danger"),
+        ("ink", "error-bg"), ("ink", "warn-bg"), ("ink", "ok-bg"), ("ok", "ok-bg"),
+        ("ink", "accent-soft"),
+    ]
+    for fg, bg in text_pairs:
+        assert contrast(colour[fg], colour[bg]) >= 4.5, (fg, bg)
+    for fg, bg in [("focus", "paper"), ("focus", "card"), ("muted", "card"),
+                   ("exit", "card"), ("accent", "card")]:  # rings, borders, buttons: 3:1
+        assert contrast(colour[fg], colour[bg]) >= 3.0, (fg, bg)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_ids_are_unique_and_every_reference_resolves(client, path):
+    html = page(client.get(f"{path}?lang=en"))
+    ids = [a["id"] for _, a in html.tags if "id" in a]
+    assert len(ids) == len(set(ids))
+    for _, attrs in html.tags:
+        for name in ("for", "aria-describedby", "aria-labelledby"):
+            for ref in attrs.get(name, "").split():
+                assert ref in ids, (name, ref)

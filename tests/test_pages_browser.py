@@ -346,3 +346,23 @@ def test_keyboard_and_labels(context, base):
                          && !e.getAttribute('aria-label'))
             .map(e => e.outerHTML)""")
         assert unlabelled == []
+
+
+def test_a_browser_that_cannot_hash_offers_the_server_as_a_second_choice(context, base):
+    page = context.new_page()
+    page.route("**/static/js/hash/worker.js", lambda route: route.fulfill(status=404))
+    posts: list[str] = []
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+    page.goto(f"{base}/submit?lang=en")
+    page.set_input_files("#images", files=[image_file(61)])
+    page.check("#consent")
+    page.click("#submit-button")
+    page.wait_for_selector("#fallback:not([hidden])")
+    assert "cannot make the hashes itself" in page.inner_text("#alert-text")
+    assert posts == []  # nothing was sent without the second choice
+    with page.expect_navigation():
+        page.click("#fallback-button")
+    assert [p.split("?")[0] for p in posts] == [base + "/submit"]
+    assert re.fullmatch(r"[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-.",
+                        page.inner_text("#case-number").strip())
+    assert page.is_visible("[data-copy=case-number]")  # the receipt's buttons work here too
