@@ -101,8 +101,10 @@ class _Handler(SimpleHTTPRequestHandler):
         **SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
         ".mjs": "text/javascript"}
 
-    def __init__(self, *args: Any, files: Path | None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, files: Path | None, log: list[str] | None,
+                 **kwargs: Any) -> None:
         self.files = files
+        self.log = log
         super().__init__(*args, **kwargs)
 
     def translate_path(self, path: str) -> str:
@@ -127,6 +129,10 @@ class _Handler(SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         super().end_headers()
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if self.log is not None:
+            self.log.append(f"{self.command} {self.path}")
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -137,10 +143,11 @@ def _inside(base: Path, rel: str) -> Path:
 
 
 @contextmanager
-def static_server(files: Path | None = None) -> Iterator[str]:
+def static_server(files: Path | None = None, log: list[str] | None = None) -> Iterator[str]:
     """Serve the static folder (and ``files`` under /files/) on loopback; yields the base URL
-    (``http://127.0.0.1:PORT``)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, files=files))
+    (``http://127.0.0.1:PORT``). Every request answered is appended to ``log`` as
+    ``"METHOD /path"`` when a list is given."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, files=files, log=log))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="static-server", daemon=True)
     thread.start()
