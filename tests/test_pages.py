@@ -678,3 +678,18 @@ def test_ids_are_unique_and_every_reference_resolves(client, path):
         for name in ("for", "aria-describedby", "aria-labelledby"):
             for ref in attrs.get(name, "").split():
                 assert ref in ids, (name, ref)
+
+
+def test_an_unavailable_database_gives_the_apis_code_on_the_json_endpoint(client, registry,
+                                                                          monkeypatch, caplog):
+    body = signals_body(registry, 131)
+
+    def down(*args: object) -> None:
+        raise StorageUnavailable("database server db.internal refused the connection")
+
+    monkeypatch.setattr(registry, "submit_case", down)
+    response = post_signals(client, body)
+    assert response.status_code == 503
+    error = response.get_json()["error"]
+    assert error["code"] == "unavailable" and "db.internal" not in error["message"]
+    assert "db.internal" in caplog.text  # the operator's log has the detail

@@ -10,17 +10,19 @@ in their language. Security headers and rate limits are installed in ``install``
 
 from __future__ import annotations
 
+import logging
+
 from apiflask import APIBlueprint
 from flask import Response, current_app, jsonify, render_template, request
 
 from registry.errors import RegistryError
 from registry.service import Registry, SubmittedImage
 from registry.service.cases import MAX_IMAGES_PER_CASE
-from registry.web import csrf, messages
-from registry.web.errors import status_of
+from registry.web import csrf, errors, messages
 from registry.web.i18n import _
 from registry.web.submission import parse_submission
 
+log = logging.getLogger(__name__)
 # An APIBlueprint only so APIFlask can walk its hooks; the pages are not part of the API spec.
 bp = APIBlueprint("pages", __name__, enable_openapi=False)
 MAX_IMAGES = MAX_IMAGES_PER_CASE
@@ -98,11 +100,11 @@ def submit_signals() -> tuple[Response, int]:
     try:
         images = parse_submission(request.get_json(silent=True))
     except RegistryError as err:
-        return json_error(status_of(err), err.code, messages.submission_error(err, None))
+        return json_error(status_of(err), code_of(err), messages.submission_error(err, None))
     try:
         receipt = registry().submit_case(images)
     except RegistryError as err:
-        return json_error(status_of(err), err.code,
+        return json_error(status_of(err), code_of(err),
                            messages.submission_error(err, _culprit(images)))
     return jsonify(receipt.to_json()), 201
 
@@ -163,5 +165,17 @@ def _case_form_error(err: RegistryError, number: str) -> tuple[str, int]:
 
 
 # --- errors -----------------------------------------------------------------------------------
+def status_of(err: RegistryError) -> int:
+    status = errors.status_of(err)
+    if status >= 500:  # the detail (database server, its error) is for the operator's log
+        log.warning("page request failed: %s: %s", err.code, err.message)
+    return status
+
+
+def code_of(err: RegistryError) -> str:
+    """The API's codes: an unreachable database is ``unavailable`` there too."""
+    return "unavailable" if errors.status_of(err) == 503 else err.code
+
+
 def json_error(status: int, code: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": {"code": code, "message": message}}), status
