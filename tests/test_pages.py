@@ -430,6 +430,7 @@ def test_upload_problems_are_explained_and_nothing_is_registered(client, registr
         ([(jpeg(41)[:3000], "cut.jpg")], True, "cut.jpg"),
         ([(b"", "empty.jpg")], True, "empty.jpg is empty."),
         ([(blank, "grey.jpg")], True, "grey.jpg is too plain"),
+        ([(b"x", f"{n}.jpg") for n in range(51)], True, "Choose at most 50 images"),
     ]
     for files, consent, message in cases:
         response = submit_files(client, files, consent=consent)

@@ -63,6 +63,9 @@ def submit() -> str | tuple[str, int]:
     uploads = [f for f in request.files.getlist("images") if f.filename or f.content_length]
     if not uploads:
         return render_template("submit.html", error=_("Please choose at least one image.")), 422
+    if len(uploads) > MAX_IMAGES:
+        return render_template("submit.html", error=_(
+            "Choose at most %(max)s images at a time.", max=MAX_IMAGES)), 422
     images: list[SubmittedImage] = []
     for upload in uploads:
         name = upload.filename or _("An image")
