@@ -13,16 +13,19 @@ from registry.service.cases import SubmittedImage, validate_submission
 from registry.store import Store
 
 CANARY_BANK = "canary"
+# Imported lists arrive by the thousand: one transaction (and one audit event) per call of up to
+# this many images, instead of a case's 50.
+MAX_IMAGES_PER_CALL = 10_000
 
 
 def register(store: Store, settings: Settings, bank: str, kind: BankKind,
              images: Sequence[SubmittedImage], actor: str = "operator") -> int:
-    validate_submission(images, settings)
+    validate_submission(images, settings, MAX_IMAGES_PER_CALL)
     with store.transaction() as tx:
         bank_id = tx.banks.ensure(bank, kind)
-        ids = [i for image in images for i in tx.signals.add_many(
-            bank_id, None, image.rows(settings.pdq_min_quality), PIPELINE_VERSION,
-            image_key=secrets.token_hex(8))]
+        ids = tx.signals.add_images(
+            bank_id, None, [(image.rows(settings.pdq_min_quality), secrets.token_hex(8))
+                            for image in images], PIPELINE_VERSION)
         tx.changes.append(ChangeAction.ADD, ids)
         tx.audit.record(actor, "bank_registered", bank, {"images": len(images),
                                                           "signals": len(ids)})

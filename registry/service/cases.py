@@ -91,11 +91,12 @@ class CaseView:
         }
 
 
-def validate_submission(images: Sequence[SubmittedImage], settings: Settings) -> None:
+def validate_submission(images: Sequence[SubmittedImage], settings: Settings,
+                        max_images: int = MAX_IMAGES_PER_CASE) -> None:
     if not images:
         raise InvalidInput("A case needs at least one image.")
-    if len(images) > MAX_IMAGES_PER_CASE:
-        raise InvalidInput(f"A case holds at most {MAX_IMAGES_PER_CASE} images.")
+    if len(images) > max_images:
+        raise InvalidInput(f"A case holds at most {max_images} images.")
     for n, image in enumerate(images, 1):
         kinds = [s.kind for s in image.signals]
         if not kinds:
@@ -129,9 +130,9 @@ def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage]) -
         bank_id = tx.banks.ensure(SUBMISSIONS_BANK, BankKind.SUBMISSIONS, "Cases from submitters")
         number = _new_number(tx)
         case_id = tx.cases.add(number, pin_hash)
-        ids = [i for image in images for i in tx.signals.add_many(
-            bank_id, case_id, image.rows(settings.pdq_min_quality), PIPELINE_VERSION,
-            image_key=secrets.token_hex(8))]
+        ids = tx.signals.add_images(
+            bank_id, case_id, [(image.rows(settings.pdq_min_quality), secrets.token_hex(8))
+                               for image in images], PIPELINE_VERSION)
         tx.changes.append(ChangeAction.ADD, ids)
         tx.audit.record("submitter", "case_submitted", number,
                         {"images": len(images), "signals": len(ids)})

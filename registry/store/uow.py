@@ -6,8 +6,9 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from registry.domain import (
@@ -136,16 +137,33 @@ class SignalRepository:
     def add_many(self, bank_id: int, case_id: int | None,
                  signals: Sequence[tuple[Signal, str, int | None]], pipeline_version: int,
                  image_key: str = "") -> list[int]:
-        """Insert ``(signal, label, quality)`` rows of one image; return their ids in order."""
+        """Insert ``(signal, label, quality)`` rows of one image; return their ids."""
+        return self.add_images(bank_id, case_id, [(signals, image_key)], pipeline_version)
+
+    def add_images(self, bank_id: int, case_id: int | None,
+                   images: Sequence[tuple[Sequence[tuple[Signal, str, int | None]], str]],
+                   pipeline_version: int) -> list[int]:
+        """Insert the rows of many images (``(rows, image_key)`` each) in bulk statements;
+        return the new ids in order (imports register thousands of images per call)."""
         ts = now()
-        rows = [SignalRow(case_id=case_id, bank_id=bank_id, kind=sig.kind.value, value=sig.hex,
-                          label=label, status=SignalStatus.ACTIVE.value, quality=quality,
-                          pipeline_version=pipeline_version, image_key=image_key,
-                          created_at=ts, updated_at=ts)
-                for sig, label, quality in signals]
-        self.s.add_all(rows)
-        self.s.flush()
-        return [r.id for r in rows]
+        params = [{"case_id": case_id, "bank_id": bank_id, "kind": sig.kind.value,
+                   "value": sig.hex, "label": label, "status": SignalStatus.ACTIVE.value,
+                   "quality": quality, "pipeline_version": pipeline_version,
+                   "image_key": image_key, "created_at": ts, "updated_at": ts}
+                  for rows, image_key in images for sig, label, quality in rows]
+        if not params:
+            return []
+        # One writer at a time (the log lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so the
+        # new rows are exactly those above the highest id before the insert; a plain
+        # executemany is ~10x faster than ORM inserts or INSERT ... RETURNING here.
+        _serialise_logs(self.s)
+        start = int(self.s.scalar(select(func.coalesce(func.max(SignalRow.id), 0))) or 0)
+        self.s.execute(insert(cast(Table, SignalRow.__table__)), params)
+        ids = [int(i) for i in self.s.scalars(
+            select(SignalRow.id).where(SignalRow.id > start).order_by(SignalRow.id))]
+        if len(ids) != len(params):
+            raise RuntimeError("signal ids of a bulk insert could not be recovered")
+        return ids
 
     def ids_of_case(self, case_id: int, status: SignalStatus | None = None) -> list[int]:
         stmt = select(SignalRow.id).where(SignalRow.case_id == case_id).order_by(SignalRow.id)
@@ -295,8 +313,9 @@ class ChangeLog:
     def append(self, action: ChangeAction, signal_ids: Iterable[int]) -> None:
         ts = now()
         _serialise_logs(self.s)
-        self.s.add_all([ChangeRow(signal_id=i, action=action.value, at=ts) for i in signal_ids])
-        self.s.flush()
+        params = [{"signal_id": i, "action": action.value, "at": ts} for i in signal_ids]
+        if params:
+            self.s.execute(insert(ChangeRow), params)
         if self.s.get_bind().dialect.name == "postgresql":
             # Delivered at commit to every worker's listener (registry.store.notify).
             self.s.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
