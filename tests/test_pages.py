@@ -495,7 +495,7 @@ def test_status_shows_state_counts_and_takedowns(client, registry):
     again = post_case(client, number, pin)
     assert re.search(r"<dt>Confirmed takedowns</dt><dd>\s*1", again.get_data(as_text=True))
     korean = post_case(client, number, pin, lang="ko")
-    assert "유효" in page(korean).all_text and "확인된 삭제" in page(korean).all_text
+    assert "진행 중" in page(korean).all_text and "확인된 삭제" in page(korean).all_text
 
 
 def test_withdrawal_asks_first_then_withdraws(client, registry):

@@ -30,7 +30,7 @@ ENV = {"TAKEDOWN_PIN_KDF_N": str(FAST_KDF), "TAKEDOWN_SUBMIT_LIMIT": "1000 per h
 TEXT = {
     "ko": {"registered": "등록했습니다. 아래에 접수 번호와 PIN이 있습니다.",
            "copied": "복사했습니다.",
-           "active": "유효", "withdrawn": "철회됨", "confirm": "이 접수를 철회할까요?",
+           "active": "진행 중", "withdrawn": "철회됨", "confirm": "이 접수를 철회할까요?",
            "done": "접수를 철회했습니다.", "leave": "접수 번호와 PIN을 저장하셨나요?"},
     "en": {"registered": "Registered. Your case number and PIN are shown below.",
            "copied": "Copied.", "active": "Active", "withdrawn": "Withdrawn",
