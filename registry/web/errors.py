@@ -70,6 +70,12 @@ def _flatten(detail: Any, prefix: str = "") -> list[str]:
 def register(app: APIFlask) -> None:
     @app.errorhandler(e.RegistryError)
     def _registry_error(err: e.RegistryError) -> Response:
+        if isinstance(err, e.StorageUnavailable):
+            # The detail names the database server and its error: the operator's log gets it;
+            # clients get the documented code (docs/api.md) and retry with backoff.
+            log.warning("database unavailable: %s", err.message)
+            return error_response(503, "unavailable", "The registry cannot reach its database "
+                                  "right now; retry in a moment.")
         response = error_response(status_of(err), err.code, err.message)
         if isinstance(err, e.CaseLocked):
             response.headers["Retry-After"] = str(err.retry_after_s)
