@@ -48,7 +48,7 @@ def pg_url() -> Iterator[str]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     name = f"takedown_test_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
