@@ -185,12 +185,19 @@ class SignalRepository:
     def get_many(self, ids: Iterable[int]) -> dict[int, RegisteredSignal]:
         out: dict[int, RegisteredSignal] = {}
         banks = {r.id: r.name for r in self.s.scalars(select(BankRow))}
+        cols = (SignalRow.id, SignalRow.kind, SignalRow.value, SignalRow.bank_id,
+                SignalRow.status, SignalRow.label, SignalRow.removed, SignalRow.not_violating,
+                SignalRow.image_key, CaseRow.number)
         for chunk in _chunks(sorted(set(ids)), 500):
-            stmt = (select(SignalRow, CaseRow.number)
-                    .outerjoin(CaseRow, CaseRow.id == SignalRow.case_id)
-                    .where(SignalRow.id.in_(chunk)))
-            for row, number in self.s.execute(stmt):
-                out[row.id] = _registered(row, banks[row.bank_id], number)
+            stmt = (select(*cols).outerjoin(CaseRow, CaseRow.id == SignalRow.case_id)
+                    .where(SignalRow.id.in_(chunk)))  # plain rows: no ORM identity map
+            for (sid, kind, value, bank_id, status, label, removed, not_violating, image_key,
+                 number) in self.s.execute(stmt):
+                out[sid] = RegisteredSignal(
+                    id=sid, signal=Signal(SignalKind(kind), bytes.fromhex(value)),
+                    bank=banks[bank_id], status=SignalStatus(status), case_number=number,
+                    label=label, removed=removed, not_violating=not_violating,
+                    image_key=image_key)
         return out
 
     def find_exact(self, kind: SignalKind, values: Iterable[str]) -> dict[str, list[int]]:
@@ -394,10 +401,10 @@ class MatchRepository:
 
     def add_many(self, rows: Iterable[tuple[str, int | None, int, int, str, str]]) -> None:
         ts = now()
-        self.s.add_all([MatchRow(id=mid, platform_id=pid, signal_id=sid, distance=d, tier=t,
-                                 query_ref=ref[:128], created_at=ts)
-                        for mid, pid, sid, d, t, ref in rows])
-        self.s.flush()
+        params = [{"id": mid, "platform_id": pid, "signal_id": sid, "distance": d, "tier": t,
+                   "query_ref": ref[:128], "created_at": ts} for mid, pid, sid, d, t, ref in rows]
+        if params:  # one executemany: a batch of 1000 queries can make 1000 matches
+            self.s.execute(insert(cast(Table, MatchRow.__table__)), params)
 
     def get(self, match_id: str) -> tuple[int | None, int] | None:
         """(platform id, signal id) of a match, or None."""
