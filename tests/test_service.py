@@ -234,6 +234,26 @@ def test_index_verify_rebuild_and_snapshot_restart(settings):
     restarted.close()
 
 
+def test_snapshot_older_than_the_logs_retention_is_rebuilt(settings):
+    registry = build_registry(settings)
+    first = submit(registry, 1)
+    registry.keeper.save_snapshot()
+    position = registry.keeper.indexes.position
+    second = submit(registry, 2)  # after the snapshot: only the log knows it
+    registry.close()
+    other = build_registry(settings)
+    with other.store.engine.begin() as conn:  # the log's older entries pruned
+        conn.execute(text("DELETE FROM change_log WHERE seq <= :p"), {"p": position + 1})
+    other.close()
+    restarted = build_registry(settings)
+    assert restarted.keeper.loaded_from == "database"
+    assert restarted.verify_index().ok
+    for receipt, seed in ((first, 1), (second, 2)):
+        assert restarted.case_status(receipt.number, receipt.pin).status is CaseStatus.ACTIVE
+        assert restarted.match([restarted.query_of_image("q", image(restarted, seed))])[0].matched
+    restarted.close()
+
+
 def test_corrupt_or_future_snapshot_is_rebuilt(settings):
     registry = build_registry(settings)
     submit(registry, 1)

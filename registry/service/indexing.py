@@ -59,9 +59,13 @@ class IndexKeeper:
         try:
             indexes = IndexSet.load(self.snapshot_path, self.options)
             with self.store.transaction(write=False) as tx:
-                head = tx.changes.head()
+                head, first = tx.changes.head(), tx.changes.first()
             if indexes.position > head:
                 raise SnapshotError("The snapshot is newer than the database's change log.")
+            if first > indexes.position + 1:
+                raise SnapshotError(
+                    f"The snapshot is at change {indexes.position} but the log now starts at "
+                    f"{first}: the entries between were pruned.")
             with self.lock:
                 self.indexes = indexes
             self.loaded_from = "snapshot"

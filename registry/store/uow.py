@@ -330,6 +330,10 @@ class ChangeLog:
     def head(self) -> int:
         return int(self.s.scalar(select(func.coalesce(func.max(ChangeRow.seq), 0))) or 0)
 
+    def first(self) -> int:
+        """The oldest entry still in the log (0 when empty); entries before it were pruned."""
+        return int(self.s.scalar(select(func.coalesce(func.min(ChangeRow.seq), 0))) or 0)
+
     def feed(self, position: int, limit: int) -> list[FeedRecord]:
         """Change-log entries after ``position`` as feed records (adds are ``active``,
         withdrawals and quarantines ``withdrawn``)."""
