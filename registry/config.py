@@ -69,6 +69,9 @@ class Settings:
         "60 per hour", "Case status checks and withdrawals on the web page per client address.")
     quick_exit_url: str = _setting(
         "https://www.naver.com/", "Where the pages' quick-exit button goes: a neutral site.")
+    proxy_hops: int = _setting(
+        0, "Reverse proxies in front that append the client address to X-Forwarded-For (1 for "
+        "one nginx); per-address limits use that address. 0 trusts no forwarded header.")
     index: str = _setting(
         "multi", "Index kind: 'multi' (multi-index hashing: exact to the strong threshold, "
         "measured recall beyond it) or 'flat' (exhaustive scans: exact everywhere, slower).")
@@ -111,6 +114,8 @@ class Settings:
             raise ConfigError("TAKEDOWN_INDEX must be 'multi' or 'flat'.")
         if self.max_image_pixels <= 0 or self.max_upload_bytes <= 0 or self.max_queries <= 0:
             raise ConfigError("Size limits must be positive.")
+        if self.proxy_hops < 0:
+            raise ConfigError("TAKEDOWN_PROXY_HOPS must be 0 or more.")
         if self.pin_kdf_n < 2 or self.pin_kdf_n & (self.pin_kdf_n - 1):
             raise ConfigError("TAKEDOWN_PIN_KDF_N must be a power of two.")
 

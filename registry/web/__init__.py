@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from apiflask import APIFlask
 from flask import Request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from registry.errors import InvalidJson
 from registry.service import Registry
@@ -45,6 +46,11 @@ def create_app(registry: Registry, test_config: dict[str, object] | None = None)
     )
     if test_config:
         app.config.update(test_config)
+    hops = registry.settings.proxy_hops
+    if hops:
+        # Behind a TLS proxy every request comes from the proxy's address: without this, each
+        # per-address limit (auth failures, /submit, /case) would be one limit for everyone.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.extensions["registry"] = registry
     errors.register(app)
     metrics.install(app, registry)
