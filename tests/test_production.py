@@ -101,6 +101,30 @@ def match_body(pdq: str, ref: str = "copy") -> dict[str, object]:
     return {"queries": [{"id": ref, "signals": {"pdq": pdq}}]}
 
 
+# --- behind a reverse proxy ----------------------------------------------------------------------
+@pytest.mark.parametrize("hops", [0, 1])
+def test_per_address_limits_see_the_client_behind_the_proxy(tmp_path: Path, hops: int) -> None:
+    """docs/deploy.md: nginx appends the client to X-Forwarded-For; with TAKEDOWN_PROXY_HOPS=1 the
+    limits per client address apply per client, with 0 to everyone behind the proxy at once."""
+    from registry.web import create_app
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), pin_kdf_n=FAST_KDF,
+                                 proxy_hops=hops, auth_failure_limit="2 per minute")
+    registry = build_registry(settings)
+    try:
+        client = create_app(registry).test_client()
+
+        def wrong_key(address: str) -> int:
+            return client.post("/api/v1/match", json=match_body("a5" * 32),
+                               headers={"Authorization": "Bearer trk_wrong",
+                                        "X-Forwarded-For": address}).status_code
+
+        assert [wrong_key("203.0.113.7") for _ in range(3)] == [401, 401, 429]
+        assert wrong_key("198.51.100.9") == (401 if hops else 429)
+    finally:
+        registry.close()
+
+
 # --- the served registry -------------------------------------------------------------------------
 class Cluster:
     """``takedown serve --workers 4`` on one PostgreSQL database, the ``takedown`` CLI on the
