@@ -242,3 +242,83 @@ def test_bits_must_be_a_multiple_of_16_and_radius_non_negative() -> None:
         MultiIndex(72, 5)
     with pytest.raises(ValueError):
         MultiIndex(256, 31).search(np.zeros((1, 32), np.uint8), -1)
+
+
+# --- background compaction ------------------------------------------------------------------------
+def test_background_compaction_keeps_what_arrives_while_it_builds() -> None:
+    rng = np.random.default_rng(21)
+    index = MultiIndex(256, 31, max_delta=4096, auto_compact=False)
+    brute = BruteForceIndex(256)
+    codes = random_codes(rng, 9000, 256)
+    ids = np.arange(9000, dtype=np.int64)
+    index.add(ids[:5000], codes[:5000])
+    brute.add(ids[:5000], codes[:5000])
+    index.remove(ids[:100])
+    brute.remove(ids[:100])
+    assert index.needs_compaction  # 5000 in the delta, over its 4096 bound
+    plan = index.begin_compaction()
+    # While it builds: more adds, removals of base, frozen-delta and late rows.
+    index.add(ids[5000:9000], codes[5000:9000])
+    brute.add(ids[5000:9000], codes[5000:9000])
+    gone = np.array([100, 4999, 5000, 8999], dtype=np.int64)
+    assert index.remove(gone) == brute.remove(gone) == 4
+    index.build(plan)
+    assert index.finish_compaction(plan)
+    assert index.stats["base"] == 4900 and index.stats["delta"] == 4000
+    assert len(index) == len(brute) == 9000 - 100 - 4
+    queries = np.concatenate([codes[::97], random_codes(rng, 20, 256)])
+    check_against(index, brute, queries, 31)
+    assert sorted(index.export()[0].tolist()) == sorted(brute.export()[0].tolist())
+
+
+def test_a_stale_compaction_plan_is_dropped() -> None:
+    rng = np.random.default_rng(22)
+    index = MultiIndex(256, 31, auto_compact=False)
+    codes = random_codes(rng, 50, 256)
+    index.add(np.arange(50, dtype=np.int64), codes)
+    plan = index.begin_compaction()
+    index.compact()  # another compaction got there first
+    index.build(plan)
+    assert not index.finish_compaction(plan)
+    assert len(index) == 50 and index.stats["base"] == 50
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(op, st.tuples(st.just("begin")), st.tuples(st.just("finish"))),
+                    min_size=1, max_size=30))
+def test_random_operations_with_background_compactions(ops: list[tuple[Any, ...]]) -> None:
+    rng = np.random.default_rng(len(ops))
+    index = MultiIndex(256, 31, max_delta=64, auto_compact=False)
+    brute = BruteForceIndex(256)
+    live: dict[int, np.ndarray] = {}
+    plan = None
+    next_id = 0
+    for step in ops:
+        if step[0] == "add":
+            new = random_codes(rng, step[1], 256)
+            ids = np.arange(next_id, next_id + step[1], dtype=np.int64)
+            next_id += step[1]
+            index.add(ids, new)
+            brute.add(ids, new)
+            live.update(zip(ids.tolist(), new, strict=True))
+        elif step[0] == "remove" and live:
+            gone = rng.choice(list(live), size=min(step[1], len(live)), replace=False)
+            assert index.remove(gone) == brute.remove(gone)
+            for i in gone.tolist():
+                live.pop(i)
+        elif step[0] == "search" and live:
+            base = list(live.values())
+            queries = np.stack([flip_in_chunks(base[int(rng.integers(len(base)))],
+                                               [int(rng.integers(0, 3)) for _ in range(16)], rng)
+                                for _ in range(4)])
+            check_against(index, brute, queries, step[1])
+        elif step[0] == "compact":
+            index.compact()
+        elif step[0] == "begin":
+            plan = index.begin_compaction()
+        elif step[0] == "finish" and plan is not None:
+            index.build(plan)
+            index.finish_compaction(plan)
+            plan = None
+        assert len(index) == len(live)
+    assert sorted(index.export()[0].tolist()) == sorted(live)

@@ -36,18 +36,23 @@ class IndexOptions:
     exact_radius: Mapping[SignalKind, int] = field(
         default_factory=lambda: {SignalKind.PDQ: 31, SignalKind.PHASH: 5})
     compact_ratio: float = 0.1
+    # False in serving processes: their follower compacts multi-indexes in the background.
+    auto_compact: bool = True
 
     def new(self, kind: SignalKind) -> FlatIndex | MultiIndex:
         if self.kind == "flat":
             return FlatIndex(kind.bits, self.compact_ratio)
-        return MultiIndex(kind.bits, self.exact_radius[kind], self.compact_ratio)
+        return MultiIndex(kind.bits, self.exact_radius[kind], self.compact_ratio,
+                          auto_compact=self.auto_compact)
 
     def of_arrays(self, kind: SignalKind, ids: np.ndarray, codes: np.ndarray
                   ) -> FlatIndex | MultiIndex:
         if self.kind == "flat":
             return FlatIndex.from_arrays(kind.bits, ids, codes, self.compact_ratio)
-        return MultiIndex.from_arrays(kind.bits, ids, codes, self.exact_radius[kind],
-                                      self.compact_ratio)
+        index = MultiIndex.from_arrays(kind.bits, ids, codes, self.exact_radius[kind],
+                                       self.compact_ratio)
+        index.auto_compact = self.auto_compact
+        return index
 
 
 class IndexSet:

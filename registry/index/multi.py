@@ -19,6 +19,7 @@ removals are tombstones, and both are folded into a rebuilt base past a size bou
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -93,9 +94,29 @@ class _Tables:
                    + self.postings.nbytes)
 
 
+@dataclass
+class CompactionPlan:
+    """What :meth:`MultiIndex.begin_compaction` froze: the base (immutable), a copy of the
+    delta and the tombstones at that moment, and how far the change records had got."""
+
+    generation: int
+    base: _Tables
+    delta_ids: Ids
+    delta_codes: Codes
+    tomb_array: Ids
+    delta_rows: int
+    removals: int
+    tables: _Tables | None = None
+
+
 class MultiIndex:
+    """With ``auto_compact`` (the default) ``add``/``remove`` rebuild the base inline once the
+    delta or the tombstones pass their bound. A serving process turns it off and compacts in
+    the background instead (:meth:`begin_compaction`, :meth:`build`, :meth:`finish_compaction`):
+    at 10M codes a rebuild takes seconds, and searches must not wait for it."""
+
     def __init__(self, bits: int, exact_radius: int, compact_ratio: float = 0.1,
-                 max_delta: int = 32768) -> None:
+                 max_delta: int = 32768, auto_compact: bool = True) -> None:
         if bits % CHUNK_BITS:
             raise ValueError(f"bits must be a multiple of {CHUNK_BITS}")
         self._bits = bits
@@ -109,6 +130,9 @@ class MultiIndex:
         self._tombstones: set[int] = set()
         self._tomb_array = np.zeros(0, dtype=np.int64)
         self._dead_rows = 0
+        self._removals: list[int] = []  # ids tombstoned since the last compaction, in order
+        self._generation = 0  # bumped by every compaction: a stale background plan is dropped
+        self.auto_compact = auto_compact
         self.examined = 0  # candidate rows checked by base searches, for the benchmarks
 
     # --- interface -------------------------------------------------------------------------
@@ -130,9 +154,14 @@ class MultiIndex:
             self.compact()  # a re-added id must not resurrect its old row
         self._delta.add(codes)
         self._delta_ids = np.concatenate([self._delta_ids, ids])
-        bound = min(self._max_delta, max(_MIN_DELTA_BEFORE_COMPACT, self._ratio * len(self._base)))
-        if self._delta.ntotal > bound:
+        if self.auto_compact and self.needs_compaction:
             self.compact()
+
+    @property
+    def needs_compaction(self) -> bool:
+        bound = min(self._max_delta, max(_MIN_DELTA_BEFORE_COMPACT, self._ratio * len(self._base)))
+        dead = max(1024, self._ratio * (len(self) + self._dead_rows))
+        return self._delta.ntotal > bound or self._dead_rows > dead
 
     def remove(self, ids: Ids) -> int:
         wanted = {int(i) for i in np.asarray(ids, dtype=np.int64)} - self._tombstones
@@ -144,10 +173,12 @@ class MultiIndex:
         rows = len(in_base) + len(in_delta)
         if not rows:
             return 0
-        self._tombstones |= set(in_base.tolist()) | set(in_delta.tolist())
+        gone = set(in_base.tolist()) | set(in_delta.tolist())
+        self._tombstones |= gone
+        self._removals += sorted(gone)
         self._tomb_array = np.array(sorted(self._tombstones), dtype=np.int64)
         self._dead_rows += rows
-        if self._dead_rows > max(1024, self._ratio * (len(self) + self._dead_rows)):
+        if self.auto_compact and self.needs_compaction:
             self.compact()
         return rows
 
@@ -210,14 +241,49 @@ class MultiIndex:
                 + len(self._tombstones) * 80)
 
     def compact(self) -> None:
-        """Fold delta and tombstones into a rebuilt base (built aside, then swapped in)."""
-        ids, codes = self.export()
-        self._base = _Tables(self._bits, ids, codes)
+        """Fold delta and tombstones into a rebuilt base, inline."""
+        plan = self.begin_compaction()
+        self.build(plan)
+        self.finish_compaction(plan)
+
+    def begin_compaction(self) -> CompactionPlan:
+        """Freeze what the next base holds (cheap: the delta is small, the base is shared).
+        Call under the lock that guards this index."""
+        return CompactionPlan(self._generation, self._base, self._delta_ids.copy(),
+                              codes_of(self._delta), self._tomb_array.copy(),
+                              int(self._delta.ntotal), len(self._removals))
+
+    def build(self, plan: CompactionPlan) -> None:
+        """The slow part, with no lock held: merge and build the new tables."""
+        ids = np.concatenate([plan.base.ids, plan.delta_ids])
+        codes = np.concatenate([plan.base.codes, plan.delta_codes])
+        if len(plan.tomb_array):
+            live = ~np.isin(ids, plan.tomb_array)
+            ids, codes = ids[live], codes[live]
+        plan.tables = _Tables(self._bits, ids, codes)
+
+    def finish_compaction(self, plan: CompactionPlan) -> bool:
+        """Swap the new base in, keeping what arrived since the plan: delta rows added after it
+        stay in the delta, ids removed after it stay tombstoned. Call under the lock. False
+        (and nothing changes) when another compaction happened since the plan."""
+        if plan.generation != self._generation or plan.tables is None:
+            return False
+        late_ids = self._delta_ids[plan.delta_rows:]
+        late_codes = codes_of(self._delta)[plan.delta_rows:]
+        late_removals = set(self._removals[plan.removals:])
+        self._base = plan.tables
         self._delta = faiss.IndexBinaryFlat(self._bits)
-        self._delta_ids = np.zeros(0, dtype=np.int64)
-        self._tombstones = set()
-        self._tomb_array = np.zeros(0, dtype=np.int64)
-        self._dead_rows = 0
+        if len(late_codes):
+            self._delta.add(late_codes)
+        self._delta_ids = late_ids.copy()
+        self._tombstones = late_removals
+        self._removals = sorted(late_removals)
+        self._tomb_array = np.array(sorted(late_removals), dtype=np.int64)
+        dead = np.fromiter(late_removals, dtype=np.int64, count=len(late_removals))
+        self._dead_rows = int(np.isin(self._base.ids, dead).sum()
+                              + np.isin(self._delta_ids, dead).sum()) if len(dead) else 0
+        self._generation += 1
+        return True
 
     @classmethod
     def from_arrays(cls, bits: int, ids: Ids, codes: Codes, exact_radius: int,

@@ -3,9 +3,11 @@
 It waits on the database's change notifications (PostgreSQL LISTEN/NOTIFY; see
 :mod:`registry.store.notify`) and also polls every ``poll_s`` as the safety net, and on each
 wake-up applies the log entries past the index's position (adds to the delta, withdrawals as
-tombstones). Every match request also syncs first, so this thread is what keeps idle workers
-current and takes the catching-up out of the request path. When the database is unreachable it
-retries with a growing pause; ``status`` tells /readyz whether it keeps up.
+tombstones), then rebuilds any index whose delta or tombstones grew past their bound while
+searches go on against the old one. Every match request also syncs first, so this thread is
+what keeps idle workers current and takes the catching-up out of the request path. When the
+database is unreachable it retries with a growing pause; ``status`` tells /readyz whether it
+keeps up.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Follower:
 
     def start(self) -> None:
         if self._thread is None:
+            self.keeper.compact_in_background()
             self._thread = threading.Thread(target=self._run, name="takedown-follower",
                                             daemon=True)
             self._thread.start()
@@ -86,6 +89,7 @@ class Follower:
     def _sync(self) -> None:
         self.keeper.sync()
         self._last_sync_at = time.time()
+        self.keeper.compact_pending()
         position = self.keeper.indexes.position
         if self.snapshot_every and position - self._snapshot_position >= self.snapshot_every:
             self.keeper.save_snapshot()

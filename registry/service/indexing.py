@@ -3,6 +3,7 @@ snapshot. The index is a cache of the database; the database is always right."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from registry.domain import SignalKind
 from registry.errors import SnapshotError
 from registry.index.base import SearchResult
 from registry.index.catalog import PERCEPTUAL, IndexOptions, IndexSet
+from registry.index.multi import MultiIndex
 from registry.store import Store
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,32 @@ class IndexKeeper:
             with self.lock:
                 applied += self.indexes.apply(
                     (c.seq, c.action, c.signal_id, c.signal) for c in changes)
+
+    # --- background compaction (serving processes) ----------------------------------------
+    def compact_in_background(self) -> None:
+        """From now on multi-indexes do not rebuild inside ``sync`` (under the lock, blocking
+        searches); :meth:`compact_pending` does it with the lock held only to start and swap."""
+        self.options = dataclasses.replace(self.options, auto_compact=False)
+        with self.lock:
+            for index in self.indexes.indexes.values():
+                if isinstance(index, MultiIndex):
+                    index.auto_compact = False
+
+    def compact_pending(self) -> int:
+        """Rebuild every multi-index whose delta or tombstones passed their bound; searches
+        go on against the old base meanwhile. Returns how many were swapped in."""
+        done = 0
+        for kind in PERCEPTUAL:
+            with self.lock:
+                index = self.indexes.indexes.get(kind)
+                if not isinstance(index, MultiIndex) or not index.needs_compaction:
+                    continue
+                plan = index.begin_compaction()
+            index.build(plan)  # the C build releases the GIL: searches run meanwhile
+            with self.lock:
+                if self.indexes.indexes.get(kind) is index and index.finish_compaction(plan):
+                    done += 1
+        return done
 
     def _try_save(self) -> None:
         # A snapshot only speeds up the next start; failing to write one must not stop this one.

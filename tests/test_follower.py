@@ -1,0 +1,91 @@
+"""The change-log follower of a serving process, on SQLite here (polling) and on PostgreSQL
+(LISTEN/NOTIFY): it applies changes written by other processes without any request, compacts
+in the background, and /readyz's view of it. Multi-worker gunicorn runs are in
+tests/test_production.py."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from registry.bootstrap import build_registry
+from registry.config import Settings
+from registry.domain import BankKind, Query, Signal, SignalKind
+from registry.index import MultiIndex
+from registry.service import Registry, SubmittedImage
+
+
+def pdq_images(rng: np.random.Generator, n: int) -> list[SubmittedImage]:
+    codes = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    return [SubmittedImage((Signal(SignalKind.PDQ, bytes(c)),), 100) for c in codes]
+
+
+def wait_until(predicate, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    while not predicate():
+        assert time.perf_counter() - start < timeout, "timed out (a hang guard, not a speed bar)"
+        time.sleep(0.005)
+    return time.perf_counter() - start
+
+
+def head(registry: Registry) -> int:
+    with registry.store.transaction(write=False) as tx:
+        return int(tx.changes.head())
+
+
+def follow_other_writer(settings: Settings) -> None:
+    server = build_registry(settings)
+    writer = build_registry(settings, load_index=False)  # another process, as far as the DB knows
+    try:
+        follower = server.follow_changes()
+        wait_until(lambda: follower.status.last_sync_at > 0)
+        rng = np.random.default_rng(1)
+        writer.register_bank("other", BankKind.IMPORTED, pdq_images(rng, 20))
+        target = head(writer)
+        took = wait_until(lambda: server.keeper.indexes.position >= target)
+        print(f"applied by the follower {took * 1000:.0f} ms after the commit")
+        assert len(server.keeper.indexes.indexes[SignalKind.PDQ]) == 20
+        assert server.ready()["ready"] is True
+    finally:
+        writer.close()
+        server.close()
+    assert not follower.status.running
+
+
+def test_follower_applies_changes_from_another_process_on_sqlite(settings: Settings) -> None:
+    follow_other_writer(settings)
+
+
+@pytest.mark.services
+def test_follower_is_woken_by_postgresql_notifications(pg_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from registry.bootstrap import upgrade_database
+
+    # A poll interval far longer than the hang guard: only a notification can wake it in time.
+    settings = Settings.from_env({}, database_url=pg_url, data_dir=str(tmp_path),
+                                 pin_kdf_n=1024, follow_poll_s=60.0)
+    upgrade_database(settings)
+    follow_other_writer(settings)
+
+
+def test_background_compaction_swaps_in_a_new_base_and_matches_stay_right(
+        settings: Settings) -> None:
+    registry = build_registry(settings)
+    try:
+        registry.keeper.compact_in_background()
+        index = registry.keeper.indexes.indexes[SignalKind.PDQ]
+        assert isinstance(index, MultiIndex) and not index.auto_compact
+        rng = np.random.default_rng(2)
+        images = pdq_images(rng, 5000)  # past the delta's 4096 bound
+        registry.register_bank("bulk", BankKind.IMPORTED, images)
+        assert index.stats["delta"] == 5000 and index.needs_compaction  # not rebuilt inline
+        assert registry.keeper.compact_pending() == 1
+        assert index.stats["base"] == 5000 and index.stats["delta"] == 0
+        assert registry.verify_index().ok
+        probe = Query("q", (images[123].signals[0],))
+        (result,) = registry.match([probe])
+        assert result.matched and result.matches[0].distance == 0
+        assert registry.keeper.compact_pending() == 0  # nothing left to do
+    finally:
+        registry.close()
