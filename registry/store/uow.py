@@ -253,14 +253,6 @@ class SignalRepository:
         return out
 
 
-def _registered(row: SignalRow, bank: str, number: str | None) -> RegisteredSignal:
-    signal = Signal(SignalKind(row.kind), bytes.fromhex(row.value))
-    return RegisteredSignal(id=row.id, signal=signal,
-                            bank=bank, status=SignalStatus(row.status), case_number=number,
-                            label=row.label, removed=row.removed,
-                            not_violating=row.not_violating, image_key=row.image_key)
-
-
 class PlatformRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
