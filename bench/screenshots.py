@@ -6,6 +6,8 @@ Serves the app from a thread over a fresh temporary database, drives Debian's Ch
 Playwright (the same launcher as the browser tests), goes through / -> /submit -> the receipt
 -> /case status, and writes ``{page}-{lang}-{desktop|phone}.png``. Images are hashed in the
 browser from generated pictures (nothing from disk). PNGs are palette-reduced to stay small.
+Korean text needs Debian's fonts-nanum; with chromium-l10n installed too, the browser's own
+controls (the file picker's button) are in Korean on the Korean screenshots.
 """
 
 from __future__ import annotations

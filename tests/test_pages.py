@@ -694,3 +694,20 @@ def test_an_unavailable_database_gives_the_apis_code_on_the_json_endpoint(client
     error = response.get_json()["error"]
     assert error["code"] == "unavailable" and "db.internal" not in error["message"]
     assert "db.internal" in caplog.text  # the operator's log has the detail
+
+
+def test_the_readme_links_every_screenshot_and_each_link_exists():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    linked = set(re.findall(r"\((docs/screenshots/[\w-]+\.png)\)", readme))
+    expected = {f"docs/screenshots/{name}-{lang}-{device}.png"
+                for name in ("home", "submit", "submitted", "case")
+                for lang in ("ko", "en") for device in ("desktop", "phone")}
+    assert linked == expected
+    for rel in linked:
+        with Image.open(root / rel) as shot:
+            width = shot.size[0]
+        assert width == (1280 if "desktop" in rel else 390), rel
+        assert (root / rel).stat().st_size < 200_000, rel
