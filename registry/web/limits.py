@@ -47,5 +47,6 @@ def install(app: Flask, settings: Settings) -> Limiter:
         headers_enabled=True,
         default_limits=[],
         key_prefix="takedown",
+        in_memory_fallback_enabled=bool(settings.redis_url),
         enabled=bool(app.config.get("RATELIMIT_ENABLED", True)),
     )
