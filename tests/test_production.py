@@ -125,6 +125,26 @@ def test_per_address_limits_see_the_client_behind_the_proxy(tmp_path: Path, hops
         registry.close()
 
 
+def test_rate_limits_survive_a_redis_outage(tmp_path: Path) -> None:
+    """Redis holds only rate-limit counters: while it is unreachable, each worker limits in its
+    own memory (Flask-Limiter's fallback) instead of answering 500 to every API request."""
+    from registry.web import create_app
+
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), pin_kdf_n=FAST_KDF,
+                                 redis_url=down, rate_limit="3 per minute")
+    registry = build_registry(settings)
+    try:
+        _, key = registry.add_platform("shop", [Scope.MATCH])
+        client = create_app(registry).test_client()
+        answers = [client.post("/api/v1/match", json=match_body("a5" * 32),
+                               headers={"Authorization": f"Bearer {key}"}) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[-1].get_json()["error"]["code"] == "rate_limited"
+    finally:
+        registry.close()
+
+
 # --- the served registry -------------------------------------------------------------------------
 class Cluster:
     """``takedown serve --workers 4`` on one PostgreSQL database, the ``takedown`` CLI on the
