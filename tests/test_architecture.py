@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry.index": {"registry.errors", "registry.domain", "registry.config", "registry.index",
                        "numpy", "faiss"},
     "registry.store": {"registry.errors", "registry.domain", "registry.store", "sqlalchemy",
-                       "alembic"},
+                       "alembic", "psycopg"},  # psycopg: the LISTEN connection (store.notify)
     "registry.service": {"registry.errors", "registry.domain", "registry.config",
                          "registry.hashing", "registry.index", "registry.store",
                          "registry.service", "numpy"},
