@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import statistics
+import struct
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,9 +121,13 @@ def summary(results: dict[str, dict[str, Any]], times: list[float]) -> list[str]
             fams[family(label)].append(v["distance"])
             if v["draft_distance"] is not None:
                 drafts[family(label)].append(v["draft_distance"])
+    moved = sorted(f"{name} ({label} {v['distance']})" for name, c in results.items()
+                   for label, v in [("full", {"distance": c["pdq"]}), *c["views"].items()]
+                   if v["distance"])
     lines = [f"{len(results)} images; pHash equal on "
              f"{sum(c['phash_equal'] for c in results.values())}; time per image in the "
              f"browser: mean {statistics.fmean(times):.0f} ms, max {max(times):.0f} ms"]
+    lines.append("  PDQ views that differ from Python's: " + (", ".join(moved) or "none"))
     for name, values in fams.items():
         d = drafts[name]
         lines.append(f"  PDQ {name:7} n={len(values):4} vs full decode mean "
@@ -172,6 +178,64 @@ def _exif_rotated(img: Image.Image, orientation: int) -> bytes:
     return _encode(img, "JPEG", quality=90, exif=exif)
 
 
+def _icc_swapped_primaries() -> bytes:
+    """An ICC v2 RGB matrix/TRC profile whose red and blue primaries are swapped: a browser that
+    colour-manages the JPEG it is embedded in swaps the channels (Pillow ignores profiles)."""
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    red, green, blue = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0233) + bytes(2)  # gamma 2.2
+    name = b"swapped\x00"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(name)) + name + bytes(4 + 4 + 2 + 1 + 67)
+    tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", xyz(*blue)),
+            (b"gXYZ", xyz(*green)), (b"bXYZ", xyz(*red)), (b"rTRC", curve), (b"gTRC", curve),
+            (b"bTRC", curve), (b"cprt", b"text" + bytes(4) + b"none" + bytes(4))]
+    start = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for sig, data in tags:
+        data += bytes(-len(data) % 4)
+        table += sig + struct.pack(">II", start + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", start + len(body)) + bytes(4) + struct.pack(">I", 0x02100000)
+              + b"mntrRGB XYZ " + bytes(12) + b"acsp" + bytes(28) + s15(0.9642) + s15(1.0)
+              + s15(0.8249) + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def _png_rgb16(img: Image.Image, seed: int) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one): the image's 8-bit values as the
+    high bytes, random low bytes."""
+    rng = np.random.default_rng(seed)
+    a = np.asarray(img).astype(np.uint16) * 257 + rng.integers(0, 257, (img.height, img.width, 3),
+                                                               dtype=np.uint16)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in a)
+    ihdr = struct.pack(">IIBBBBB", img.width, img.height, 16, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def _grey16(img: Image.Image, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    wide = np.asarray(img.convert("L")).astype(np.uint16) * 257
+    return Image.fromarray(wide + rng.integers(0, 257, wide.shape, dtype=np.uint16))
+
+
+def _animated(fmt: str, seed: int) -> bytes:
+    first, second = photo_like(seed, (200, 150)), photo_like(seed + 1, (200, 150))
+    out = io.BytesIO()
+    first.save(out, fmt, save_all=True, append_images=[second], duration=100, loop=0)
+    return out.getvalue()
+
+
 def generated_images() -> list[tuple[str, bytes, str]]:
     """(name, file bytes, MIME type) of every generated test image."""
     jpeg, png = "image/jpeg", "image/png"
@@ -201,12 +265,23 @@ def generated_images() -> list[tuple[str, bytes, str]]:
         ("rings.png", _encode(rings((300, 300)), "PNG"), png),
         ("gradient.jpg", _encode(gradient((320, 200)), "JPEG", quality=95), jpeg),
         ("checkerboard.png", _encode(blurred_checkerboard((256, 256)), "PNG"), png),
+        ("icc-swapped.jpg", _encode(photo_like(24, (300, 200)), "JPEG", quality=92,
+                                    icc_profile=_icc_swapped_primaries()), jpeg),
+        ("rgb16.png", _png_rgb16(photo_like(25, (240, 180)), 25), png),
+        ("grey16.png", _encode(_grey16(photo_like(26, (240, 180)), 26), "PNG"), png),
+        ("animated.gif", _animated("GIF", 27), "image/gif"),
+        ("palette-trns.png", _encode(photo_like(29, (200, 150)).convert("P"), "PNG",
+                                     transparency=0), png),
     ]
     from PIL import features
 
     if features.check("webp"):
-        images.append(("photo.webp", _encode(photo_like(19, (300, 220)), "WEBP", lossless=True),
-                       "image/webp"))
+        images += [
+            ("lossless.webp", _encode(photo_like(19, (300, 220)), "WEBP", lossless=True),
+             "image/webp"),
+            ("lossy.webp", _encode(photo_like(30, (300, 220)), "WEBP", quality=80), "image/webp"),
+            ("animated.webp", _animated("WEBP", 31), "image/webp"),
+        ]
     return images
 
 

@@ -40,10 +40,10 @@ const DCT = new Float32Array(16 * 64);
   }
 }
 
-/** Float luma of an RGB buffer (3 bytes per pixel), as pdqhash computes it. */
-export function pdqLuma(rgb, width, height) {
+/** Float luma of an RGB buffer (3 bytes per pixel), as pdqhash computes it, written to `out`
+ * (a buffer of the same size may be reused). */
+export function pdqLuma(rgb, width, height, out = new Float32Array(width * height)) {
   const n = width * height;
-  const out = new Float32Array(n);
   for (let i = 0, p = 0; i < n; i++, p += 3) {
     out[i] = R_TABLE[rgb[p]] + G_TABLE[rgb[p + 1]] + B_TABLE[rgb[p + 2]];
   }

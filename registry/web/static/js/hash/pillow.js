@@ -235,10 +235,10 @@ function bicubicAtEdge(rgb, width, height, xf, yf, dx, dy, out, o) {
   }
 }
 
-/** Image.rotate(degrees, BICUBIC, expand=False, fillcolor=(0, 0, 0)) of an RGB image. */
-export function rotateRGB(rgb, width, height, degrees) {
+/** Image.rotate(degrees, BICUBIC, expand=False, fillcolor=(0, 0, 0)) of an RGB image, written
+ * to `out` (a buffer of the same size may be reused). */
+export function rotateRGB(rgb, width, height, degrees, out = new Uint8Array(width * height * 3)) {
   const [a0, a1, a2, a3, a4, a5] = rotationMatrix(width, height, degrees);
-  const out = new Uint8Array(width * height * 3);
   const rs = width * 3;
   for (let y = 0; y < height; y++) {
     const yc = y + 0.5;
@@ -246,14 +246,19 @@ export function rotateRGB(rgb, width, height, degrees) {
       const xc = x + 0.5;
       let xin = a0 * xc + a1 * yc + a2;
       let yin = a3 * xc + a4 * yc + a5;
-      if (xin < 0 || xin >= width || yin < 0 || yin >= height) continue; // stays black
+      const o = (y * width + x) * 3;
+      if (xin < 0 || xin >= width || yin < 0 || yin >= height) { // outside: black
+        out[o] = 0;
+        out[o + 1] = 0;
+        out[o + 2] = 0;
+        continue;
+      }
       xin -= 0.5;
       yin -= 0.5;
       const xf = Math.floor(xin);
       const yf = Math.floor(yin);
       const dx = xin - xf;
       const dy = yin - yf;
-      const o = (y * width + x) * 3;
       if (xf < 1 || xf + 2 >= width || yf < 1 || yf + 2 >= height) {
         bicubicAtEdge(rgb, width, height, xf, yf, dx, dy, out, o);
         continue;

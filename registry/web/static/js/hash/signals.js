@@ -10,7 +10,7 @@
 // trimmed one. Nothing here sends, stores or posts pixels; only the hashes come out.
 
 import { contentBox } from './content.js';
-import { decodeImage, HashError } from './decode.js';
+import { decodeImage, HashError, MAX_BYTES } from './decode.js';
 import { md5Hex, sha256Hex } from './digests.js';
 import { pdqLuma, pdqOfLuma, releaseScratch } from './pdq.js';
 import { phashOfRGB } from './phash.js';
@@ -80,9 +80,11 @@ export function hashRGB(rgb, width, height, step = () => {}) {
     views.push({ label, pdq: crop.hex, quality: crop.quality });
     step(label);
   }
+  // The rotations reuse two buffers: one for the rotated pixels, the luma's for their luma.
+  const rotated = new Uint8Array(rgb.length);
   for (const degrees of ROTATIONS) {
-    const rotated = pdqLuma(rotateRGB(rgb, width, height, degrees), width, height);
-    const view = pdqOfLuma(rotated, width, 0, 0, width, height);
+    pdqLuma(rotateRGB(rgb, width, height, degrees, rotated), width, height, luma);
+    const view = pdqOfLuma(luma, width, 0, 0, width, height);
     const label = rotationLabel(degrees);
     views.push({ label, pdq: view.hex, quality: view.quality });
     step(label);
@@ -99,6 +101,12 @@ export function hashPixels(rgba, width, height, { onProgress } = {}) {
   return hashRGB(flatten(rgba, width, height), width, height, counter(onProgress, PIXEL_STAGES));
 }
 
+// Decoded and flattened; the RGBA pixels are not kept beyond this function.
+async function decodeRGB(bytes) {
+  const { rgba, width, height } = await decodeImage(bytes);
+  return { rgb: flatten(rgba, width, height), width, height };
+}
+
 /**
  * Every signal of an image file (a File or Blob), decoded and hashed here: the object the submit
  * page sends. Throws HashError (code, message) for files that are not hashable images.
@@ -107,14 +115,17 @@ export async function hashFile(blob, { onProgress } = {}) {
   const total = FILE_STAGES + PIXEL_STAGES;
   const step = counter(onProgress, total);
   if (blob.size === 0) throw new HashError('empty_file', 'The file is empty.');
+  if (blob.size > MAX_BYTES) { // refused before it is read into memory
+    throw new HashError('file_too_large',
+      `The file is ${blob.size} bytes; the limit is ${MAX_BYTES} bytes.`);
+  }
   const bytes = new Uint8Array(await blob.arrayBuffer());
   step('read');
   const md5 = md5Hex(bytes);
   const sha256 = await sha256Hex(bytes);
   step('digests');
-  const { rgba, width, height } = await decodeImage(bytes);
+  const { rgb, width, height } = await decodeRGB(bytes);
   step('decode');
-  const rgb = flatten(rgba, width, height);
   const image = hashRGB(rgb, width, height, step);
   return {
     signals: { pdq: image.pdq, phash: image.phash, md5, sha256 },
