@@ -2,9 +2,10 @@
 """In-browser hashing parity: every evaluation photo hashed by the hashing worker in Chromium and
 by the Python pipeline, with the distances and the time per image in the browser.
 
-For each photo under ``<data>/originals`` (JPEG bytes as stored), and for a ~2 MP upload made
-from each of the first ``--uploads`` photos (upscaled bicubic to 1732x1155, 1155x1732 or
-1414x1414 and saved as JPEG quality 90, in memory, as bench/draft_drift.py makes them):
+For each photo under ``<data>/originals`` (JPEG bytes as stored), for a ~2 MP upload made from
+each of the first ``--uploads`` photos (upscaled bicubic to 1732x1155, 1155x1732 or 1414x1414
+and saved as JPEG quality 90, in memory, as bench/draft_drift.py makes them) and for a 12 MP
+phone-sized upload (4032x3024) made the same way from each of the first ``--phone`` photos:
 
 * the worker (registry/web/static/js/hash/worker.js) hashes the file in headless Chromium, picked
   through an ``<input type=file>`` as the submit page does; the time from posting the file to the
@@ -16,8 +17,8 @@ from each of the first ``--uploads`` photos (upscaled bicubic to 1732x1155, 1155
   (tests/test_browser_hashing.py: pHash equal; PDQ <= 4 bits at quality >= 80; quality within 1;
   same views).
 
-    .venv/bin/python bench/browser_parity.py                  # all 518 photos + 100 uploads
-    .venv/bin/python bench/browser_parity.py --limit 50 --uploads 10
+    .venv/bin/python bench/browser_parity.py              # 518 photos + 100 + 5 uploads, ~30 min
+    .venv/bin/python bench/browser_parity.py --limit 50 --uploads 10 --phone 1
 
 Writes ``bench/results/browser_parity.json``. Exits 0 with a message, writing nothing, when the
 photo folder or Chromium is absent.
@@ -46,14 +47,15 @@ from tests.browser import WorkerPage, chromium_path, launch_chromium, static_ser
 from tests.test_browser_hashing import compare, failures, family  # noqa: E402
 
 UPLOAD_SIZES = {"landscape": (1732, 1155), "portrait": (1155, 1732), "square": (1414, 1414)}
+PHONE_SIZES = {"landscape": (4032, 3024), "portrait": (3024, 4032), "square": (3024, 3024)}
 
 
-def upload(data: bytes) -> bytes:
+def upload(data: bytes, sizes: dict[str, tuple[int, int]] = UPLOAD_SIZES) -> bytes:
     img = Image.open(io.BytesIO(data)).convert("RGB")
     ratio = img.width / img.height
     shape = "landscape" if ratio > 1.2 else "portrait" if ratio < 1 / 1.2 else "square"
     out = io.BytesIO()
-    img.resize(UPLOAD_SIZES[shape], Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
+    img.resize(sizes[shape], Image.Resampling.BICUBIC).save(out, "JPEG", quality=90)
     return out.getvalue()
 
 
@@ -129,6 +131,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--limit", type=int, default=None, help="photos to use (default all)")
     parser.add_argument("--uploads", type=int, default=100, help="2 MP uploads to make")
+    parser.add_argument("--phone", type=int, default=5, help="12 MP (4032x3024) uploads to make")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" /
                         "browser_parity.json")
     args = parser.parse_args()
@@ -142,12 +145,15 @@ def main() -> int:
         return 0
     photos = [(p.name, p.read_bytes()) for p in paths]
     uploads = [(f"{name}-2mp.jpg", upload(data)) for name, data in photos[: args.uploads]]
+    phone = [(f"{name}-12mp.jpg", upload(data, PHONE_SIZES)) for name, data in photos[: args.phone]]
     started = time.time()
     with static_server() as base, launch_chromium() as browser:
         page = WorkerPage(browser, base)
         version = browser.version
-        print(f"Chromium {version}: {len(photos)} photos, {len(uploads)} 2 MP uploads")
-        result = {"photos": run(page, photos), "uploads_2mp": run(page, uploads)}
+        print(f"Chromium {version}: {len(photos)} photos, {len(uploads)} 2 MP and {len(phone)} "
+              "12 MP uploads")
+        result = {"photos": run(page, photos), "uploads_2mp": run(page, uploads),
+                  "uploads_12mp": run(page, phone)}
         requests = [u for u in page.requests if "/static/js/hash/" not in u and not
                     u.rstrip("/").endswith(base.split("//")[1])]
         page.close()
@@ -169,6 +175,7 @@ def main() -> int:
     }
     print_table("photos as stored", result["photos"])
     print_table("2 MP uploads", result["uploads_2mp"])
+    print_table("12 MP uploads", result["uploads_12mp"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwrote {args.out}")
