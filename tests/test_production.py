@@ -145,6 +145,26 @@ def test_rate_limits_survive_a_redis_outage(tmp_path: Path) -> None:
         registry.close()
 
 
+def test_the_deployment_guide_names_real_settings_commands_and_limits() -> None:
+    from registry.config import describe
+    from tests.test_docs import COMMANDS
+
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    named = set(re.findall(r"TAKEDOWN_[A-Z_]+[A-Z]", guide))
+    assert named <= {env for env, _, _ in describe()}, named
+    commands = set(re.findall(r"`takedown ([a-z]+(?: [a-z]+)?)", guide))
+    assert commands <= {" ".join(p) for p in COMMANDS} | {p[0] for p in COMMANDS}, commands
+    # nginx lets the largest accepted upload through, and keeps it in memory (never a temp file).
+    def mebibytes(directive: str) -> int:
+        found = re.search(directive + r" (\d+)m;", guide)
+        assert found, directive
+        return int(found[1]) * 2**20
+
+    body = mebibytes("client_max_body_size")
+    assert body >= Settings().max_upload_bytes + 64 * 1024
+    assert mebibytes("client_body_buffer_size") >= body
+
+
 # --- the served registry -------------------------------------------------------------------------
 class Cluster:
     """``takedown serve --workers 4`` on one PostgreSQL database, the ``takedown`` CLI on the
