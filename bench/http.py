@@ -824,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     report["results"] = results
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")  # kept if the rest fails
     if args.breakdown:
         batch = json.dumps({"queries": queries(codes, rng, args.batch, "p")}).encode()
         single = json.dumps({"queries": queries(codes, rng, 1, "p")}).encode()
