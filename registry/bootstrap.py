@@ -44,7 +44,7 @@ def index_options(settings: Settings) -> IndexOptions:
     return IndexOptions(
         kind=settings.index,
         exact_radius={k: settings.thresholds(k).strong for k in (SignalKind.PDQ, SignalKind.PHASH)},
-        compact_ratio=settings.compact_ratio)
+        compact_ratio=settings.compact_ratio, extra_probes=settings.index_extra_probes)
 
 
 def upgrade_database(settings: Settings) -> str:

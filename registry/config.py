@@ -75,6 +75,9 @@ class Settings:
     index: str = _setting(
         "multi", "Index kind: 'multi' (multi-index hashing: exact to the strong threshold, "
         "measured recall beyond it) or 'flat' (exhaustive scans: exact everywhere, slower).")
+    index_extra_probes: int = _setting(
+        0, "PDQ chunks the multi-index probes one bit deeper than exactness needs: more recall "
+        "in the weak tier for more work per query (docs/performance.md).")
     follow_poll_s: float = _setting(
         0.5, "Serving processes re-read the change log at least this often (seconds), besides "
         "waking on PostgreSQL notifications.")
@@ -110,6 +113,8 @@ class Settings:
             if t.weak >= kind.bits // 2:
                 raise ConfigError(
                     f"The {kind.value} weak threshold must be below {kind.bits // 2}.")
+        if not 0 <= self.index_extra_probes <= 16:
+            raise ConfigError("TAKEDOWN_INDEX_EXTRA_PROBES must be between 0 and 16.")
         if self.index not in ("multi", "flat"):
             raise ConfigError("TAKEDOWN_INDEX must be 'multi' or 'flat'.")
         if self.max_image_pixels <= 0 or self.max_upload_bytes <= 0 or self.max_queries <= 0:

@@ -68,21 +68,32 @@ def test_probe_schedule_is_the_even_pigeonhole_spread(chunks: int, exact: int,
     assert exact_radius_of(schedule) == exact
 
 
+def test_extra_probes_go_one_bit_deeper_on_that_many_chunks() -> None:
+    assert list(probe_schedule(16, 31, 2)) == [2, 2] + [1] * 14
+    assert exact_radius_of(probe_schedule(16, 31, 2)) == 33
+    assert list(probe_schedule(4, 5, 1)) == [1, 1, 1, 0]
+
+
 def test_probe_schedule_refuses_what_it_cannot_do() -> None:
     with pytest.raises(ValueError, match="probe radius 4"):
         probe_schedule(4, 16)
     with pytest.raises(ValueError):
         probe_schedule(16, -1)
+    with pytest.raises(ValueError):
+        probe_schedule(16, 31, -1)
 
 
 # --- exactness ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("bits", "exact"), [(256, 31), (256, 46), (64, 7), (64, 5), (256, 2)])
-def test_adversarial_flips_at_the_exact_radius_are_found(bits: int, exact: int) -> None:
+@pytest.mark.parametrize(("bits", "exact", "extra"), [(256, 31, 0), (256, 46, 0), (64, 7, 0),
+                                                    (64, 5, 0), (256, 2, 0), (256, 31, 2)])
+def test_adversarial_flips_at_the_exact_radius_are_found(bits: int, exact: int,
+                                                         extra: int) -> None:
     """Flips spread so every probed chunk differs by exactly its probe radius + 1, except one
     chunk that differs by its radius: distance ``exact``, the hardest case the schedule covers.
     The same spread with one more flip (distance exact + 1) is missed: the bound is tight."""
     rng = np.random.default_rng(bits + exact)
-    index = MultiIndex(bits, exact)
+    index = MultiIndex(bits, exact, extra_probes=extra)
+    exact += extra  # each extra chunk probed deeper covers one more bit
     codes = random_codes(rng, 2000, bits)
     index.add(np.arange(2000, dtype=np.int64), codes)
     index.compact()

@@ -36,14 +36,16 @@ _SKIP = 0xFF  # a chunk the schedule does not probe
 _MIN_DELTA_BEFORE_COMPACT = 4096
 
 
-def probe_schedule(chunks: int, exact_radius: int) -> bytes:
+def probe_schedule(chunks: int, exact_radius: int, extra: int = 0) -> bytes:
     """Per-chunk probe radii with ``sum(r + 1) > exact_radius``, spread evenly (the cheapest
-    spread, as probing cost grows steeply with r). Chunks needing no probe are skipped."""
-    if exact_radius < 0:
-        raise ValueError("exact_radius must be >= 0")
-    need = exact_radius + 1
-    per, extra = divmod(need, chunks)
-    radii = [per - 1 + (1 if c < extra else 0) for c in range(chunks)]
+    spread, as probing cost grows steeply with r). Chunks needing no probe are skipped.
+    ``extra`` more chunks are probed one bit deeper: beyond the exact radius, that finds more
+    of the codes a little further out (the weak tier), at more candidates per query."""
+    if exact_radius < 0 or extra < 0:
+        raise ValueError("exact_radius and extra must be >= 0")
+    need = exact_radius + 1 + extra
+    per, rest = divmod(need, chunks)
+    radii = [per - 1 + (1 if c < rest else 0) for c in range(chunks)]
     if max(radii) > MAX_PROBE:
         raise ValueError(
             f"exact to {exact_radius} bits needs probe radius {max(radii)} per 16-bit chunk; "
@@ -116,11 +118,12 @@ class MultiIndex:
     at 10M codes a rebuild takes seconds, and searches must not wait for it."""
 
     def __init__(self, bits: int, exact_radius: int, compact_ratio: float = 0.1,
-                 max_delta: int = 32768, auto_compact: bool = True) -> None:
+                 max_delta: int = 32768, auto_compact: bool = True,
+                 extra_probes: int = 0) -> None:
         if bits % CHUNK_BITS:
             raise ValueError(f"bits must be a multiple of {CHUNK_BITS}")
         self._bits = bits
-        self.schedule = probe_schedule(bits // CHUNK_BITS, exact_radius)
+        self.schedule = probe_schedule(bits // CHUNK_BITS, exact_radius, extra_probes)
         self.exact_radius = exact_radius_of(self.schedule)
         self._ratio = compact_ratio
         self._max_delta = max_delta
@@ -287,8 +290,8 @@ class MultiIndex:
 
     @classmethod
     def from_arrays(cls, bits: int, ids: Ids, codes: Codes, exact_radius: int,
-                    compact_ratio: float = 0.1) -> MultiIndex:
-        index = cls(bits, exact_radius, compact_ratio)
+                    compact_ratio: float = 0.1, extra_probes: int = 0) -> MultiIndex:
+        index = cls(bits, exact_radius, compact_ratio, extra_probes=extra_probes)
         codes = check_codes(codes, bits)
         if len(ids) != len(codes):
             raise ValueError("ids and codes differ in length")
