@@ -38,21 +38,24 @@ class IndexOptions:
     compact_ratio: float = 0.1
     # False in serving processes: their follower compacts multi-indexes in the background.
     auto_compact: bool = True
-    # Chunks probed one bit deeper than exactness needs (more weak-tier recall, more work).
+    # PDQ chunks probed one bit deeper than exactness needs (more weak-tier recall, more work).
     extra_probes: int = 0
 
     def new(self, kind: SignalKind) -> FlatIndex | MultiIndex:
         if self.kind == "flat":
             return FlatIndex(kind.bits, self.compact_ratio)
         return MultiIndex(kind.bits, self.exact_radius[kind], self.compact_ratio,
-                          auto_compact=self.auto_compact, extra_probes=self.extra_probes)
+                          auto_compact=self.auto_compact, extra_probes=self._extra(kind))
+
+    def _extra(self, kind: SignalKind) -> int:
+        return self.extra_probes if kind is SignalKind.PDQ else 0
 
     def of_arrays(self, kind: SignalKind, ids: np.ndarray, codes: np.ndarray
                   ) -> FlatIndex | MultiIndex:
         if self.kind == "flat":
             return FlatIndex.from_arrays(kind.bits, ids, codes, self.compact_ratio)
         index = MultiIndex.from_arrays(kind.bits, ids, codes, self.exact_radius[kind],
-                                       self.compact_ratio, self.extra_probes)
+                                       self.compact_ratio, self._extra(kind))
         index.auto_compact = self.auto_compact
         return index
 
