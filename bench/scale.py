@@ -96,7 +96,46 @@ def make_queries(codes: np.ndarray, rng: np.random.Generator, n: int) -> np.ndar
     return out
 
 
-def phase_index(n: int, queries_n: int, seed: int, snapshot: Path | None) -> dict[str, Any]:
+def measure_multi(index: MultiIndex, queries: np.ndarray, truth: list[dict[int, int]]
+                  ) -> dict[str, Any]:
+    """Strong tier: exactly faiss's hits? Weak tier: recall against faiss, per distance band."""
+    strong_t: list[float] = []
+    strong_exact = True
+    for q, want in zip(queries, truth, strict=True):
+        t = time.perf_counter()
+        got = index.search(q[None, :], STRONG)[0]
+        strong_t.append(time.perf_counter() - t)
+        expect = {i: d for i, d in want.items() if d <= STRONG}
+        strong_exact &= dict(zip(got.ids.tolist(), got.distances.tolist(), strict=True)) == expect
+    weak_t: list[float] = []
+    found = total = wrong = 0
+    bands: dict[str, list[int]] = {}
+    before_examined = index.examined
+    for q, want in zip(queries, truth, strict=True):
+        t = time.perf_counter()
+        got = index.search(q[None, :], WEAK)[0]
+        weak_t.append(time.perf_counter() - t)
+        hits = dict(zip(got.ids.tolist(), got.distances.tolist(), strict=True))
+        wrong += sum(1 for i, d in hits.items() if want.get(i) != d)
+        for i, d in want.items():
+            band = "0-31" if d <= 31 else "32-40" if d <= 40 else "41-47" if d <= 47 else "48-55"
+            b = bands.setdefault(band, [0, 0])
+            b[1] += 1
+            b[0] += i in hits
+            total += 1
+            found += i in hits
+    return {"strong": lat(strong_t), "weak": lat(weak_t), "strong_exact": strong_exact,
+            "weak_recall": round(found / total, 5) if total else None,
+            "weak_true_pairs": total,
+            "weak_recall_by_distance": {k: {"pairs": v[1], "recall": round(v[0] / v[1], 4)}
+                                        for k, v in sorted(bands.items())},
+            "wrong_distances": wrong,
+            "candidates_per_weak_query": round((index.examined - before_examined)
+                                               / len(queries))}
+
+
+def phase_index(n: int, queries_n: int, seed: int, snapshot: Path | None,
+                extras: list[int]) -> dict[str, Any]:
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(seed)
     t = time.perf_counter()
@@ -124,54 +163,36 @@ def phase_index(n: int, queries_n: int, seed: int, snapshot: Path | None) -> dic
     del flat
     gc.collect()
 
-    before = rss_bytes()
-    t = time.perf_counter()
-    index = MultiIndex.from_arrays(256, ids, codes, STRONG)
-    build_s = time.perf_counter() - t
-    grown = rss_bytes() - before  # tables only: the codes and ids arrays already existed
-    strong_t: list[float] = []
-    strong_exact = True
-    for q, want in zip(queries, truth, strict=True):
-        t = time.perf_counter()
-        got = index.search(q[None, :], STRONG)[0]
-        strong_t.append(time.perf_counter() - t)
-        expect = {i: d for i, d in want.items() if d <= STRONG}
-        strong_exact &= dict(zip(got.ids.tolist(), got.distances.tolist(), strict=True)) == expect
-    weak_t: list[float] = []
-    found = total = 0
-    bands: dict[str, list[int]] = {}
-    wrong = 0
-    before_examined = index.examined
-    for q, want in zip(queries, truth, strict=True):
-        t = time.perf_counter()
-        got = index.search(q[None, :], WEAK)[0]
-        weak_t.append(time.perf_counter() - t)
-        hits = dict(zip(got.ids.tolist(), got.distances.tolist(), strict=True))
-        wrong += sum(1 for i, d in hits.items() if want.get(i) != d)
-        for i, d in want.items():
-            band = "0-31" if d <= 31 else "32-40" if d <= 40 else "41-47" if d <= 47 else "48-55"
-            b = bands.setdefault(band, [0, 0])
-            b[1] += 1
-            b[0] += i in hits
-            total += 1
-            found += i in hits
-    candidates = (index.examined - before_examined) / len(queries)
-    structural = index.memory_bytes
-    out = {
+    out: dict[str, Any] = {
         "hashes": n, "queries": len(queries),
         "faiss_flat": {"strong": lat(flat_strong), "weak": lat(flat_weak)},
-        "multi": {"strong": lat(strong_t), "weak": lat(weak_t), "build_s": round(build_s, 2),
-                  "candidates_per_weak_query": round(candidates)},
-        "speedup_strong_p50": round(pct(flat_strong, 50) / pct(strong_t, 50), 1),
-        "speedup_weak_p50": round(pct(flat_weak, 50) / pct(weak_t, 50), 1),
-        "strong_exact": strong_exact,
-        "weak_recall": round(found / total, 5) if total else None, "weak_true_pairs": total,
-        "weak_recall_by_distance": {k: {"pairs": v[1], "recall": round(v[0] / v[1], 4)}
-                                    for k, v in sorted(bands.items())},
-        "wrong_distances": wrong,
-        "memory_bytes_per_hash": round(structural / n, 1),
-        "tables_rss_bytes_per_hash": round(grown / n, 1),
-    }
+        "multi": {}}
+    index = None
+    for extra in extras:
+        index = None
+        gc.collect()
+        before = rss_bytes()
+        t = time.perf_counter()
+        index = MultiIndex.from_arrays(256, ids, codes, STRONG, extra_probes=extra)
+        build_s = time.perf_counter() - t
+        grown = rss_bytes() - before  # tables only: the codes and ids arrays already existed
+        row = measure_multi(index, queries, truth)
+        row.update({"extra_probes": extra, "exact_radius": index.exact_radius,
+                    "build_s": round(build_s, 2),
+                    "speedup_strong_p50": round(pct(flat_strong, 50)
+                                                / row["strong"]["p50_ms"] * 1e3, 1),
+                    "speedup_weak_p50": round(pct(flat_weak, 50)
+                                              / row["weak"]["p50_ms"] * 1e3, 1),
+                    "memory_bytes_per_hash": round(index.memory_bytes / n, 1)})
+        if extra == extras[0]:  # later builds reuse freed memory: RSS growth says nothing
+            row["tables_rss_bytes_per_hash"] = round(grown / n, 1)
+        out["multi"][str(extra)] = row
+        print(f"index: extra probes {extra}: strong p50 {row['strong']['p50_ms']} ms "
+              f"(x{row['speedup_strong_p50']}), weak recall {row['weak_recall']}", flush=True)
+        if extra != extras[0]:
+            index = None  # the snapshot and restart use the default (first) configuration
+    if index is None:
+        index = MultiIndex.from_arrays(256, ids, codes, STRONG, extra_probes=extras[0])
     if snapshot is not None:
         iset = IndexSet(IndexOptions())
         iset.indexes[SignalKind.PDQ] = index
@@ -376,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hashes", type=int, default=10_000_000)
     p.add_argument("--queries", type=int, default=400)
     p.add_argument("--restarts", type=int, default=3)
+    p.add_argument("--extra-probes", default="0,1,2",
+                   help="MultiIndex extra_probes settings to measure; the first is the default "
+                        "one, used for the snapshot and restart")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--background", type=int, default=20_000,
@@ -397,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "index" not in args.skip:
             report["index"] = phase_index(args.hashes, args.queries, args.seed,
-                                          None if "restart" in args.skip else snapshot)
+                                          None if "restart" in args.skip else snapshot,
+                                          [int(x) for x in args.extra_probes.split(",")])
             print(json.dumps(report["index"], indent=1), flush=True)
             gc.collect()
         if "restart" not in args.skip and snapshot.exists():
