@@ -2,7 +2,8 @@
 
 Nothing is built at import time: gunicorn calls :func:`create` once per worker after the fork
 (the default, no ``--preload``), so each worker opens its own database connections and loads its
-own copy of the index (from the snapshot, then the change-log tail). Settings come from the
+own copy of the index (from the snapshot, then the change-log tail) and starts its change-log
+follower (``registry.service.follower``). Settings come from the
 ``TAKEDOWN_*`` environment variables, exactly as for ``takedown serve``.
 """
 
@@ -19,4 +20,5 @@ def create() -> APIFlask:
     """Settings from the environment -> registry (migrated if SQLite, index loaded) -> app."""
     settings = Settings.from_env()
     registry = build_registry(settings)
+    registry.follow_changes()
     return create_app(registry)
