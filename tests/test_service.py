@@ -254,6 +254,41 @@ def test_snapshot_older_than_the_logs_retention_is_rebuilt(settings):
     restarted.close()
 
 
+def test_snapshot_of_another_history_is_rebuilt(settings):
+    """A database restored from a backup and written to since has a change P again, but not the
+    snapshot's change P: replaying its tail onto the snapshot would mix two histories."""
+    registry = build_registry(settings)
+    submit(registry, 1)
+    registry.keeper.save_snapshot()
+    position = registry.keeper.indexes.position
+    registry.close()
+    other = build_registry(settings, load_index=False)
+    with other.store.engine.begin() as conn:
+        conn.execute(text("UPDATE change_log SET action = 'withdraw' WHERE seq = :p"),
+                     {"p": position})
+    other.close()
+    restarted = build_registry(settings)
+    assert restarted.keeper.loaded_from == "database"
+    assert restarted.verify_index().ok
+    restarted.close()
+    # The same history is accepted: the snapshot it writes matches the database.
+    again = build_registry(settings)
+    assert again.keeper.loaded_from == "snapshot"
+    again.close()
+
+
+def test_only_one_process_writes_the_snapshot_at_a_time(registry):
+    import fcntl
+
+    lock_path = registry.keeper.snapshot_path.with_name(
+        registry.keeper.snapshot_path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another worker is writing one
+        assert registry.keeper.save_snapshot(if_free=True) is None
+    assert registry.keeper.save_snapshot(if_free=True) == registry.keeper.snapshot_path
+
+
 def test_corrupt_or_future_snapshot_is_rebuilt(settings):
     registry = build_registry(settings)
     submit(registry, 1)

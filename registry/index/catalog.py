@@ -63,6 +63,7 @@ class IndexOptions:
 class IndexSet:
     def __init__(self, options: IndexOptions | None = None) -> None:
         self.position = 0
+        self.fingerprint = ""  # of the change-log entry at ``position``, when loaded
         self.options = options or IndexOptions()
         self.indexes: dict[SignalKind, FlatIndex | MultiIndex] = {
             k: self.options.new(k) for k in PERCEPTUAL
@@ -107,17 +108,22 @@ class IndexSet:
         arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), kind.bits // 8)
         return self.indexes[kind].search(arr, radius)
 
-    def save(self, path: Path) -> None:
-        sections = []
+    def sections(self) -> list[snapshot.Section]:
+        """Copies of every kind's live (ids, codes): what a snapshot holds."""
+        out = []
         for kind, index in self.indexes.items():
             ids, codes = index.export()
-            sections.append(snapshot.Section(kind.value, kind.bits, ids, codes))
-        snapshot.save(path, self.position, sections)
+            out.append(snapshot.Section(kind.value, kind.bits, ids, codes))
+        return out
+
+    def save(self, path: Path, fingerprint: str = "") -> None:
+        snapshot.save(path, self.position, self.sections(), fingerprint)
 
     @classmethod
     def load(cls, path: Path, options: IndexOptions | None = None) -> IndexSet:
-        position, sections = snapshot.load(path)
+        position, sections, fingerprint = snapshot.load_with_fingerprint(path)
         out = cls(options)
+        out.fingerprint = fingerprint
         for s in sections:
             try:
                 kind = SignalKind(s.kind)

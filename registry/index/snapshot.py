@@ -36,9 +36,13 @@ class Section:
     codes: Codes
 
 
-def save(path: Path, position: int, sections: list[Section]) -> None:
+def save(path: Path, position: int, sections: list[Section], fingerprint: str = "") -> None:
+    """``fingerprint`` identifies the change-log entry at ``position`` (see
+    :meth:`registry.store.uow.ChangeLog.fingerprint`): a loader checks that the database it
+    replays the tail from has the same history."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    header: dict[str, object] = {"format": FORMAT, "position": position, "created": time.time()}
+    header: dict[str, object] = {"format": FORMAT, "position": position, "created": time.time(),
+                                 "fingerprint": fingerprint}
     meta, offset = [], 0
     for s in sections:
         ids = np.ascontiguousarray(s.ids, dtype="<i8")
@@ -66,6 +70,12 @@ def save(path: Path, position: int, sections: list[Section]) -> None:
 
 def load(path: Path) -> tuple[int, list[Section]]:
     """Read and verify a snapshot; raise :class:`SnapshotError` if it is missing or corrupt."""
+    position, sections, _ = load_with_fingerprint(path)
+    return position, sections
+
+
+def load_with_fingerprint(path: Path) -> tuple[int, list[Section], str]:
+    """:func:`load`, plus the change-log fingerprint the snapshot was written with."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -94,7 +104,7 @@ def load(path: Path) -> tuple[int, list[Section]]:
             if zlib.crc32(codes.data, zlib.crc32(ids.data)) != m["crc32"]:
                 raise SnapshotError(f"{path} is corrupt: section {m['kind']} fails its checksum.")
             sections.append(Section(str(m["kind"]), int(m["bits"]), ids.astype(np.int64), codes))
-        return int(header["position"]), sections
+        return int(header["position"]), sections, str(header.get("fingerprint", ""))
     except SnapshotError:
         raise
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):

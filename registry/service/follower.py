@@ -92,5 +92,5 @@ class Follower:
         self.keeper.compact_pending()
         position = self.keeper.indexes.position
         if self.snapshot_every and position - self._snapshot_position >= self.snapshot_every:
-            self.keeper.save_snapshot()
+            self.keeper.save_snapshot(if_free=True)
             self._snapshot_position = position

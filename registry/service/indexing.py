@@ -4,6 +4,7 @@ snapshot. The index is a cache of the database; the database is always right."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ import numpy as np
 
 from registry.domain import SignalKind
 from registry.errors import SnapshotError
+from registry.index import snapshot
 from registry.index.base import SearchResult
 from registry.index.catalog import PERCEPTUAL, IndexOptions, IndexSet
 from registry.index.multi import MultiIndex
@@ -62,8 +64,13 @@ class IndexKeeper:
             indexes = IndexSet.load(self.snapshot_path, self.options)
             with self.store.transaction(write=False) as tx:
                 head, first = tx.changes.head(), tx.changes.first()
+                fingerprint = tx.changes.fingerprint(indexes.position)
             if indexes.position > head:
                 raise SnapshotError("The snapshot is newer than the database's change log.")
+            if indexes.fingerprint and fingerprint and fingerprint != indexes.fingerprint:
+                raise SnapshotError(
+                    f"The snapshot's change {indexes.position} is not the database's: the "
+                    "database was restored or replaced since it was written.")
             if first > indexes.position + 1:
                 raise SnapshotError(
                     f"The snapshot is at change {indexes.position} but the log now starts at "
@@ -151,9 +158,23 @@ class IndexKeeper:
         except OSError as e:
             log.warning("index: could not write a snapshot to %s: %s", self.snapshot_path, e)
 
-    def save_snapshot(self) -> Path:
-        with self.lock:
-            self.indexes.save(self.snapshot_path)
+    def save_snapshot(self, *, if_free: bool = False) -> Path | None:
+        """Write a snapshot: copies are taken under the lock, the file is written outside it
+        (searches go on). With ``if_free``, skip it when another process is writing one (every
+        worker follows the same log; one snapshot at a time is enough)."""
+        self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.snapshot_path.with_name(self.snapshot_path.name + ".lock")
+        with open(lock_path, "a+b") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | (fcntl.LOCK_NB if if_free else 0))
+            except BlockingIOError:
+                return None
+            with self.lock:
+                position = self.indexes.position
+                sections = self.indexes.sections()
+            with self.store.transaction(write=False) as tx:
+                fingerprint = tx.changes.fingerprint(position)
+            snapshot.save(self.snapshot_path, position, sections, fingerprint)
         return self.snapshot_path
 
     # --- queries -------------------------------------------------------------------------

@@ -322,6 +322,16 @@ class ChangeLog:
     def head(self) -> int:
         return int(self.s.scalar(select(func.coalesce(func.max(ChangeRow.seq), 0))) or 0)
 
+    def fingerprint(self, seq: int) -> str:
+        """What entry ``seq`` is (""; when pruned or absent): a snapshot taken at ``seq``
+        records it, so a restored or different database with another history is noticed."""
+        row = self.s.execute(select(ChangeRow.seq, ChangeRow.action, ChangeRow.signal_id,
+                                    ChangeRow.at).where(ChangeRow.seq == seq)).first()
+        if row is None:
+            return ""
+        at = _aware(row.at)
+        return f"{row.seq}:{row.action}:{row.signal_id}:{at.isoformat() if at else ''}"
+
     def first(self) -> int:
         """The oldest entry still in the log (0 when empty); entries before it were pruned."""
         return int(self.s.scalar(select(func.coalesce(func.min(ChangeRow.seq), 0))) or 0)
