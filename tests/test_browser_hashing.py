@@ -229,6 +229,14 @@ def _grey16(img: Image.Image, seed: int) -> Image.Image:
     return Image.fromarray(wide + rng.integers(0, 257, wide.shape, dtype=np.uint16))
 
 
+def _colour_keyed(img: Image.Image, grey: bool) -> bytes:
+    """A PNG whose tRNS chunk makes one colour transparent (a block of it is painted in)."""
+    a = np.asarray(img.convert("L") if grey else img).copy()
+    key: int | tuple[int, int, int] = 77 if grey else (10, 200, 30)
+    a[40:120, 60:160] = key
+    return _encode(Image.fromarray(a), "PNG", transparency=key)
+
+
 def _animated(fmt: str, seed: int) -> bytes:
     first, second = photo_like(seed, (200, 150)), photo_like(seed + 1, (200, 150))
     out = io.BytesIO()
@@ -272,6 +280,8 @@ def generated_images() -> list[tuple[str, bytes, str]]:
         ("animated.gif", _animated("GIF", 27), "image/gif"),
         ("palette-trns.png", _encode(photo_like(29, (200, 150)).convert("P"), "PNG",
                                      transparency=0), png),
+        ("rgb-colour-key.png", _colour_keyed(photo_like(32, (240, 180)), grey=False), png),
+        ("grey-colour-key.png", _colour_keyed(photo_like(33, (240, 180)), grey=True), png),
     ]
     from PIL import features
 
