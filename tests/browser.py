@@ -60,10 +60,11 @@ BLANK_PAGE = b"<!doctype html><html lang='en'><head><meta charset='utf-8'><title
 
 def chromium_path() -> str | None:
     """The Chromium executable tests use (``CHROMIUM_PATH`` overrides), or None if absent."""
-    path = os.environ.get("CHROMIUM_PATH") or DEFAULT_CHROMIUM
-    if os.path.isfile(path) and os.access(path, os.X_OK):
-        return path
-    return shutil.which("chromium")
+    wanted = os.environ.get("CHROMIUM_PATH")
+    for path in [wanted] if wanted else [DEFAULT_CHROMIUM, shutil.which("chromium")]:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def require_chromium() -> str:
@@ -71,8 +72,9 @@ def require_chromium() -> str:
     Playwright package is missing."""
     path = chromium_path()
     if path is None:
-        unavailable("Chromium", f"{DEFAULT_CHROMIUM} is missing; `make test` installs the "
-                    "Debian packages chromium and fonts-nanum when run as root")
+        where = os.environ.get("CHROMIUM_PATH") or DEFAULT_CHROMIUM
+        unavailable("Chromium", f"{where} is missing; `make test` installs the Debian packages "
+                    "chromium and fonts-nanum when run as root")
     if importlib.util.find_spec("playwright") is None:
         unavailable("Playwright", "the playwright package is not installed (pip install -e "
                     "'.[dev]')")
