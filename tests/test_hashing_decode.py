@@ -225,15 +225,15 @@ def test_cmyk_jpeg():
     assert compute_signals(data).pdq - compute_signals(png_bytes(rgb)).pdq <= 10
 
 
-def test_16_bit_greyscale_scaled_to_8_bits():
+def test_16_bit_greyscale_keeps_its_high_byte_as_browsers_do():
     wide = (np.arange(128 * 512).reshape(128, 512) % 65536).astype(np.uint16)
-    wide[0, :4] = [0, 128, 129, 65535]
+    wide[0, :5] = [0, 255, 256, 32895, 65535]
     data = png_bytes(Image.fromarray(wide))
     assert Image.open(io.BytesIO(data)).mode == "I;16"
     decoded = pixels(decode_image(data))
-    expected = np.rint(wide / 257.0).astype(np.int64)
+    expected = (wide >> 8).astype(np.int64)
     assert np.array_equal(decoded, np.repeat(expected[..., None], 3, axis=-1))
-    assert list(decoded[0, :4, 0]) == [0, 0, 1, 255]
+    assert list(decoded[0, :5, 0]) == [0, 0, 1, 128, 255]
 
 
 def test_16_bit_photo_hashes_like_its_8_bit_version():
