@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench bench-index bench-accuracy bench-http bench-api clean
+.PHONY: run test lint bench bench-index bench-scale bench-accuracy bench-http bench-api clean
 
 $(STAMP): pyproject.toml setup.py registry/index/_mih.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: bench-index
 
 bench-index: $(STAMP)
 	$(BIN)/python bench/index.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy.py
