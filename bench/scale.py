@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restarts", type=int, default=3)
     p.add_argument("--planted", type=int, default=20_000,
                    help="near neighbours planted for the weak-tier recall (d uniform 0..55)")
-    p.add_argument("--extra-probes", default="0,1,2",
+    p.add_argument("--extra-probes", default="1,0,2",
                    help="MultiIndex extra_probes settings to measure; the first is the default "
                         "one, used for the snapshot and restart")
     p.add_argument("--workers", type=int, default=4)

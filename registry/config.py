@@ -76,7 +76,7 @@ class Settings:
         "multi", "Index kind: 'multi' (multi-index hashing: exact to the strong threshold, "
         "measured recall beyond it) or 'flat' (exhaustive scans: exact everywhere, slower).")
     index_extra_probes: int = _setting(
-        0, "PDQ chunks the multi-index probes one bit deeper than exactness needs: more recall "
+        1, "PDQ chunks the multi-index probes one bit deeper than exactness needs: more recall "
         "in the weak tier for more work per query (docs/performance.md).")
     follow_poll_s: float = _setting(
         0.5, "Serving processes re-read the change log at least this often (seconds), besides "

@@ -39,7 +39,7 @@ class IndexOptions:
     # False in serving processes: their follower compacts multi-indexes in the background.
     auto_compact: bool = True
     # PDQ chunks probed one bit deeper than exactness needs (more weak-tier recall, more work).
-    extra_probes: int = 0
+    extra_probes: int = 1
 
     def new(self, kind: SignalKind) -> FlatIndex | MultiIndex:
         if self.kind == "flat":
