@@ -507,9 +507,9 @@ def check_image(status: int, data: bytes) -> dict[str, Any]:
 
 # --- breakdown --------------------------------------------------------------------------------
 CATEGORIES: list[tuple[str, Callable[[str, str], bool]]] = [  # the first that holds wins
-    ("index search (faiss range_search, FlatIndex, numpy)",
-     lambda f, n: "/faiss/" in f or "faiss" in n or "registry/index/" in f or "numpy" in f
-     or "numpy" in n),
+    ("index search (MultiIndex and its C kernel, faiss for the delta, numpy)",
+     lambda f, n: "/faiss/" in f or "faiss" in n or "registry/index/" in f or "_mih" in n
+     or "numpy" in f or "numpy" in n),
     ("database (SQLAlchemy + sqlite3: platform lookup, audit, match records, re-reads)",
      lambda f, n: "/sqlalchemy/" in f or "sqlite3" in n or "registry/store/" in f),
     ("request/response schemas (marshmallow, webargs, apiflask)",
