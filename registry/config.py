@@ -117,6 +117,16 @@ class Settings:
             raise ConfigError("TAKEDOWN_INDEX_EXTRA_PROBES must be between 0 and 16.")
         if self.index not in ("multi", "flat"):
             raise ConfigError("TAKEDOWN_INDEX must be 'multi' or 'flat'.")
+        if self.index == "multi":
+            # The multi-index is exact to the strong threshold by probing each 16-bit chunk to
+            # at most 3 bits: 4 bits per chunk of the code, minus one.
+            for kind in (SignalKind.PDQ, SignalKind.PHASH):
+                limit = kind.bits // 4 - 1
+                if self.thresholds(kind).strong + (
+                        self.index_extra_probes if kind is SignalKind.PDQ else 0) > limit:
+                    raise ConfigError(
+                        f"With TAKEDOWN_INDEX=multi the {kind.value} strong threshold (plus the "
+                        f"extra probes) can be at most {limit}; use TAKEDOWN_INDEX=flat for more.")
         if self.max_image_pixels <= 0 or self.max_upload_bytes <= 0 or self.max_queries <= 0:
             raise ConfigError("Size limits must be positive.")
         if self.proxy_hops < 0:

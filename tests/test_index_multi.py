@@ -333,3 +333,17 @@ def test_random_operations_with_background_compactions(ops: list[tuple[Any, ...]
             plan = None
         assert len(index) == len(live)
     assert sorted(index.export()[0].tolist()) == sorted(live)
+
+
+def test_settings_refuse_a_strong_threshold_the_multi_index_cannot_search_exactly() -> None:
+    from registry.config import Settings
+    from registry.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at most 63"):
+        Settings.from_env({}, pdq_strong=63, pdq_weak=70)  # 63 + 1 extra probe
+    assert Settings.from_env({}, pdq_strong=63, pdq_weak=70, index_extra_probes=0).pdq_strong == 63
+    with pytest.raises(ConfigError, match="phash"):
+        Settings.from_env({}, phash_strong=16, phash_weak=20)
+    assert Settings.from_env({}, pdq_strong=90, pdq_weak=90, index="flat").index == "flat"
+    with pytest.raises(ConfigError):
+        Settings.from_env({}, index="hnsw")
