@@ -7,7 +7,8 @@ Rules (the same for registration and queries, and ported to the browser):
   5-10x faster than a full decode and moves PDQ a few bits (docs/hashing.md);
 - EXIF orientation is applied, as browsers do;
 - alpha is flattened onto black: ``c' = (c * a + 127) // 255`` per channel;
-- 16-bit greyscale keeps its high byte (as browsers do); palette, CMYK, LAB, YCbCr and 1-bit become RGB.
+- 16-bit greyscale keeps its high byte (as browsers do); palette, CMYK, LAB, YCbCr and 1-bit
+  become RGB.
 """
 
 from __future__ import annotations
