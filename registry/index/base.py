@@ -48,3 +48,21 @@ def check_codes(codes: Codes, bits: int) -> Codes:
     if arr.ndim != 2 or arr.shape[1] != bits // 8:
         raise ValueError(f"codes must have shape (n, {bits // 8}); got {arr.shape}")
     return arr
+
+
+def merge_hits(per_query: list[list[tuple[Ids, npt.NDArray[np.int32]]]], tombstones: Ids
+               ) -> list[SearchResult]:
+    """Each query's hits from the base and the delta as one sorted result, tombstoned ids
+    dropped."""
+    results = []
+    for parts in per_query:
+        if not parts:
+            results.append(SearchResult.of(np.zeros(0, np.int64), np.zeros(0, np.int32)))
+            continue
+        hit_ids = np.concatenate([p[0] for p in parts])
+        hit_dist = np.concatenate([p[1] for p in parts])
+        if len(tombstones):
+            live = ~np.isin(hit_ids, tombstones)
+            hit_ids, hit_dist = hit_ids[live], hit_dist[live]
+        results.append(SearchResult.of(hit_ids, hit_dist))
+    return results

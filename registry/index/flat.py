@@ -13,7 +13,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from registry.index.base import Codes, Ids, SearchResult, check_codes
+from registry.index.base import Codes, Ids, SearchResult, check_codes, merge_hits
 
 _MIN_DELTA_BEFORE_COMPACT = 4096
 
@@ -84,18 +84,7 @@ class FlatIndex:
                 lo, hi = lims[q], lims[q + 1]
                 if hi > lo:
                     per_query[q].append((ids[rows[lo:hi]], dist[lo:hi]))
-        results = []
-        for parts in per_query:
-            if not parts:
-                results.append(SearchResult.of(np.zeros(0, np.int64), np.zeros(0, np.int32)))
-                continue
-            hit_ids = np.concatenate([p[0] for p in parts])
-            hit_dist = np.concatenate([p[1] for p in parts])
-            if len(self._tomb_array):
-                live = ~np.isin(hit_ids, self._tomb_array)
-                hit_ids, hit_dist = hit_ids[live], hit_dist[live]
-            results.append(SearchResult.of(hit_ids, hit_dist))
-        return results
+        return merge_hits(per_query, self._tomb_array)
 
     def export(self) -> tuple[Ids, Codes]:
         ids = np.concatenate([self._base_ids, self._delta_ids])

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from registry.index import _mih
-from registry.index.base import Codes, Ids, SearchResult, check_codes
+from registry.index.base import Codes, Ids, SearchResult, check_codes, merge_hits
 from registry.index.flat import codes_of
 
 CHUNK_BITS = 16
@@ -204,18 +204,7 @@ class MultiIndex:
                 lo, hi = dlims[q], dlims[q + 1]
                 if hi > lo:
                     parts[q].append((self._delta_ids[drows[lo:hi]], ddist[lo:hi]))
-        results = []
-        for found in parts:
-            if not found:
-                results.append(SearchResult.of(np.zeros(0, np.int64), np.zeros(0, np.int32)))
-                continue
-            hit_ids = np.concatenate([p[0] for p in found])
-            hit_dist = np.concatenate([p[1] for p in found])
-            if len(self._tomb_array):
-                live = ~np.isin(hit_ids, self._tomb_array)
-                hit_ids, hit_dist = hit_ids[live], hit_dist[live]
-            results.append(SearchResult.of(hit_ids, hit_dist))
-        return results
+        return merge_hits(parts, self._tomb_array)
 
     def export(self) -> tuple[Ids, Codes]:
         ids = np.concatenate([self._base.ids, self._delta_ids])
