@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 
@@ -66,3 +67,39 @@ def merge_hits(per_query: list[list[tuple[Ids, npt.NDArray[np.int32]]]], tombsto
             hit_ids, hit_dist = hit_ids[live], hit_dist[live]
         results.append(SearchResult.of(hit_ids, hit_dist))
     return results
+
+
+def check_pair(ids: npt.ArrayLike, codes: Codes, bits: int) -> tuple[Ids, Codes]:
+    """Validated ``(ids, codes)`` for ``add``: int64 ids, one per code of the right width."""
+    codes = check_codes(codes, bits)
+    ids_arr = np.asarray(ids, dtype=np.int64)
+    if len(ids_arr) != len(codes):
+        raise ValueError("ids and codes differ in length")
+    return ids_arr, codes
+
+
+def live_rows(ids: npt.ArrayLike, tombstones: set[int], *columns: Ids) -> tuple[int, set[int]]:
+    """For ``remove``: how many rows of ``columns`` (the base's and the delta's ids) hold one of
+    ``ids`` not yet tombstoned, and which of those ids they are (an id may own several rows)."""
+    wanted = {int(i) for i in np.asarray(ids, dtype=np.int64)} - tombstones
+    if not wanted:
+        return 0, set()
+    wanted_arr = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
+    rows, found = 0, set()
+    for column in columns:
+        hit = column[np.isin(column, wanted_arr)]
+        rows += len(hit)
+        found |= set(hit.tolist())
+    return rows, found
+
+
+def flat_hits(index: faiss.IndexBinaryFlat, ids: Ids, queries: Codes, radius: int,
+              per_query: list[list[tuple[Ids, npt.NDArray[np.int32]]]]) -> None:
+    """Append each query's hits within ``radius`` (inclusive) in a faiss flat index."""
+    if index.ntotal == 0 or len(queries) == 0:
+        return
+    lims, dist, rows = index.range_search(queries, radius + 1)  # faiss' radius is exclusive
+    for q in range(len(queries)):
+        lo, hi = lims[q], lims[q + 1]
+        if hi > lo:
+            per_query[q].append((ids[rows[lo:hi]], dist[lo:hi]))

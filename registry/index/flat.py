@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 
-from registry.index.base import Codes, Ids, SearchResult, check_codes, merge_hits
+from registry.index.base import (
+    Codes,
+    Ids,
+    SearchResult,
+    check_codes,
+    check_pair,
+    flat_hits,
+    live_rows,
+    merge_hits,
+)
 
 _MIN_DELTA_BEFORE_COMPACT = 4096
 
@@ -41,10 +51,7 @@ class FlatIndex:
         return int(self._base.ntotal + self._delta.ntotal) - self._dead_rows
 
     def add(self, ids: Ids, codes: Codes) -> None:
-        codes = check_codes(codes, self._bits)
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) != len(codes):
-            raise ValueError("ids and codes differ in length")
+        ids, codes = check_pair(ids, codes, self._bits)
         if len(ids) == 0:
             return
         if self._tombstones and not self._tombstones.isdisjoint(ids.tolist()):
@@ -55,16 +62,10 @@ class FlatIndex:
             self.compact()
 
     def remove(self, ids: Ids) -> int:
-        wanted = {int(i) for i in np.asarray(ids, dtype=np.int64)} - self._tombstones
-        if not wanted:
-            return 0
-        wanted_arr = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
-        in_base = self._base_ids[np.isin(self._base_ids, wanted_arr)]
-        in_delta = self._delta_ids[np.isin(self._delta_ids, wanted_arr)]
-        rows = len(in_base) + len(in_delta)
+        rows, gone = live_rows(ids, self._tombstones, self._base_ids, self._delta_ids)
         if not rows:
             return 0
-        self._tombstones |= set(in_base.tolist()) | set(in_delta.tolist())
+        self._tombstones |= gone
         self._tomb_array = np.array(sorted(self._tombstones), dtype=np.int64)
         self._dead_rows += rows
         if self._dead_rows > max(1024, self._ratio * (len(self) + self._dead_rows)):
@@ -75,15 +76,9 @@ class FlatIndex:
         queries = check_codes(queries, self._bits)
         if radius < 0:
             raise ValueError("radius must be >= 0")
-        per_query: list[list[tuple[Ids, np.ndarray]]] = [[] for _ in range(len(queries))]
-        for index, ids in ((self._base, self._base_ids), (self._delta, self._delta_ids)):
-            if index.ntotal == 0 or len(queries) == 0:
-                continue
-            lims, dist, rows = index.range_search(queries, radius + 1)
-            for q in range(len(queries)):
-                lo, hi = lims[q], lims[q + 1]
-                if hi > lo:
-                    per_query[q].append((ids[rows[lo:hi]], dist[lo:hi]))
+        per_query: list[list[tuple[Ids, npt.NDArray[np.int32]]]] = [[] for _ in queries]
+        flat_hits(self._base, self._base_ids, queries, radius, per_query)
+        flat_hits(self._delta, self._delta_ids, queries, radius, per_query)
         return merge_hits(per_query, self._tomb_array)
 
     def export(self) -> tuple[Ids, Codes]:

@@ -26,7 +26,16 @@ import numpy as np
 import numpy.typing as npt
 
 from registry.index import _mih
-from registry.index.base import Codes, Ids, SearchResult, check_codes, merge_hits
+from registry.index.base import (
+    Codes,
+    Ids,
+    SearchResult,
+    check_codes,
+    check_pair,
+    flat_hits,
+    live_rows,
+    merge_hits,
+)
 from registry.index.flat import codes_of
 
 CHUNK_BITS = 16
@@ -147,10 +156,7 @@ class MultiIndex:
         return len(self._base) + int(self._delta.ntotal) - self._dead_rows
 
     def add(self, ids: Ids, codes: Codes) -> None:
-        codes = check_codes(codes, self._bits)
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) != len(codes):
-            raise ValueError("ids and codes differ in length")
+        ids, codes = check_pair(ids, codes, self._bits)
         if len(ids) == 0:
             return
         if self._tombstones and not self._tombstones.isdisjoint(ids.tolist()):
@@ -167,16 +173,9 @@ class MultiIndex:
         return self._delta.ntotal > bound or self._dead_rows > dead
 
     def remove(self, ids: Ids) -> int:
-        wanted = {int(i) for i in np.asarray(ids, dtype=np.int64)} - self._tombstones
-        if not wanted:
-            return 0
-        wanted_arr = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
-        in_base = self._base.ids[np.isin(self._base.ids, wanted_arr)]
-        in_delta = self._delta_ids[np.isin(self._delta_ids, wanted_arr)]
-        rows = len(in_base) + len(in_delta)
+        rows, gone = live_rows(ids, self._tombstones, self._base.ids, self._delta_ids)
         if not rows:
             return 0
-        gone = set(in_base.tolist()) | set(in_delta.tolist())
         self._tombstones |= gone
         self._removals += sorted(gone)
         self._tomb_array = np.array(sorted(self._tombstones), dtype=np.int64)
@@ -198,12 +197,7 @@ class MultiIndex:
                 lo, hi = lims[q], lims[q + 1]
                 if hi > lo:
                     parts[q].append((ids[lo:hi], dist[lo:hi]))
-        if self._delta.ntotal and nq:
-            dlims, ddist, drows = self._delta.range_search(queries, radius + 1)
-            for q in range(nq):
-                lo, hi = dlims[q], dlims[q + 1]
-                if hi > lo:
-                    parts[q].append((self._delta_ids[drows[lo:hi]], ddist[lo:hi]))
+        flat_hits(self._delta, self._delta_ids, queries, radius, parts)
         return merge_hits(parts, self._tomb_array)
 
     def export(self) -> tuple[Ids, Codes]:
