@@ -125,25 +125,22 @@ def machine_info() -> dict[str, Any]:
 
 
 # --- data -------------------------------------------------------------------------------------
-def random_codes(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` uniform 256-bit codes whose popcount lies in 96..160 (near 128; a uniform code is
-    outside that range with probability ~6e-5, and the service refuses <= 32 or >= 224)."""
-    out = np.empty((0, 32), dtype=np.uint8)
+def random_codes(rng: np.random.Generator, n: int, nbytes: int = 32,
+                 ones: tuple[int, int] = (96, 160)) -> np.ndarray:
+    """``n`` uniform codes of ``nbytes`` whose popcount lies in ``ones`` (default: PDQ, near
+    128; a uniform code is outside 96..160 with probability ~6e-5, and the service refuses
+    <= 32 or >= 224)."""
+    out = np.empty((0, nbytes), dtype=np.uint8)
     while len(out) < n:
-        codes = rng.integers(0, 256, size=(n - len(out) + 1024, 32), dtype=np.uint8)
-        ones = np.unpackbits(codes, axis=1).sum(axis=1)
-        out = np.concatenate([out, codes[(ones >= 96) & (ones <= 160)]])
+        codes = rng.integers(0, 256, size=(n - len(out) + 1024, nbytes), dtype=np.uint8)
+        count = np.unpackbits(codes, axis=1).sum(axis=1)
+        out = np.concatenate([out, codes[(count >= ones[0]) & (count <= ones[1])]])
     return out[:n]
 
 
 def random_phashes(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` uniform 64-bit codes with popcount in 16..48 (never degenerate)."""
-    out = np.empty((0, 8), dtype=np.uint8)
-    while len(out) < n:
-        codes = rng.integers(0, 256, size=(n - len(out) + 1024, 8), dtype=np.uint8)
-        ones = np.unpackbits(codes, axis=1).sum(axis=1)
-        out = np.concatenate([out, codes[(ones >= 16) & (ones <= 48)]])
-    return out[:n]
+    return random_codes(rng, n, 8, (16, 48))
 
 
 def digests(i: int) -> tuple[bytes, bytes]:
