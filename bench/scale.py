@@ -255,8 +255,9 @@ loaded = time.time()
 from registry.domain import SignalKind
 iset.search(SignalKind.PDQ, [bytes(32)], 31)
 ready = time.time()
-print(repr({"import_s": imported - t0, "load_s": loaded - imported, "ready_s": ready - t0,
-            "rss": rss(), "rss_after_import": base, "hashes": len(iset)}))
+import json
+print(json.dumps({"import_s": imported - t0, "load_s": loaded - imported, "ready_s": ready - t0,
+                  "rss": rss(), "rss_after_import": base, "hashes": len(iset)}))
 """
 
 
@@ -268,7 +269,7 @@ def phase_restart(snapshot: Path, repeats: int) -> dict[str, Any]:
                               str(ROOT)], capture_output=True, text=True)
         if out.returncode:
             raise RuntimeError(f"restart child failed: {out.stderr[-2000:]}")
-        runs.append(eval(out.stdout.strip().splitlines()[-1]))  # our own child's dict literal
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = min(runs, key=lambda r: r["ready_s"])
     n = best["hashes"]
     return {"runs": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}

@@ -117,6 +117,12 @@ class Settings:
             raise ConfigError("TAKEDOWN_INDEX_EXTRA_PROBES must be between 0 and 16.")
         if self.index not in ("multi", "flat"):
             raise ConfigError("TAKEDOWN_INDEX must be 'multi' or 'flat'.")
+        if self.follow_poll_s <= 0 or self.max_sync_age_s <= 0:
+            raise ConfigError(
+                "TAKEDOWN_FOLLOW_POLL_S and TAKEDOWN_MAX_SYNC_AGE_S must be positive.")
+        if self.snapshot_every < 0 or self.max_index_lag < 0:
+            raise ConfigError(
+                "TAKEDOWN_SNAPSHOT_EVERY and TAKEDOWN_MAX_INDEX_LAG must be 0 or more.")
         if self.index == "multi":
             # The multi-index is exact to the strong threshold by probing each 16-bit chunk to
             # at most 3 bits: 4 bits per chunk of the code, minus one.

@@ -89,3 +89,41 @@ def test_background_compaction_swaps_in_a_new_base_and_matches_stay_right(
         assert registry.keeper.compact_pending() == 0  # nothing left to do
     finally:
         registry.close()
+
+
+def test_follower_writes_a_snapshot_every_so_many_changes(settings: Settings) -> None:
+    from dataclasses import replace
+
+    settings = replace(settings, snapshot_every=10)
+    server = build_registry(settings)
+    writer = build_registry(settings, load_index=False)
+    try:
+        path = server.keeper.snapshot_path
+        path.unlink(missing_ok=True)
+        follower = server.follow_changes()
+        wait_until(lambda: follower.status.last_sync_at > 0)
+        writer.register_bank("other", BankKind.IMPORTED,
+                             pdq_images(np.random.default_rng(3), 5))
+        target = head(writer)
+        wait_until(lambda: server.keeper.indexes.position >= target)
+        assert not path.exists()  # 5 changes: not yet
+        writer.register_bank("other", BankKind.IMPORTED,
+                             pdq_images(np.random.default_rng(4), 10))
+        wait_until(path.exists)
+    finally:
+        writer.close()
+        server.close()
+    restarted = build_registry(settings)
+    try:
+        assert restarted.keeper.loaded_from == "snapshot" and restarted.verify_index().ok
+    finally:
+        restarted.close()
+
+
+@pytest.mark.parametrize("bad", [{"follow_poll_s": 0}, {"max_sync_age_s": -1},
+                                 {"snapshot_every": -1}, {"max_index_lag": -5}])
+def test_follower_settings_are_checked(bad: dict[str, float]) -> None:
+    from registry.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Settings.from_env({}, **bad)
