@@ -215,7 +215,9 @@ def phase_index(n: int, queries_n: int, seed: int, snapshot: Path | None,
                                                 / row["strong"]["p50_ms"] * 1e3, 1),
                     "speedup_weak_p50": round(pct(flat_weak, 50)
                                               / row["weak"]["p50_ms"] * 1e3, 1),
-                    "memory_bytes_per_hash": round(index.memory_bytes / n, 1)})
+                    "memory_bytes_per_hash": round(index.memory_bytes / n, 1),
+                    "memory_bytes_per_hash_by_part": {
+                        k: round(v / n, 2) for k, v in index.memory_parts.items()}})
         if extra == extras[0]:  # later builds reuse freed memory: RSS growth says nothing
             row["tables_rss_bytes_per_hash"] = round(grown / n, 1)
         out["multi"][str(extra)] = row
@@ -426,6 +428,43 @@ def phase_throughput(hashes: int, seconds: float) -> dict[str, Any]:
         drop_pg_database(url)
 
 
+def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 6's goals against what this run measured (phases skipped are left out)."""
+    out: list[dict[str, Any]] = []
+
+    def add(goal: str, measured: str, met: bool) -> None:
+        out.append({"goal": goal, "measured": measured, "met": bool(met)})
+
+    if "index" in report:
+        first = next(iter(report["index"]["multi"].values()))
+        add("strong tier exact, >= 10x faster than faiss IndexBinaryFlat (p50)",
+            f"exact={first['strong_exact']}, x{first['speedup_strong_p50']} "
+            f"({first['strong']['p50_ms']} vs {report['index']['faiss_flat']['strong']['p50_ms']}"
+            " ms)", first["strong_exact"] and first["speedup_strong_p50"] >= 10)
+        add("weak tier recall >= 0.99 against brute force",
+            f"{first['weak_recall']} on the queries' pairs, {first['planted']['recall']} on "
+            f"{first['planted']['pairs']} planted", min(first["weak_recall"],
+                                                         first["planted"]["recall"]) >= 0.99)
+        add("index memory <= 48 bytes per PDQ hash",
+            f"{first['memory_bytes_per_hash']} bytes", first["memory_bytes_per_hash"] <= 48)
+    if "restart" in report:
+        add("restart to ready <= 5 s", f"{report['restart']['ready_s_max']} s (slowest run)",
+            report["restart"]["ready_s_max"] <= 5)
+    vis = report.get("visibility") or {}
+    for key, name in (("add_to_visible", "add"), ("withdraw_to_invisible", "withdraw")):
+        if key in vis:
+            lat_ = vis[key]
+            add(f"{name} visible in all {vis['workers']} workers, p99 <= 1 s",
+                f"p99 {lat_['p99_ms']} ms" if lat_ else "never",
+                bool(lat_) and lat_["p99_ms"] <= 1000 and vis["timeouts"] == 0)
+    if "throughput" in report:
+        full = report["throughput"]["results"].get("batch_full_random")
+        if full:
+            add(">= 50,000 hashes/s batched on PostgreSQL (4 signals a query, no match)",
+                f"{full['hashes_per_s']:,.0f} hashes/s", full["hashes_per_s"] >= 50_000)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hashes", type=int, default=10_000_000)
@@ -472,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report["visibility"], indent=1), flush=True)
     if "throughput" not in args.skip:
         report["throughput"] = phase_throughput(args.http_hashes, args.http_seconds)
+    report["goals"] = goals(report)
+    for g in report["goals"]:
+        print(f"{'met' if g['met'] else 'NOT MET':>8}  {g['goal']}: {g['measured']}")
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -231,12 +231,51 @@ def test_delta_is_folded_into_the_base_at_its_bound() -> None:
 
 
 def test_memory_and_stats_report_the_tables() -> None:
-    index = MultiIndex.from_arrays(256, np.arange(1000, dtype=np.int64),
+    index = MultiIndex.from_arrays(256, np.arange(10**9, 10**9 + 1000, dtype=np.int64),
                                    random_codes(np.random.default_rng(1), 1000, 256), 46)
     stats = index.stats
     assert stats["exact_radius"] == 46
-    # codes 32 + id 8 + 16 postings of 4 bytes per code, plus 16 offset tables of 65537 u32
-    assert stats["bytes"] == 1000 * (32 + 8 + 64) + 16 * 65537 * 4
+    # Per code: 32 code bytes, a 4-byte id (they span < 2**32) and, per chunk, a 2-byte low
+    # part. Per chunk: 65537 u32 offsets and a high-bit vector of n + 65536 * ceil(n / 65536)
+    # bits, in u64 words with one spare.
+    words = (1000 + 65536 * 1) // 64 + 2
+    assert stats["bytes"] == 1000 * (32 + 4 + 16 * 2) + 16 * (65537 * 4 + words * 8)
+
+
+def test_tables_past_65536_rows_decode_every_high_part() -> None:
+    """Rows are stored as a 16-bit low part and a unary high part: with 300k rows the high part
+    takes 5 values, and every bucket must decode to exactly brute force's rows."""
+    rng = np.random.default_rng(21)
+    n = 300_000
+    codes = random_codes(rng, n, 256)
+    codes[n - 50:] = codes[0]  # a crowded bucket spanning the first and the last high value
+    ids = np.arange(n, dtype=np.int64) * 3 + 7
+    index = MultiIndex.from_arrays(256, ids, codes, 31)
+    brute = BruteForceIndex(256)
+    brute.add(ids, codes)
+    rows = np.concatenate([[0, n - 1, 65535, 65536, 131071, 131072], rng.integers(0, n, 60)])
+    queries = np.array([flip_in_chunks(codes[r], [2] * 15 + [1], rng) for r in rows[:30]]
+                       + [codes[r] for r in rows[30:]] + [codes[r] for r in rows[:6]])
+    check_against(index, brute, queries, 31)
+    first = index.search(codes[:1], 0)[0]
+    assert sorted(first.ids.tolist()) == [7] + [int(i) for i in ids[n - 50:]]
+
+
+def test_ids_spanning_more_than_32_bits_are_kept_whole() -> None:
+    rng = np.random.default_rng(22)
+    codes = random_codes(rng, 2000, 256)
+    ids = np.concatenate([np.arange(1000, dtype=np.int64),
+                          2**40 + np.arange(1000, dtype=np.int64)])
+    index = MultiIndex.from_arrays(256, ids, codes, 31)
+    assert index.stats["bytes"] > 2000 * (32 + 8)  # int64 ids
+    assert index.search(codes[1500:1501], 0)[0].ids.tolist() == [2**40 + 500]
+    assert index.remove(np.array([2**40 + 500, 3, 2**41], dtype=np.int64)) == 2
+    assert index.search(codes[1500:1501], 0)[0].ids.tolist() == []
+    exported = index.export()[0]
+    assert len(exported) == 1998 and 2**40 + 999 in exported and 3 not in exported
+    index.compact()
+    assert index.search(codes[1999:2000], 0)[0].ids.tolist() == [2**40 + 999]
+    assert index.search(codes[4:5], 0)[0].ids.tolist() == [4]
 
 
 @pytest.mark.parametrize("bad", [np.zeros((2, 31), np.uint8), np.zeros(32, np.uint8)])

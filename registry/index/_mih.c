@@ -2,7 +2,15 @@
  *
  * A code of B bytes is cut into m = B/2 chunks of 16 bits (big-endian: chunk c is bytes 2c and
  * 2c+1). For each chunk a table maps each of the 65536 chunk values to the rows holding it:
- * ``offsets[c][v] .. offsets[c][v+1]`` index ``postings[c]`` (row numbers, ascending).
+ * ``offsets[c][v] .. offsets[c][v+1]`` are the positions of bucket v, whose rows ascend.
+ *
+ * Rows are stored Elias-Fano style, 18 bits each instead of 32: the low 16 bits of a row in
+ * ``lows[c][pos]`` (uint16) and the high bits (row >> 16, at most H = ceil(n / 65536) values)
+ * in unary in the bit vector ``highs[c]``: bucket v owns the bits from
+ * ``offsets[c][v] + v * H`` on, and its i-th row (ascending) sets the bit ``high + i`` of that
+ * stretch. A bucket of k rows spans at most k + H bits, so the bit vector needs about
+ * n + 65536 * H ~ 2n bits, and no second offset table. Decoding walks the set bits with
+ * count-trailing-zeros, a few nanoseconds a row.
  *
  * Pigeonhole: if a code is within distance D of the query and chunk c is probed to radius r_c
  * (every value within r_c bits of the query's chunk), the code is found unless every probed
@@ -46,21 +54,40 @@ static inline int distance(const uint8_t *a, const uint8_t *b, int nbytes) {
     return d;
 }
 
+/* Number of high values: rows of n >> 16 differ by at most this many (0 for an empty table). */
+static inline Py_ssize_t high_count(Py_ssize_t n) { return (n + 65535) >> 16; }
+
+/* 64-bit words of one chunk's high-bit vector (one spare word keeps the decoder in bounds). */
+static inline Py_ssize_t high_words(Py_ssize_t n) {
+    return (n + (Py_ssize_t)CHUNK_VALUES * high_count(n)) / 64 + 2;
+}
+
 /* ---- build ------------------------------------------------------------------------------- */
 
-static void build_chunk(const uint8_t *codes, Py_ssize_t n, int nbytes, int c, uint32_t *off,
-                        uint32_t *post) {
+/* Counting sort of the rows by their chunk value, writing each row's low part and high bit as
+ * it is placed: rows are taken in ascending order, so each bucket's rows ascend, and the row
+ * placed at position p of bucket v sets bit p + v * H + (row >> 16) (its stretch starts at
+ * start_v + v * H and it is the (p - start_v)-th row there). Returns -1 when the cursor array
+ * cannot be allocated. */
+static int build_chunk(const uint8_t *codes, Py_ssize_t n, int nbytes, int c, uint32_t *off,
+                       uint16_t *lows, uint64_t *highs) {
+    uint32_t *cursor = malloc(CHUNK_VALUES * sizeof(uint32_t));
+    if (!cursor) return -1;
     memset(off, 0, (CHUNK_VALUES + 1) * sizeof(uint32_t));
     for (Py_ssize_t i = 0; i < n; i++) off[chunk_of(codes + i * nbytes, c) + 1]++;
     for (int v = 0; v < CHUNK_VALUES; v++) off[v + 1] += off[v];
-    /* off[v+1] is the end of bucket v. Filling each bucket from its end with rows taken in
-     * descending order keeps rows ascending and leaves off[v+1] at the bucket's start. */
-    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+    memcpy(cursor, off, CHUNK_VALUES * sizeof(uint32_t));
+    uint64_t h = (uint64_t)high_count(n);
+    memset(highs, 0, high_words(n) * sizeof(uint64_t));
+    for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t v = chunk_of(codes + i * nbytes, c);
-        post[--off[v + 1]] = (uint32_t)i;
+        uint32_t p = cursor[v]++;
+        uint64_t bit = (uint64_t)p + (uint64_t)v * h + ((uint64_t)i >> 16);
+        lows[p] = (uint16_t)(i & 0xffff);
+        highs[bit >> 6] |= 1ULL << (bit & 63);
     }
-    for (int v = 0; v < CHUNK_VALUES; v++) off[v] = off[v + 1];
-    off[CHUNK_VALUES] = (uint32_t)n;
+    free(cursor);
+    return 0;
 }
 
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *what) {
@@ -73,11 +100,12 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *
     return 0;
 }
 
-/* build(codes, nbytes, chunk, offsets, postings): fills the table of one chunk. */
+/* build(codes, nbytes, chunk, offsets, lows, highs): fills the table of one chunk. */
 static PyObject *mih_build(PyObject *self, PyObject *args) {
-    PyObject *codes_o, *off_o, *post_o;
+    PyObject *codes_o, *off_o, *lows_o, *highs_o;
     int nbytes, chunk;
-    if (!PyArg_ParseTuple(args, "OiiOO", &codes_o, &nbytes, &chunk, &off_o, &post_o)) return NULL;
+    if (!PyArg_ParseTuple(args, "OiiOOO", &codes_o, &nbytes, &chunk, &off_o, &lows_o, &highs_o))
+        return NULL;
     if (nbytes <= 0 || nbytes % 8) {
         PyErr_SetString(PyExc_ValueError, "nbytes must be a positive multiple of 8");
         return NULL;
@@ -86,25 +114,48 @@ static PyObject *mih_build(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "chunk out of range");
         return NULL;
     }
-    Py_buffer codes, off, post;
+    Py_buffer codes, off, lows, highs;
     if (get_buffer(codes_o, &codes, 0, "codes") < 0) return NULL;
     if (get_buffer(off_o, &off, 1, "offsets") < 0) { PyBuffer_Release(&codes); return NULL; }
-    if (get_buffer(post_o, &post, 1, "postings") < 0) {
+    if (get_buffer(lows_o, &lows, 1, "lows") < 0) {
         PyBuffer_Release(&codes); PyBuffer_Release(&off); return NULL;
     }
+    if (get_buffer(highs_o, &highs, 1, "highs") < 0) {
+        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows); return NULL;
+    }
+    PyObject *result = NULL;
     Py_ssize_t n = codes.len / nbytes;
-    if (codes.len % nbytes || off.len != (CHUNK_VALUES + 1) * 4 || post.len != n * 4 ||
-        n > (Py_ssize_t)UINT32_MAX) {
-        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&post);
+    if (codes.len % nbytes || off.len != (CHUNK_VALUES + 1) * 4 || lows.len != n * 2 ||
+        highs.len != high_words(n) * 8 || n > (Py_ssize_t)UINT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match");
+        goto done;
+    }
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = build_chunk((const uint8_t *)codes.buf, n, nbytes, chunk, (uint32_t *)off.buf,
+                         (uint16_t *)lows.buf, (uint64_t *)highs.buf);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows);
+    PyBuffer_Release(&highs);
+    return result;
+}
+
+/* high_words(n): the length in uint64 words of one chunk's high-bit vector for n rows. */
+static PyObject *mih_high_words(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "n must be >= 0");
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    build_chunk((const uint8_t *)codes.buf, n, nbytes, chunk, (uint32_t *)off.buf,
-                (uint32_t *)post.buf);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&post);
-    Py_RETURN_NONE;
+    return PyLong_FromSsize_t(high_words(n));
 }
 
 /* ---- search ------------------------------------------------------------------------------ */
@@ -161,18 +212,21 @@ static int cmp_u64(const void *a, const void *b) {
 /* One query: returns 0, or -1 on allocation failure. Hits are unique rows. */
 POPCOUNT_CLONES
 static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint32_t *offsets,
-                      const uint32_t *postings, const uint8_t *q, int radius,
+                      const uint16_t *lows, const uint64_t *highs, const uint8_t *q, int radius,
                       const uint8_t *probes, cand_t *cand, hits_t *hits, Py_ssize_t *examined) {
     uint32_t values[1 + 16 + 120 + 560];
     int m = nbytes / 2;
     Py_ssize_t count = 0;
+    const uint64_t h = (uint64_t)high_count(n);
+    const Py_ssize_t words = high_words(n);
     for (int c = 0; c < m; c++) {
         if (probes[c] == 0xff) continue; /* chunk not probed */
         const uint32_t *off = offsets + (size_t)c * (CHUNK_VALUES + 1);
-        const uint32_t *post = postings + (size_t)c * n;
+        const uint16_t *low = lows + (size_t)c * n;
+        const uint64_t *high = highs + (size_t)c * words;
         int nv = probe_values(chunk_of(q, c), probes[c], values);
         for (int k = 0; k < nv; k++) {
-            uint32_t lo = off[values[k]], hi = off[values[k] + 1];
+            uint32_t v = values[k], lo = off[v], hi = off[v + 1];
             Py_ssize_t need = count + (hi - lo);
             if (need > cand->cap) {
                 Py_ssize_t cap = cand->cap ? cand->cap : 4096;
@@ -182,7 +236,18 @@ static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint
                 cand->buf = b;
                 cand->cap = cap;
             }
-            memcpy(cand->buf + count, post + lo, (hi - lo) * sizeof(uint32_t));
+            /* Decode bucket v: its i-th set bit, at bit b of its stretch, is row
+             * ((b - i) << 16) | low. */
+            uint64_t start = (uint64_t)lo + (uint64_t)v * h;
+            size_t w = start >> 6;
+            uint64_t word = high[w] & (~0ULL << (start & 63));
+            uint32_t *out = cand->buf + count;
+            for (uint32_t i = 0; i < hi - lo; i++) {
+                while (!word) word = high[++w];
+                uint64_t bit = ((uint64_t)w << 6) + (uint64_t)__builtin_ctzll(word);
+                word &= word - 1;
+                out[i] = ((uint32_t)(bit - start - i) << 16) | low[lo + i];
+            }
             count = need;
         }
     }
@@ -217,16 +282,16 @@ static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint
     return 0;
 }
 
-/* search(codes, nbytes, offsets, postings, queries, radius, probes)
+/* search(codes, nbytes, offsets, lows, highs, queries, radius, probes)
  *   -> (lims: int64[q+1] bytes, rows: uint32 bytes, distances: int32 bytes, examined: int)
  * probes[c] is chunk c's probe radius (0..3), or 255 to skip the chunk. */
 static PyObject *mih_search(PyObject *self, PyObject *args) {
-    PyObject *codes_o, *off_o, *post_o, *q_o;
+    PyObject *codes_o, *off_o, *lows_o, *highs_o, *q_o;
     int nbytes, radius;
     const char *probes;
     Py_ssize_t nprobes;
-    if (!PyArg_ParseTuple(args, "OiOOOiy#", &codes_o, &nbytes, &off_o, &post_o, &q_o, &radius,
-                          &probes, &nprobes))
+    if (!PyArg_ParseTuple(args, "OiOOOOiy#", &codes_o, &nbytes, &off_o, &lows_o, &highs_o, &q_o,
+                          &radius, &probes, &nprobes))
         return NULL;
     if (nbytes <= 0 || nbytes % 8 || nprobes != nbytes / 2) {
         PyErr_SetString(PyExc_ValueError, "nbytes must be a multiple of 8, one probe per chunk");
@@ -239,20 +304,24 @@ static PyObject *mih_search(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    Py_buffer codes, off, post, qs;
+    Py_buffer codes, off, lows, highs, qs;
     if (get_buffer(codes_o, &codes, 0, "codes") < 0) return NULL;
     if (get_buffer(off_o, &off, 0, "offsets") < 0) { PyBuffer_Release(&codes); return NULL; }
-    if (get_buffer(post_o, &post, 0, "postings") < 0) {
+    if (get_buffer(lows_o, &lows, 0, "lows") < 0) {
         PyBuffer_Release(&codes); PyBuffer_Release(&off); return NULL;
     }
+    if (get_buffer(highs_o, &highs, 0, "highs") < 0) {
+        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows); return NULL;
+    }
     if (get_buffer(q_o, &qs, 0, "queries") < 0) {
-        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&post); return NULL;
+        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows);
+        PyBuffer_Release(&highs); return NULL;
     }
     int m = nbytes / 2;
     Py_ssize_t n = codes.len / nbytes, nq = qs.len / nbytes;
     PyObject *result = NULL;
     if (codes.len % nbytes || qs.len % nbytes || off.len != (Py_ssize_t)m * (CHUNK_VALUES + 1) * 4
-        || post.len != (Py_ssize_t)m * n * 4) {
+        || lows.len != (Py_ssize_t)m * n * 2 || highs.len != (Py_ssize_t)m * high_words(n) * 8) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match");
         goto done;
     }
@@ -266,7 +335,8 @@ static PyObject *mih_search(PyObject *self, PyObject *args) {
         lims[0] = 0;
         for (Py_ssize_t i = 0; i < nq && !failed; i++) {
             failed = search_one((const uint8_t *)codes.buf, n, nbytes, (const uint32_t *)off.buf,
-                                (const uint32_t *)post.buf, (const uint8_t *)qs.buf + i * nbytes,
+                                (const uint16_t *)lows.buf, (const uint64_t *)highs.buf,
+                                (const uint8_t *)qs.buf + i * nbytes,
                                 radius, (const uint8_t *)probes, &cand, &hits, &examined) < 0;
             lims[i + 1] = hits.len;
         }
@@ -281,15 +351,16 @@ static PyObject *mih_search(PyObject *self, PyObject *args) {
     }
     free(lims); free(hits.rows); free(hits.dist); free(cand.buf);
 done:
-    PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&post);
-    PyBuffer_Release(&qs);
+    PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows);
+    PyBuffer_Release(&highs); PyBuffer_Release(&qs);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"build", mih_build, METH_VARARGS, "build(codes, nbytes, chunk, offsets, postings)"},
+    {"build", mih_build, METH_VARARGS, "build(codes, nbytes, chunk, offsets, lows, highs)"},
+    {"high_words", mih_high_words, METH_VARARGS, "high_words(n): words of one high-bit vector"},
     {"search", mih_search, METH_VARARGS,
-     "search(codes, nbytes, offsets, postings, queries, radius, probes)"},
+     "search(codes, nbytes, offsets, lows, highs, queries, radius, probes)"},
     {NULL, NULL, 0, NULL},
 };
 

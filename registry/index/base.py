@@ -78,7 +78,51 @@ def check_pair(ids: npt.ArrayLike, codes: Codes, bits: int) -> tuple[Ids, Codes]
     return ids_arr, codes
 
 
-def live_rows(ids: npt.ArrayLike, tombstones: set[int], *columns: Ids) -> tuple[int, set[int]]:
+class IdColumn:
+    """The ids of a base's rows, in 4 bytes each when they span less than 2**32 (database ids
+    nearly always do): ``offset + narrow[row]``. Wider spans keep plain int64."""
+
+    __slots__ = ("narrow", "offset", "wide")
+
+    def __init__(self, ids: npt.ArrayLike) -> None:
+        arr = np.asarray(ids, dtype=np.int64)
+        self.offset = int(arr.min()) if len(arr) else 0
+        self.narrow: npt.NDArray[np.uint32] | None = None
+        self.wide: Ids | None = None
+        if len(arr) == 0 or int(arr.max()) - self.offset < 2**32:
+            self.narrow = (arr - self.offset).astype(np.uint32)
+        else:
+            self.wide = np.ascontiguousarray(arr)
+
+    def __len__(self) -> int:
+        return len(self.narrow if self.narrow is not None else self.wide)  # type: ignore[arg-type]
+
+    @property
+    def nbytes(self) -> int:
+        return int((self.narrow if self.narrow is not None else self.wide).nbytes)  # type: ignore[union-attr]
+
+    def take(self, rows: npt.NDArray[np.integer] | slice) -> Ids:
+        """The ids of ``rows`` (row numbers, or a slice), as int64."""
+        if self.narrow is not None:
+            return self.narrow[rows].astype(np.int64) + self.offset
+        assert self.wide is not None
+        return self.wide[rows]
+
+    def full(self) -> Ids:
+        return self.take(slice(None))
+
+    def matching(self, wanted: Ids) -> Ids:
+        """Every stored id (with repeats, one per row) that is in ``wanted``."""
+        if self.narrow is None:
+            assert self.wide is not None
+            return self.wide[np.isin(self.wide, wanted)]
+        local = wanted - self.offset
+        local = local[(local >= 0) & (local < 2**32)].astype(np.uint32)
+        return self.narrow[np.isin(self.narrow, local)].astype(np.int64) + self.offset
+
+
+def live_rows(ids: npt.ArrayLike, tombstones: set[int], *columns: Ids | IdColumn
+              ) -> tuple[int, set[int]]:
     """For ``remove``: how many rows of ``columns`` (the base's and the delta's ids) hold one of
     ``ids`` not yet tombstoned, and which of those ids they are (an id may own several rows)."""
     wanted = {int(i) for i in np.asarray(ids, dtype=np.int64)} - tombstones
@@ -87,7 +131,10 @@ def live_rows(ids: npt.ArrayLike, tombstones: set[int], *columns: Ids) -> tuple[
     wanted_arr = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
     rows, found = 0, set()
     for column in columns:
-        hit = column[np.isin(column, wanted_arr)]
+        if isinstance(column, IdColumn):
+            hit = column.matching(wanted_arr)
+        else:
+            hit = column[np.isin(column, wanted_arr)]
         rows += len(hit)
         found |= set(hit.tolist())
     return rows, found

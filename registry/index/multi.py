@@ -28,6 +28,7 @@ import numpy.typing as npt
 from registry.index import _mih
 from registry.index.base import (
     Codes,
+    IdColumn,
     Ids,
     SearchResult,
     check_codes,
@@ -68,21 +69,28 @@ def exact_radius_of(schedule: bytes) -> int:
 
 
 class _Tables:
-    """The immutable base: codes, their ids and one chunk table per 16-bit chunk."""
+    """The immutable base: codes, their ids and one chunk table per 16-bit chunk.
+
+    Memory per code: the code (32 bytes for PDQ), its id (4), and per chunk 18 bits of table
+    (the row's low 16 bits plus about 2 bits of unary high part; see ``_mih.c``): 72.5 bytes a
+    PDQ hash, plus 256 KiB of bucket offsets per chunk."""
 
     def __init__(self, bits: int, ids: Ids, codes: Codes, threads: int = 2) -> None:
         self.nbytes = bits // 8
         self.chunks = bits // CHUNK_BITS
-        self.ids = np.ascontiguousarray(ids, dtype=np.int64)
         self.codes = np.ascontiguousarray(codes, dtype=np.uint8)
         n = len(self.codes)
         if n >= 2**32:
             raise ValueError("a base holds fewer than 2**32 codes")
+        if len(ids) != n:
+            raise ValueError("ids and codes differ in length")
+        self.ids = IdColumn(ids)
         self.offsets = np.empty((self.chunks, CHUNK_VALUES + 1), dtype=np.uint32)
-        self.postings = np.empty((self.chunks, n), dtype=np.uint32)
+        self.lows = np.empty((self.chunks, n), dtype=np.uint16)
+        self.highs = np.empty((self.chunks, _mih.high_words(n)), dtype=np.uint64)
 
         def build(c: int) -> None:
-            _mih.build(self.codes, self.nbytes, c, self.offsets[c], self.postings[c])
+            _mih.build(self.codes, self.nbytes, c, self.offsets[c], self.lows[c], self.highs[c])
 
         # The kernel releases the GIL: chunks build in parallel.
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -93,16 +101,23 @@ class _Tables:
 
     def search(self, queries: Codes, radius: int, schedule: bytes
                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32], int]:
-        lims, rows, dist, examined = _mih.search(self.codes, self.nbytes, self.offsets,
-                                                 self.postings, queries, radius, schedule)
+        lims, rows, dist, examined = _mih.search(self.codes, self.nbytes, self.offsets, self.lows,
+                                                 self.highs, queries, radius, schedule)
         return (np.frombuffer(lims, dtype=np.int64),
-                self.ids[np.frombuffer(rows, dtype=np.uint32)],
+                self.ids.take(np.frombuffer(rows, dtype=np.uint32)),
                 np.frombuffer(dist, dtype=np.int32), examined)
 
     @property
+    def memory_parts(self) -> dict[str, int]:
+        """Bytes held, by part: codes, ids, the tables' row low parts, high-bit vectors and
+        bucket offsets."""
+        return {"codes": int(self.codes.nbytes), "ids": self.ids.nbytes,
+                "row_lows": int(self.lows.nbytes), "row_highs": int(self.highs.nbytes),
+                "offsets": int(self.offsets.nbytes)}
+
+    @property
     def memory_bytes(self) -> int:
-        return int(self.codes.nbytes + self.ids.nbytes + self.offsets.nbytes
-                   + self.postings.nbytes)
+        return sum(self.memory_parts.values())
 
 
 @dataclass
@@ -201,7 +216,7 @@ class MultiIndex:
         return merge_hits(parts, self._tomb_array)
 
     def export(self) -> tuple[Ids, Codes]:
-        ids = np.concatenate([self._base.ids, self._delta_ids])
+        ids = np.concatenate([self._base.ids.full(), self._delta_ids])
         codes = np.concatenate([self._base.codes, codes_of(self._delta)])
         if self._tombstones:
             live = ~np.isin(ids, self._tomb_array)
@@ -221,10 +236,16 @@ class MultiIndex:
         }
 
     @property
-    def memory_bytes(self) -> int:
+    def memory_parts(self) -> dict[str, int]:
+        """:attr:`memory_bytes` by part: the base's (see ``_Tables.memory_parts``), the delta
+        and the tombstones."""
         delta = int(self._delta.ntotal)
-        return (self._base.memory_bytes + delta * (self._bits // 8) + delta * 8
-                + len(self._tombstones) * 80)
+        return {**self._base.memory_parts, "delta": delta * (self._bits // 8 + 8),
+                "tombstones": len(self._tombstones) * 80}
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(self.memory_parts.values())
 
     def compact(self) -> None:
         """Fold delta and tombstones into a rebuilt base, inline."""
@@ -241,7 +262,7 @@ class MultiIndex:
 
     def build(self, plan: CompactionPlan) -> None:
         """The slow part, with no lock held: merge and build the new tables."""
-        ids = np.concatenate([plan.base.ids, plan.delta_ids])
+        ids = np.concatenate([plan.base.ids.full(), plan.delta_ids])
         codes = np.concatenate([plan.base.codes, plan.delta_codes])
         if len(plan.tomb_array):
             live = ~np.isin(ids, plan.tomb_array)
@@ -266,7 +287,7 @@ class MultiIndex:
         self._removals = sorted(late_removals)
         self._tomb_array = np.array(sorted(late_removals), dtype=np.int64)
         dead = np.fromiter(late_removals, dtype=np.int64, count=len(late_removals))
-        self._dead_rows = int(np.isin(self._base.ids, dead).sum()
+        self._dead_rows = int(len(self._base.ids.matching(dead))
                               + np.isin(self._delta_ids, dead).sum()) if len(dead) else 0
         self._generation += 1
         return True
