@@ -32,6 +32,8 @@ def build_registry(settings: Settings, *, migrate: bool | None = None, load_inde
     except BaseException:
         store.close()
         raise
+    if load_index:  # a serving process: plans need statistics (see Store.refresh_statistics)
+        store.refresh_statistics()
     keeper = IndexKeeper(store, settings.snapshot_dir / SNAPSHOT_NAME, index_options(settings))
     registry = Registry(settings, store, keeper)
     if load_index:

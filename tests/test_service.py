@@ -344,6 +344,39 @@ def test_service_on_postgresql(pg_url, tmp_path):
     registry.close()
 
 
+@pytest.mark.services
+def test_postgresql_plans_use_the_indexes_after_a_bulk_import(pg_url, tmp_path):
+    """Where autovacuum is off (as on this machine's PostgreSQL) a bulk-loaded table is never
+    analysed and the change-log query every request makes turns into a sequential scan and a
+    hash join over all signals. The registry analyses stale tables itself, after a bulk
+    import and when a serving process starts."""
+    import numpy as np
+
+    from registry.config import Settings
+    from registry.domain import BankKind
+
+    settings = Settings.from_env({}, database_url=pg_url, data_dir=str(tmp_path), pin_kdf_n=1024)
+    registry = build_registry(settings, migrate=True)
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, size=(20_000, 32), dtype=np.uint8)
+    images = [SubmittedImage((Signal(SignalKind.PDQ, bytes(c)),), 100) for c in codes]
+    assert sum(registry.register_bank("bulk", BankKind.IMPORTED, images[i:i + 5000])
+               for i in range(0, 20_000, 5000)) == 20_000
+    with registry.store.transaction(write=False) as tx:
+        tuples = dict(tx.session.execute(text(
+            "SELECT relname, reltuples FROM pg_class WHERE relname IN ('signals', 'change_log')"
+        )).all())
+        head = tx.changes.head()
+        plan = "\n".join(r[0] for r in tx.session.execute(text(
+            "EXPLAIN SELECT c.seq, c.action, c.signal_id, s.kind, s.value FROM change_log c "
+            "JOIN signals s ON s.id = c.signal_id WHERE c.seq > :p ORDER BY c.seq LIMIT 100000"),
+            {"p": head}))
+    assert tuples["signals"] >= 19_000 and tuples["change_log"] >= 19_000
+    assert "Seq Scan" not in plan, plan
+    assert registry.store.refresh_statistics() == []  # nothing stale any more
+    registry.close()
+
+
 def test_repeated_feedback_on_one_match_does_not_quarantine(registry, settings):
     submit(registry, 1)
     platform, _ = registry.add_platform("p", [Scope.MATCH])

@@ -121,6 +121,7 @@ class Registry:
 
     def register_bank(self, bank: str, kind: BankKind, images: Sequence[SubmittedImage]) -> int:
         count = banks.register(self.store, self.settings, bank, kind, images)
+        self.store.refresh_statistics()  # a bulk import changes what the planner should assume
         self._catch_up()
         return count
 

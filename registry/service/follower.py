@@ -93,4 +93,5 @@ class Follower:
         position = self.keeper.indexes.position
         if self.snapshot_every and position - self._snapshot_position >= self.snapshot_every:
             self.keeper.save_snapshot(if_free=True)
+            self.store.refresh_statistics()  # where autovacuum is off, keep the plans right
             self._snapshot_position = position

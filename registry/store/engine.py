@@ -141,6 +141,38 @@ class Store:
         finally:
             session.close()
 
+    # The registry's tables, which requests read through their indexes. PostgreSQL's planner uses
+    # those indexes once it has statistics; a table never analysed (autovacuum off, a freshly
+    # restored or bulk-loaded database) reads as almost empty, and the change-log query every
+    # request makes becomes a sequential scan and a hash join over all signals (measured: 180 ms
+    # instead of well under 1 ms at 400k signals).
+    _HOT_TABLES = ("audit_events", "banks", "cases", "change_log", "feedback", "matches",
+                   "platforms", "signals")
+
+    def refresh_statistics(self) -> list[str]:
+        """On PostgreSQL, ANALYZE each table that was never analysed or has changed by more
+        than autovacuum's own rule (50 rows + 10%) since it last was; returns those analysed.
+        A no-op on SQLite and where autovacuum keeps up. Never raises for a database that is
+        down: statistics only make queries faster."""
+        if self.dialect != "postgresql":
+            return []
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(text(
+                    "SELECT c.relname, c.reltuples, s.n_mod_since_analyze "
+                    "FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                    "WHERE c.relname = ANY(:names) AND c.relnamespace = "
+                    "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"),
+                    {"names": list(self._HOT_TABLES)}).all()
+                stale = [name for name, tuples, changed in rows
+                         if tuples < 0 or changed > 50 + 0.1 * tuples]
+                for name in stale:
+                    conn.execute(text(f'ANALYZE "{name}"'))
+                conn.commit()
+            return stale
+        except OperationalError:
+            return []
+
     def ping(self) -> bool:
         try:
             with self.engine.connect() as conn:
