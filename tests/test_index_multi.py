@@ -235,11 +235,12 @@ def test_memory_and_stats_report_the_tables() -> None:
                                    random_codes(np.random.default_rng(1), 1000, 256), 46)
     stats = index.stats
     assert stats["exact_radius"] == 46
-    # Per code: 32 code bytes, a 4-byte id (they span < 2**32) and, per chunk, a 2-byte low
-    # part. Per chunk: 65537 u32 offsets and a high-bit vector of n + 65536 * ceil(n / 65536)
-    # bits, in u64 words with one spare.
-    words = (1000 + 65536 * 1) // 64 + 2
-    assert stats["bytes"] == 1000 * (32 + 4 + 16 * 2) + 16 * (65537 * 4 + words * 8)
+    # Per code: 32 code bytes and a 4-byte id (they span < 2**32). Per chunk: a directory of
+    # 65537 (position, byte offset) u32 pairs and a blob bounded by 2 bytes of low part a row,
+    # n + 65536 * ceil(n / 65536) bits of unary high parts, a byte of rounding per bucket and
+    # 16 bytes of slack.
+    blob = 2 * 1000 + (1000 + 65536 * 1) // 8 + 65536 + 16
+    assert stats["bytes"] == 1000 * (32 + 4) + 16 * (65537 * 8 + blob)
 
 
 def test_tables_past_65536_rows_decode_every_high_part() -> None:

@@ -1,16 +1,16 @@
 /* Multi-index hashing kernels for MultiIndex (registry/index/multi.py).
  *
  * A code of B bytes is cut into m = B/2 chunks of 16 bits (big-endian: chunk c is bytes 2c and
- * 2c+1). For each chunk a table maps each of the 65536 chunk values to the rows holding it:
- * ``offsets[c][v] .. offsets[c][v+1]`` are the positions of bucket v, whose rows ascend.
+ * 2c+1). For each chunk a table maps each of the 65536 chunk values to the rows holding it.
  *
- * Rows are stored Elias-Fano style, 18 bits each instead of 32: the low 16 bits of a row in
- * ``lows[c][pos]`` (uint16) and the high bits (row >> 16, at most H = ceil(n / 65536) values)
- * in unary in the bit vector ``highs[c]``: bucket v owns the bits from
- * ``offsets[c][v] + v * H`` on, and its i-th row (ascending) sets the bit ``high + i`` of that
- * stretch. A bucket of k rows spans at most k + H bits, so the bit vector needs about
- * n + 65536 * H ~ 2n bits, and no second offset table. Decoding walks the set bits with
- * count-trailing-zeros, a few nanoseconds a row.
+ * Rows are stored Elias-Fano style, about 18 bits each instead of 32: a row's low 16 bits and,
+ * in unary, its high part (row >> 16, one of H = ceil(n / 65536) values). Each chunk has a
+ * directory ``dirs[c]`` of 65537 (position, byte offset) pairs and a byte blob ``blob[c]``.
+ * Bucket v holds k = pos[v+1] - pos[v] rows, ascending; at byte offset off[v] of the blob it
+ * stores ceil((k + H) / 8) bytes of high bits (its i-th row sets bit ``high + i``), then its k
+ * low parts as little-endian uint16. A bucket is thus read with one directory look-up and one
+ * contiguous stretch of bytes, as plain row lists would be, at 2.25 bytes a row instead of 4.
+ * Decoding walks the set bits with count-trailing-zeros, a few nanoseconds a row.
  *
  * Pigeonhole: if a code is within distance D of the query and chunk c is probed to radius r_c
  * (every value within r_c bits of the query's chunk), the code is found unless every probed
@@ -57,34 +57,53 @@ static inline int distance(const uint8_t *a, const uint8_t *b, int nbytes) {
 /* Number of high values: rows of n >> 16 differ by at most this many (0 for an empty table). */
 static inline Py_ssize_t high_count(Py_ssize_t n) { return (n + 65535) >> 16; }
 
-/* 64-bit words of one chunk's high-bit vector (one spare word keeps the decoder in bounds). */
-static inline Py_ssize_t high_words(Py_ssize_t n) {
-    return (n + (Py_ssize_t)CHUNK_VALUES * high_count(n)) / 64 + 2;
+/* Bytes of one chunk's blob: an upper bound on the sum over buckets of ceil((k + H) / 8) + 2k,
+ * plus 8 bytes of slack so a decoder may load whole 64-bit words at the end. */
+static inline Py_ssize_t blob_bytes(Py_ssize_t n) {
+    return 2 * n + (n + (Py_ssize_t)CHUNK_VALUES * high_count(n)) / 8 + CHUNK_VALUES + 16;
+}
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
 }
 
 /* ---- build ------------------------------------------------------------------------------- */
 
 /* Counting sort of the rows by their chunk value, writing each row's low part and high bit as
- * it is placed: rows are taken in ascending order, so each bucket's rows ascend, and the row
- * placed at position p of bucket v sets bit p + v * H + (row >> 16) (its stretch starts at
- * start_v + v * H and it is the (p - start_v)-th row there). Returns -1 when the cursor array
- * cannot be allocated. */
-static int build_chunk(const uint8_t *codes, Py_ssize_t n, int nbytes, int c, uint32_t *off,
-                       uint16_t *lows, uint64_t *highs) {
+ * it is placed (rows are taken in ascending order, so each bucket's rows ascend). ``dirs`` gets
+ * (position, byte offset) pairs. Returns -1 when the cursor array cannot be allocated. */
+static int build_chunk(const uint8_t *codes, Py_ssize_t n, int nbytes, int c, uint32_t *dirs,
+                       uint8_t *blob, Py_ssize_t blob_len) {
     uint32_t *cursor = malloc(CHUNK_VALUES * sizeof(uint32_t));
     if (!cursor) return -1;
-    memset(off, 0, (CHUNK_VALUES + 1) * sizeof(uint32_t));
-    for (Py_ssize_t i = 0; i < n; i++) off[chunk_of(codes + i * nbytes, c) + 1]++;
-    for (int v = 0; v < CHUNK_VALUES; v++) off[v + 1] += off[v];
-    memcpy(cursor, off, CHUNK_VALUES * sizeof(uint32_t));
     uint64_t h = (uint64_t)high_count(n);
-    memset(highs, 0, high_words(n) * sizeof(uint64_t));
+    memset(cursor, 0, CHUNK_VALUES * sizeof(uint32_t));
+    for (Py_ssize_t i = 0; i < n; i++) cursor[chunk_of(codes + i * nbytes, c)]++;
+    uint64_t pos = 0, off = 0;
+    for (int v = 0; v < CHUNK_VALUES; v++) {
+        uint32_t k = cursor[v];
+        dirs[2 * v] = (uint32_t)pos;
+        dirs[2 * v + 1] = (uint32_t)off;
+        cursor[v] = (uint32_t)pos;
+        pos += k;
+        off += (k + h + 7) / 8 + 2 * (uint64_t)k;
+    }
+    dirs[2 * CHUNK_VALUES] = (uint32_t)pos;
+    dirs[2 * CHUNK_VALUES + 1] = (uint32_t)off;
+    if ((Py_ssize_t)off + 8 > blob_len || off > UINT32_MAX) { free(cursor); return -2; }
+    memset(blob, 0, blob_len);
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t v = chunk_of(codes + i * nbytes, c);
-        uint32_t p = cursor[v]++;
-        uint64_t bit = (uint64_t)p + (uint64_t)v * h + ((uint64_t)i >> 16);
-        lows[p] = (uint16_t)(i & 0xffff);
-        highs[bit >> 6] |= 1ULL << (bit & 63);
+        uint32_t start = dirs[2 * v], k = dirs[2 * v + 2] - start;
+        uint32_t nth = cursor[v]++ - start;
+        uint8_t *bucket = blob + dirs[2 * v + 1];
+        uint64_t bit = ((uint64_t)i >> 16) + nth;
+        bucket[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+        uint8_t *low = bucket + (k + h + 7) / 8 + 2 * (uint64_t)nth;
+        low[0] = (uint8_t)(i & 0xff);
+        low[1] = (uint8_t)((i >> 8) & 0xff);
     }
     free(cursor);
     return 0;
@@ -100,11 +119,11 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *
     return 0;
 }
 
-/* build(codes, nbytes, chunk, offsets, lows, highs): fills the table of one chunk. */
+/* build(codes, nbytes, chunk, dirs, blob): fills the table of one chunk. */
 static PyObject *mih_build(PyObject *self, PyObject *args) {
-    PyObject *codes_o, *off_o, *lows_o, *highs_o;
+    PyObject *codes_o, *dirs_o, *blob_o;
     int nbytes, chunk;
-    if (!PyArg_ParseTuple(args, "OiiOOO", &codes_o, &nbytes, &chunk, &off_o, &lows_o, &highs_o))
+    if (!PyArg_ParseTuple(args, "OiiOO", &codes_o, &nbytes, &chunk, &dirs_o, &blob_o))
         return NULL;
     if (nbytes <= 0 || nbytes % 8) {
         PyErr_SetString(PyExc_ValueError, "nbytes must be a positive multiple of 8");
@@ -114,48 +133,48 @@ static PyObject *mih_build(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "chunk out of range");
         return NULL;
     }
-    Py_buffer codes, off, lows, highs;
+    Py_buffer codes, dirs, blob;
     if (get_buffer(codes_o, &codes, 0, "codes") < 0) return NULL;
-    if (get_buffer(off_o, &off, 1, "offsets") < 0) { PyBuffer_Release(&codes); return NULL; }
-    if (get_buffer(lows_o, &lows, 1, "lows") < 0) {
-        PyBuffer_Release(&codes); PyBuffer_Release(&off); return NULL;
-    }
-    if (get_buffer(highs_o, &highs, 1, "highs") < 0) {
-        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows); return NULL;
+    if (get_buffer(dirs_o, &dirs, 1, "dirs") < 0) { PyBuffer_Release(&codes); return NULL; }
+    if (get_buffer(blob_o, &blob, 1, "blob") < 0) {
+        PyBuffer_Release(&codes); PyBuffer_Release(&dirs); return NULL;
     }
     PyObject *result = NULL;
     Py_ssize_t n = codes.len / nbytes;
-    if (codes.len % nbytes || off.len != (CHUNK_VALUES + 1) * 4 || lows.len != n * 2 ||
-        highs.len != high_words(n) * 8 || n > (Py_ssize_t)UINT32_MAX) {
+    if (codes.len % nbytes || dirs.len != (CHUNK_VALUES + 1) * 8 || blob.len != blob_bytes(n) ||
+        n > (Py_ssize_t)UINT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match");
         goto done;
     }
     int failed;
     Py_BEGIN_ALLOW_THREADS
-    failed = build_chunk((const uint8_t *)codes.buf, n, nbytes, chunk, (uint32_t *)off.buf,
-                         (uint16_t *)lows.buf, (uint64_t *)highs.buf);
+    failed = build_chunk((const uint8_t *)codes.buf, n, nbytes, chunk, (uint32_t *)dirs.buf,
+                         (uint8_t *)blob.buf, blob.len);
     Py_END_ALLOW_THREADS
-    if (failed) {
+    if (failed == -1) {
         PyErr_NoMemory();
+        goto done;
+    }
+    if (failed) {
+        PyErr_SetString(PyExc_ValueError, "a table this large does not fit 32-bit offsets");
         goto done;
     }
     result = Py_None;
     Py_INCREF(result);
 done:
-    PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows);
-    PyBuffer_Release(&highs);
+    PyBuffer_Release(&codes); PyBuffer_Release(&dirs); PyBuffer_Release(&blob);
     return result;
 }
 
-/* high_words(n): the length in uint64 words of one chunk's high-bit vector for n rows. */
-static PyObject *mih_high_words(PyObject *self, PyObject *args) {
+/* blob_bytes(n): the length in bytes of one chunk's blob for n rows. */
+static PyObject *mih_blob_bytes(PyObject *self, PyObject *args) {
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
     if (n < 0) {
         PyErr_SetString(PyExc_ValueError, "n must be >= 0");
         return NULL;
     }
-    return PyLong_FromSsize_t(high_words(n));
+    return PyLong_FromSsize_t(blob_bytes(n));
 }
 
 /* ---- search ------------------------------------------------------------------------------ */
@@ -186,7 +205,10 @@ static int hits_push(hits_t *h, uint32_t row, int32_t d) {
 typedef struct {
     uint32_t *buf;
     Py_ssize_t cap;
+    uint32_t *probe_c, *probe_v; /* room for every chunk's probes at MAX_PROBE */
 } cand_t;
+
+#define PROBES_PER_CHUNK (1 + 16 + 120 + 560)
 
 /* Every 16-bit value within r bits of v, for r = 0..probe, appended to out. */
 static int probe_values(uint32_t v, int probe, uint32_t *out) {
@@ -211,45 +233,59 @@ static int cmp_u64(const void *a, const void *b) {
 
 /* One query: returns 0, or -1 on allocation failure. Hits are unique rows. */
 POPCOUNT_CLONES
-static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint32_t *offsets,
-                      const uint16_t *lows, const uint64_t *highs, const uint8_t *q, int radius,
+static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint32_t *dirs,
+                      const uint8_t *blob, Py_ssize_t blob_len, const uint8_t *q, int radius,
                       const uint8_t *probes, cand_t *cand, hits_t *hits, Py_ssize_t *examined) {
-    uint32_t values[1 + 16 + 120 + 560];
-    int m = nbytes / 2;
-    Py_ssize_t count = 0;
+    /* Every probed (chunk, value), gathered first so that their directory entries and then
+     * their buckets can be prefetched together instead of missing the cache one by one. */
+    uint32_t values[PROBES_PER_CHUNK];
+    uint32_t *probe_c = cand->probe_c, *probe_v = cand->probe_v;
+    int m = nbytes / 2, np_ = 0;
     const uint64_t h = (uint64_t)high_count(n);
-    const Py_ssize_t words = high_words(n);
+    Py_ssize_t count = 0;
     for (int c = 0; c < m; c++) {
         if (probes[c] == 0xff) continue; /* chunk not probed */
-        const uint32_t *off = offsets + (size_t)c * (CHUNK_VALUES + 1);
-        const uint16_t *low = lows + (size_t)c * n;
-        const uint64_t *high = highs + (size_t)c * words;
         int nv = probe_values(chunk_of(q, c), probes[c], values);
         for (int k = 0; k < nv; k++) {
-            uint32_t v = values[k], lo = off[v], hi = off[v + 1];
-            Py_ssize_t need = count + (hi - lo);
-            if (need > cand->cap) {
-                Py_ssize_t cap = cand->cap ? cand->cap : 4096;
-                while (cap < need) cap *= 2;
-                uint32_t *b = realloc(cand->buf, cap * sizeof(uint32_t));
-                if (!b) return -1;
-                cand->buf = b;
-                cand->cap = cap;
-            }
-            /* Decode bucket v: its i-th set bit, at bit b of its stretch, is row
-             * ((b - i) << 16) | low. */
-            uint64_t start = (uint64_t)lo + (uint64_t)v * h;
-            size_t w = start >> 6;
-            uint64_t word = high[w] & (~0ULL << (start & 63));
-            uint32_t *out = cand->buf + count;
-            for (uint32_t i = 0; i < hi - lo; i++) {
-                while (!word) word = high[++w];
-                uint64_t bit = ((uint64_t)w << 6) + (uint64_t)__builtin_ctzll(word);
-                word &= word - 1;
-                out[i] = ((uint32_t)(bit - start - i) << 16) | low[lo + i];
-            }
-            count = need;
+            probe_c[np_] = (uint32_t)c;
+            probe_v[np_++] = values[k];
         }
+    }
+    for (int k = 0; k < np_; k++)
+        __builtin_prefetch(dirs + (size_t)probe_c[k] * 2 * (CHUNK_VALUES + 1) + 2 * probe_v[k]);
+    for (int k = 0; k < np_; k++) {
+        const uint32_t *d = dirs + (size_t)probe_c[k] * 2 * (CHUNK_VALUES + 1) + 2 * probe_v[k];
+        __builtin_prefetch(blob + (size_t)probe_c[k] * blob_len + d[1]);
+    }
+    for (int k = 0; k < np_; k++) {
+        const uint32_t *d = dirs + (size_t)probe_c[k] * 2 * (CHUNK_VALUES + 1) + 2 * probe_v[k];
+        uint32_t rows = d[2] - d[0];
+        if (!rows) continue;
+        Py_ssize_t need = count + rows;
+        if (need > cand->cap) {
+            Py_ssize_t cap = cand->cap ? cand->cap : 4096;
+            while (cap < need) cap *= 2;
+            uint32_t *b = realloc(cand->buf, cap * sizeof(uint32_t));
+            if (!b) return -1;
+            cand->buf = b;
+            cand->cap = cap;
+        }
+        /* Decode the bucket: its i-th set bit, at bit b, is row ((b - i) << 16) | low[i]. */
+        const uint8_t *bucket = blob + (size_t)probe_c[k] * blob_len + d[1];
+        const uint8_t *low = bucket + (rows + h + 7) / 8;
+        uint32_t *out = cand->buf + count;
+        size_t byte = 0;
+        uint64_t word = load64(bucket);
+        for (uint32_t i = 0; i < rows; i++) {
+            while (!word) {
+                byte += 8;
+                word = load64(bucket + byte);
+            }
+            uint64_t bit = byte * 8 + (uint64_t)__builtin_ctzll(word);
+            word &= word - 1;
+            out[i] = ((uint32_t)(bit - i) << 16) | (uint32_t)low[2 * i] | ((uint32_t)low[2 * i + 1] << 8);
+        }
+        count = need;
     }
     *examined += count;
     Py_ssize_t first = hits->len;
@@ -282,16 +318,16 @@ static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint
     return 0;
 }
 
-/* search(codes, nbytes, offsets, lows, highs, queries, radius, probes)
+/* search(codes, nbytes, dirs, blob, queries, radius, probes)
  *   -> (lims: int64[q+1] bytes, rows: uint32 bytes, distances: int32 bytes, examined: int)
  * probes[c] is chunk c's probe radius (0..3), or 255 to skip the chunk. */
 static PyObject *mih_search(PyObject *self, PyObject *args) {
-    PyObject *codes_o, *off_o, *lows_o, *highs_o, *q_o;
+    PyObject *codes_o, *dirs_o, *blob_o, *q_o;
     int nbytes, radius;
     const char *probes;
     Py_ssize_t nprobes;
-    if (!PyArg_ParseTuple(args, "OiOOOOiy#", &codes_o, &nbytes, &off_o, &lows_o, &highs_o, &q_o,
-                          &radius, &probes, &nprobes))
+    if (!PyArg_ParseTuple(args, "OiOOOiy#", &codes_o, &nbytes, &dirs_o, &blob_o, &q_o, &radius,
+                          &probes, &nprobes))
         return NULL;
     if (nbytes <= 0 || nbytes % 8 || nprobes != nbytes / 2) {
         PyErr_SetString(PyExc_ValueError, "nbytes must be a multiple of 8, one probe per chunk");
@@ -304,38 +340,35 @@ static PyObject *mih_search(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    Py_buffer codes, off, lows, highs, qs;
+    Py_buffer codes, dirs, blob, qs;
     if (get_buffer(codes_o, &codes, 0, "codes") < 0) return NULL;
-    if (get_buffer(off_o, &off, 0, "offsets") < 0) { PyBuffer_Release(&codes); return NULL; }
-    if (get_buffer(lows_o, &lows, 0, "lows") < 0) {
-        PyBuffer_Release(&codes); PyBuffer_Release(&off); return NULL;
-    }
-    if (get_buffer(highs_o, &highs, 0, "highs") < 0) {
-        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows); return NULL;
+    if (get_buffer(dirs_o, &dirs, 0, "dirs") < 0) { PyBuffer_Release(&codes); return NULL; }
+    if (get_buffer(blob_o, &blob, 0, "blob") < 0) {
+        PyBuffer_Release(&codes); PyBuffer_Release(&dirs); return NULL;
     }
     if (get_buffer(q_o, &qs, 0, "queries") < 0) {
-        PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows);
-        PyBuffer_Release(&highs); return NULL;
+        PyBuffer_Release(&codes); PyBuffer_Release(&dirs); PyBuffer_Release(&blob); return NULL;
     }
     int m = nbytes / 2;
-    Py_ssize_t n = codes.len / nbytes, nq = qs.len / nbytes;
+    Py_ssize_t n = codes.len / nbytes, nq = qs.len / nbytes, blob_len = blob_bytes(n);
     PyObject *result = NULL;
-    if (codes.len % nbytes || qs.len % nbytes || off.len != (Py_ssize_t)m * (CHUNK_VALUES + 1) * 4
-        || lows.len != (Py_ssize_t)m * n * 2 || highs.len != (Py_ssize_t)m * high_words(n) * 8) {
+    if (codes.len % nbytes || qs.len % nbytes || dirs.len != (Py_ssize_t)m * (CHUNK_VALUES + 1) * 8
+        || blob.len != (Py_ssize_t)m * blob_len) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match");
         goto done;
     }
     int64_t *lims = malloc((nq + 1) * sizeof(int64_t));
     hits_t hits = {NULL, NULL, 0, 0};
-    cand_t cand = {NULL, 0};
+    cand_t cand = {NULL, 0, malloc((size_t)m * PROBES_PER_CHUNK * sizeof(uint32_t)),
+                   malloc((size_t)m * PROBES_PER_CHUNK * sizeof(uint32_t))};
     Py_ssize_t examined = 0;
-    int failed = lims == NULL;
+    int failed = lims == NULL || cand.probe_c == NULL || cand.probe_v == NULL;
     if (!failed) {
         Py_BEGIN_ALLOW_THREADS
         lims[0] = 0;
         for (Py_ssize_t i = 0; i < nq && !failed; i++) {
-            failed = search_one((const uint8_t *)codes.buf, n, nbytes, (const uint32_t *)off.buf,
-                                (const uint16_t *)lows.buf, (const uint64_t *)highs.buf,
+            failed = search_one((const uint8_t *)codes.buf, n, nbytes, (const uint32_t *)dirs.buf,
+                                (const uint8_t *)blob.buf, blob_len,
                                 (const uint8_t *)qs.buf + i * nbytes,
                                 radius, (const uint8_t *)probes, &cand, &hits, &examined) < 0;
             lims[i + 1] = hits.len;
@@ -350,17 +383,18 @@ static PyObject *mih_search(PyObject *self, PyObject *args) {
                                hits.dist ? (const char *)hits.dist : "", hits.len * 4, examined);
     }
     free(lims); free(hits.rows); free(hits.dist); free(cand.buf);
+    free(cand.probe_c); free(cand.probe_v);
 done:
-    PyBuffer_Release(&codes); PyBuffer_Release(&off); PyBuffer_Release(&lows);
-    PyBuffer_Release(&highs); PyBuffer_Release(&qs);
+    PyBuffer_Release(&codes); PyBuffer_Release(&dirs); PyBuffer_Release(&blob);
+    PyBuffer_Release(&qs);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"build", mih_build, METH_VARARGS, "build(codes, nbytes, chunk, offsets, lows, highs)"},
-    {"high_words", mih_high_words, METH_VARARGS, "high_words(n): words of one high-bit vector"},
+    {"build", mih_build, METH_VARARGS, "build(codes, nbytes, chunk, dirs, blob)"},
+    {"blob_bytes", mih_blob_bytes, METH_VARARGS, "blob_bytes(n): bytes of one chunk's blob"},
     {"search", mih_search, METH_VARARGS,
-     "search(codes, nbytes, offsets, lows, highs, queries, radius, probes)"},
+     "search(codes, nbytes, dirs, blob, queries, radius, probes)"},
     {NULL, NULL, 0, NULL},
 };
 

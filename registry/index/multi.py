@@ -71,9 +71,9 @@ def exact_radius_of(schedule: bytes) -> int:
 class _Tables:
     """The immutable base: codes, their ids and one chunk table per 16-bit chunk.
 
-    Memory per code: the code (32 bytes for PDQ), its id (4), and per chunk 18 bits of table
-    (the row's low 16 bits plus about 2 bits of unary high part; see ``_mih.c``): 72.5 bytes a
-    PDQ hash, plus 256 KiB of bucket offsets per chunk."""
+    Memory per code: the code (32 bytes for PDQ), its id (4), and per chunk about 18 bits of
+    table (the row's low 16 bits plus about 2 bits of unary high part; see ``_mih.c``): about
+    72 bytes a PDQ hash, plus 576 KiB of directory and rounding per chunk."""
 
     def __init__(self, bits: int, ids: Ids, codes: Codes, threads: int = 2) -> None:
         self.nbytes = bits // 8
@@ -85,12 +85,12 @@ class _Tables:
         if len(ids) != n:
             raise ValueError("ids and codes differ in length")
         self.ids = IdColumn(ids)
-        self.offsets = np.empty((self.chunks, CHUNK_VALUES + 1), dtype=np.uint32)
-        self.lows = np.empty((self.chunks, n), dtype=np.uint16)
-        self.highs = np.empty((self.chunks, _mih.high_words(n)), dtype=np.uint64)
+        # Per chunk: (row position, byte offset) of each bucket, and the buckets' bytes.
+        self.dirs = np.empty((self.chunks, 2 * (CHUNK_VALUES + 1)), dtype=np.uint32)
+        self.blob = np.empty((self.chunks, _mih.blob_bytes(n)), dtype=np.uint8)
 
         def build(c: int) -> None:
-            _mih.build(self.codes, self.nbytes, c, self.offsets[c], self.lows[c], self.highs[c])
+            _mih.build(self.codes, self.nbytes, c, self.dirs[c], self.blob[c])
 
         # The kernel releases the GIL: chunks build in parallel.
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -101,19 +101,18 @@ class _Tables:
 
     def search(self, queries: Codes, radius: int, schedule: bytes
                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32], int]:
-        lims, rows, dist, examined = _mih.search(self.codes, self.nbytes, self.offsets, self.lows,
-                                                 self.highs, queries, radius, schedule)
+        lims, rows, dist, examined = _mih.search(self.codes, self.nbytes, self.dirs, self.blob,
+                                                 queries, radius, schedule)
         return (np.frombuffer(lims, dtype=np.int64),
                 self.ids.take(np.frombuffer(rows, dtype=np.uint32)),
                 np.frombuffer(dist, dtype=np.int32), examined)
 
     @property
     def memory_parts(self) -> dict[str, int]:
-        """Bytes held, by part: codes, ids, the tables' row low parts, high-bit vectors and
-        bucket offsets."""
+        """Bytes held, by part: codes, ids, the tables' buckets (rows' low parts and unary high
+        parts) and their directories."""
         return {"codes": int(self.codes.nbytes), "ids": self.ids.nbytes,
-                "row_lows": int(self.lows.nbytes), "row_highs": int(self.highs.nbytes),
-                "offsets": int(self.offsets.nbytes)}
+                "buckets": int(self.blob.nbytes), "directories": int(self.dirs.nbytes)}
 
     @property
     def memory_bytes(self) -> int:
