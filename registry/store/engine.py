@@ -150,22 +150,25 @@ class Store:
                    "platforms", "signals")
 
     def refresh_statistics(self) -> list[str]:
-        """On PostgreSQL, ANALYZE each table that was never analysed or has changed by more
-        than autovacuum's own rule (50 rows + 10%) since it last was; returns those analysed.
-        A no-op on SQLite and where autovacuum keeps up. Never raises for a database that is
-        down: statistics only make queries faster."""
+        """On PostgreSQL, ANALYZE each table that was never analysed or has grown by more than
+        10% (and 10 pages) since it last was, judged by its file size against the page count
+        the planner holds: unlike the statistics counters, which backends report when they
+        get round to it, the file size is current. Returns the tables analysed; a no-op on
+        SQLite and where autovacuum keeps up. Never raises for a database that is down:
+        statistics only make queries faster."""
         if self.dialect != "postgresql":
             return []
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(text(
-                    "SELECT c.relname, c.reltuples, s.n_mod_since_analyze "
-                    "FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid "
-                    "WHERE c.relname = ANY(:names) AND c.relnamespace = "
-                    "(SELECT oid FROM pg_namespace WHERE nspname = current_schema())"),
+                    "SELECT c.relname, c.reltuples, c.relpages, "
+                    "pg_relation_size(c.oid) / current_setting('block_size')::int "
+                    "FROM pg_class c WHERE c.relname = ANY(:names) AND c.relkind = 'r' "
+                    "AND c.relnamespace = (SELECT oid FROM pg_namespace "
+                    "WHERE nspname = current_schema())"),
                     {"names": list(self._HOT_TABLES)}).all()
-                stale = [name for name, tuples, changed in rows
-                         if tuples < 0 or changed > 50 + 0.1 * tuples]
+                stale = [name for name, tuples, pages, now_pages in rows
+                         if tuples < 0 or now_pages > 1.1 * pages + 10]
                 for name in stale:
                     conn.execute(text(f'ANALYZE "{name}"'))
                 conn.commit()
