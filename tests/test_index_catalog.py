@@ -276,6 +276,12 @@ def test_chunked_and_replayed_application_matches_a_model(
         want = oracle.search(
             np.frombuffer(b"".join(queries), np.uint8).reshape(-1, kind.bits // 8), radius
         )
+        # Within the index's exact radius the hits are brute force's; beyond it (the multi-index
+        # finds most codes there, not all: bench/scale.py measures how many) every hit is one of
+        # brute force's, with its true distance.
+        exact = getattr(s.indexes[kind], "exact_radius", radius)
         for g, w in zip(got, want, strict=True):
-            assert g.ids.tolist() == w.ids.tolist()
-            assert g.distances.tolist() == w.distances.tolist()
+            got_pairs = set(zip(g.ids.tolist(), g.distances.tolist(), strict=True))
+            want_pairs = set(zip(w.ids.tolist(), w.distances.tolist(), strict=True))
+            assert got_pairs <= want_pairs
+            assert {p for p in want_pairs if p[1] <= exact} <= got_pairs
