@@ -124,6 +124,14 @@ def test_signal_lookup_helpers(tmp_path):
     store.close()
 
 
+def test_refresh_statistics_is_a_no_op_on_sqlite_and_quiet_when_postgresql_is_down(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store.migrate()
+    assert store.refresh_statistics() == []
+    down = Store("postgresql://postgres@127.0.0.1:1/nothing")  # nothing listens on port 1
+    assert down.refresh_statistics() == []
+
+
 def test_unsupported_database_url_is_a_config_error():
     from registry.errors import ConfigError
 
