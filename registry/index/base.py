@@ -79,46 +79,39 @@ def check_pair(ids: npt.ArrayLike, codes: Codes, bits: int) -> tuple[Ids, Codes]
 
 
 class IdColumn:
-    """The ids of a base's rows, in 4 bytes each when they span less than 2**32 (database ids
-    nearly always do): ``offset + narrow[row]``. Wider spans keep plain int64."""
+    """The ids of a base's rows: ``offset + values[row]``, the values in 4 bytes each (uint32)
+    when the ids span less than 2**32, as database ids nearly always do; otherwise plain int64
+    with offset 0."""
 
-    __slots__ = ("narrow", "offset", "wide")
+    __slots__ = ("offset", "values")
 
     def __init__(self, ids: npt.ArrayLike) -> None:
         arr = np.asarray(ids, dtype=np.int64)
         self.offset = int(arr.min()) if len(arr) else 0
-        self.narrow: npt.NDArray[np.uint32] | None = None
-        self.wide: Ids | None = None
+        self.values: npt.NDArray[np.uint32] | Ids
         if len(arr) == 0 or int(arr.max()) - self.offset < 2**32:
-            self.narrow = (arr - self.offset).astype(np.uint32)
+            self.values = (arr - self.offset).astype(np.uint32)
         else:
-            self.wide = np.ascontiguousarray(arr)
-
-    def __len__(self) -> int:
-        return len(self.narrow if self.narrow is not None else self.wide)  # type: ignore[arg-type]
+            self.offset = 0
+            self.values = np.ascontiguousarray(arr)
 
     @property
     def nbytes(self) -> int:
-        return int((self.narrow if self.narrow is not None else self.wide).nbytes)  # type: ignore[union-attr]
+        return int(self.values.nbytes)
 
     def take(self, rows: npt.NDArray[np.integer] | slice) -> Ids:
         """The ids of ``rows`` (row numbers, or a slice), as int64."""
-        if self.narrow is not None:
-            return self.narrow[rows].astype(np.int64) + self.offset
-        assert self.wide is not None
-        return self.wide[rows]
+        return self.values[rows].astype(np.int64, copy=False) + self.offset
 
     def full(self) -> Ids:
         return self.take(slice(None))
 
     def matching(self, wanted: Ids) -> Ids:
         """Every stored id (with repeats, one per row) that is in ``wanted``."""
-        if self.narrow is None:
-            assert self.wide is not None
-            return self.wide[np.isin(self.wide, wanted)]
-        local = wanted - self.offset
-        local = local[(local >= 0) & (local < 2**32)].astype(np.uint32)
-        return self.narrow[np.isin(self.narrow, local)].astype(np.int64) + self.offset
+        local = np.asarray(wanted, dtype=np.int64) - self.offset
+        if self.values.dtype == np.uint32:
+            local = local[(local >= 0) & (local < 2**32)].astype(np.uint32)
+        return self.values[np.isin(self.values, local)].astype(np.int64, copy=False) + self.offset
 
 
 def live_rows(ids: npt.ArrayLike, tombstones: set[int], *columns: Ids | IdColumn
