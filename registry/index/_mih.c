@@ -231,6 +231,11 @@ static int cmp_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The directory entry (position, byte offset) of value v in chunk c; entry v + 1 follows it. */
+static inline const uint32_t *dir_entry(const uint32_t *dirs, uint32_t c, uint32_t v) {
+    return dirs + (size_t)c * 2 * (CHUNK_VALUES + 1) + 2 * (size_t)v;
+}
+
 /* One query: returns 0, or -1 on allocation failure. Hits are unique rows. */
 POPCOUNT_CLONES
 static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint32_t *dirs,
@@ -251,14 +256,12 @@ static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint
             probe_v[np_++] = values[k];
         }
     }
+    for (int k = 0; k < np_; k++) __builtin_prefetch(dir_entry(dirs, probe_c[k], probe_v[k]));
     for (int k = 0; k < np_; k++)
-        __builtin_prefetch(dirs + (size_t)probe_c[k] * 2 * (CHUNK_VALUES + 1) + 2 * probe_v[k]);
+        __builtin_prefetch(blob + (size_t)probe_c[k] * blob_len
+                           + dir_entry(dirs, probe_c[k], probe_v[k])[1]);
     for (int k = 0; k < np_; k++) {
-        const uint32_t *d = dirs + (size_t)probe_c[k] * 2 * (CHUNK_VALUES + 1) + 2 * probe_v[k];
-        __builtin_prefetch(blob + (size_t)probe_c[k] * blob_len + d[1]);
-    }
-    for (int k = 0; k < np_; k++) {
-        const uint32_t *d = dirs + (size_t)probe_c[k] * 2 * (CHUNK_VALUES + 1) + 2 * probe_v[k];
+        const uint32_t *d = dir_entry(dirs, probe_c[k], probe_v[k]);
         uint32_t rows = d[2] - d[0];
         if (!rows) continue;
         Py_ssize_t need = count + rows;
