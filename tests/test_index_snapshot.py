@@ -257,6 +257,20 @@ def test_section_offset_beyond_the_body(saved: Path) -> None:
         snapshot.load(saved)
 
 
+@pytest.mark.parametrize(("field", "value"), [("count", -1), ("count", 2**62), ("bits", 0),
+                                              ("offset", -8)])
+def test_impossible_section_sizes_are_corrupt_not_a_crash(saved: Path, field: str,
+                                                          value: int) -> None:
+    """Sections are read into arrays allocated from the header's sizes: a header that passes its
+    checksum but asks for a negative or absurd size is refused, not allocated."""
+    raw = saved.read_bytes()
+    header, _ = header_of(raw)
+    header["sections"][0][field] = value  # type: ignore[index]
+    saved.write_bytes(with_header(raw, header))
+    with pytest.raises(SnapshotError, match="corrupt"):
+        snapshot.load(saved)
+
+
 def test_flipped_bit_in_the_header_position_is_detected(saved: Path) -> None:
     raw = saved.read_bytes()
     at = raw.index(b'"position": 99') + len(b'"position": 9')
