@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.domain import SignalKind, Thresholds
+from registry.domain import LocalThresholds, SignalKind, Thresholds
 from registry.errors import ConfigError
 
 ENV_PREFIX = "TAKEDOWN_"
@@ -53,6 +53,15 @@ class Settings:
     pdq_weak: int = _setting(55, "PDQ distance (inclusive) of the weak tier.")
     phash_strong: int = _setting(5, "pHash distance (inclusive) of the strong tier.")
     phash_weak: int = _setting(7, "pHash distance (inclusive) of the weak tier.")
+    # Local features (docs/accuracy.md): a verified match needs this many keypoints consistent
+    # with one similarity transform; the weak tier keeps false positives within 1e-6 per
+    # unrelated pair overall and among people-vs-people pairs.
+    local_strong: int = _setting(24, "Inliers (inclusive) of a strong local-feature match.")
+    local_weak: int = _setting(12, "Inliers (inclusive) of a weak local-feature match.")
+    local_strong_coverage: float = _setting(
+        0.15, "Fraction of the registered picture a strong local match must span.")
+    local_radius: int = _setting(
+        56, "Hamming distance (inclusive) at which two ORB descriptors may correspond.")
     max_queries: int = _setting(1000, "Most queries in one match request.")
     pin_kdf_n: int = _setting(2**15, "scrypt cost parameter N for case PINs (power of two).")
     pin_max_failures: int = _setting(5, "Wrong PINs in a row before a case locks.")
@@ -139,6 +148,12 @@ class Settings:
             raise ConfigError("TAKEDOWN_PROXY_HOPS must be 0 or more.")
         if self.pin_kdf_n < 2 or self.pin_kdf_n & (self.pin_kdf_n - 1):
             raise ConfigError("TAKEDOWN_PIN_KDF_N must be a power of two.")
+
+    def local_thresholds(self) -> LocalThresholds:
+        try:
+            return LocalThresholds(self.local_strong, self.local_weak, self.local_strong_coverage)
+        except ValueError as e:
+            raise ConfigError(f"Thresholds of local: {e}.") from None
 
     def thresholds(self, kind: SignalKind) -> Thresholds:
         try:

@@ -6,8 +6,11 @@ core, the index, the store and both edges without dragging any of them along.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import secrets
+import struct
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,20 +27,28 @@ from registry.errors import (
 
 
 class SignalKind(StrEnum):
-    """A kind of signal: two perceptual hashes and two exact digests of the file bytes."""
+    """A kind of signal: two perceptual hashes, two exact digests of the file bytes, and the
+    local features (keypoints with descriptors: a variable-length value, matched by geometry)."""
 
     PDQ = "pdq"
     PHASH = "phash"
     MD5 = "md5"
     SHA256 = "sha256"
+    LOCAL = "local"
 
     @property
     def bits(self) -> int:
+        """Width of a fixed-size value (for ``local``: of one descriptor)."""
         return _BITS[self]
 
     @property
     def perceptual(self) -> bool:
+        """A fixed-width hash compared by Hamming distance (PDQ, pHash)."""
         return self is SignalKind.PDQ or self is SignalKind.PHASH
+
+    @property
+    def is_local(self) -> bool:
+        return self is SignalKind.LOCAL
 
     @classmethod
     def parse(cls, name: str) -> SignalKind:
@@ -48,10 +59,20 @@ class SignalKind(StrEnum):
         return kind
 
 
-_BITS = {SignalKind.PDQ: 256, SignalKind.PHASH: 64, SignalKind.MD5: 128, SignalKind.SHA256: 256}
+_BITS = {SignalKind.PDQ: 256, SignalKind.PHASH: 64, SignalKind.MD5: 128, SignalKind.SHA256: 256,
+         SignalKind.LOCAL: 256}
 # A dict lookup: parsing runs for every signal of every query (1000 queries x 4 per request).
 _BY_NAME = {k.value: k for k in SignalKind}
 _HEX = re.compile(r"[0-9a-f]+")
+_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+# The layout of a local signal (registry.hashing.local defines it): a header, then per keypoint
+# 4 bytes of position/orientation and a 32-byte descriptor.
+LOCAL_HEADER = struct.Struct("<BHHH")
+LOCAL_KEYPOINT_BYTES = 36
+LOCAL_MIN_KEYPOINTS = 16
+LOCAL_REGISTER_KEYPOINTS = 112  # a registered image stores at most this many (<= 4,039 bytes)
+LOCAL_MAX_KEYPOINTS = 2048
+LOCAL_MAX_TEXT = 4 * ((LOCAL_HEADER.size + LOCAL_MAX_KEYPOINTS * LOCAL_KEYPOINT_BYTES + 2) // 3)
 
 # Digests of the empty file: a list entry with these matches every broken upload.
 _EMPTY_DIGESTS = {
@@ -71,6 +92,8 @@ class Signal:
     def parse(cls, kind: SignalKind | str, text: object) -> Signal:
         """Strictly parse lowercase hex of the kind's exact length; reject degenerate values."""
         kind = SignalKind.parse(kind) if isinstance(kind, str) else kind
+        if kind is SignalKind.LOCAL:
+            return cls._parse_local(text)
         if not isinstance(text, str):
             raise InvalidHash(f"The {kind.value} signal must be a string of hex digits.")
         digits = kind.bits // 4
@@ -86,9 +109,40 @@ class Signal:
         signal.check_not_degenerate()
         return signal
 
+    @classmethod
+    def _parse_local(cls, text: object) -> Signal:
+        if not isinstance(text, str) or not text:
+            raise InvalidHash("The local signal must be a base64 string.")
+        if len(text) > LOCAL_MAX_TEXT:
+            raise InvalidHash(f"A local signal is at most {LOCAL_MAX_TEXT} base64 characters "
+                              f"({LOCAL_MAX_KEYPOINTS} keypoints); this one has {len(text)}.")
+        if not _B64.fullmatch(text):
+            raise InvalidHash("A local signal must be standard base64 (A-Z, a-z, 0-9, +, /).")
+        try:
+            blob = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidHash("A local signal must be valid base64 with its padding.") from None
+        signal = cls(SignalKind.LOCAL, blob)
+        signal.check_not_degenerate()
+        return signal
+
     @property
     def hex(self) -> str:
         return self.value.hex()
+
+    @property
+    def text(self) -> str:
+        """The value as the API and the CLI write it: hex, or base64 for ``local``."""
+        if self.kind is SignalKind.LOCAL:
+            return base64.b64encode(self.value).decode("ascii")
+        return self.value.hex()
+
+    @property
+    def keypoints(self) -> int:
+        """How many keypoints a local signal holds (0 for other kinds)."""
+        if self.kind is not SignalKind.LOCAL or len(self.value) < LOCAL_HEADER.size:
+            return 0
+        return int(LOCAL_HEADER.unpack_from(self.value)[1])
 
     @property
     def popcount(self) -> int:
@@ -97,8 +151,11 @@ class Signal:
     def check_not_degenerate(self) -> None:
         """Perceptual hashes are median-thresholded, so about half their bits are set; a hash
         with at most 1/8 or at least 7/8 of its bits set comes from a blank or broken image and
-        would match other blank images. Digests of the empty file are rejected too."""
-        if self.kind.perceptual:
+        would match other blank images. Digests of the empty file are rejected too. A local
+        signal must be well formed and hold enough keypoints to be verified geometrically."""
+        if self.kind is SignalKind.LOCAL:
+            self._check_local()
+        elif self.kind.perceptual:
             bits = self.kind.bits
             ones = self.popcount
             if ones <= bits // 8 or ones >= bits - bits // 8:
@@ -111,9 +168,28 @@ class Signal:
         elif len(set(self.value)) == 1 and self.value[0] in (0, 255):
             raise DegenerateHash(f"This {self.kind.value} digest is all zeros or all ones.")
 
+    def _check_local(self) -> None:
+        if len(self.value) < LOCAL_HEADER.size:
+            raise InvalidHash("A local signal is too short to hold its header.")
+        version, n, width, height = LOCAL_HEADER.unpack_from(self.value)
+        if version != 1:
+            raise InvalidHash(f"A local signal of format {version} is not understood (format 1).")
+        want = LOCAL_HEADER.size + n * LOCAL_KEYPOINT_BYTES
+        if len(self.value) != want:
+            raise InvalidHash(f"A local signal with {n} keypoints is {want} bytes; this one is "
+                              f"{len(self.value)}.")
+        if n > LOCAL_MAX_KEYPOINTS or width < 2 or height < 2:
+            raise InvalidHash(f"A local signal holds at most {LOCAL_MAX_KEYPOINTS} keypoints of "
+                              "an image at least 2x2; this one does not.")
+        if n < LOCAL_MIN_KEYPOINTS:
+            raise DegenerateHash(f"This local signal has {n} keypoints; at least "
+                                 f"{LOCAL_MIN_KEYPOINTS} are needed to verify a match.")
+
     def __sub__(self, other: Signal) -> int:
         if other.kind is not self.kind:
             raise TypeError(f"cannot compare {self.kind.value} with {other.kind.value}")
+        if self.kind is SignalKind.LOCAL:
+            raise TypeError("local signals are compared by geometric verification, not bits")
         a = int.from_bytes(self.value, "big")
         b = int.from_bytes(other.value, "big")
         return (a ^ b).bit_count()
@@ -272,6 +348,10 @@ class Match:
     confidence: float
     signal_id: int
     case: str | None = None
+    # Local matches only: keypoints consistent with one transform, and the fraction of the
+    # registered picture they span (``distance`` is then their median descriptor distance).
+    inliers: int | None = None
+    coverage: float | None = None
 
     def to_json(self, *, with_case: bool = False) -> dict[str, object]:
         out: dict[str, object] = {
@@ -282,6 +362,9 @@ class Match:
             "bank": self.bank,
             "confidence": self.confidence,
         }
+        if self.inliers is not None:
+            out["inliers"] = self.inliers
+            out["coverage"] = self.coverage
         if with_case:
             out["case"] = self.case
         return out
@@ -309,6 +392,38 @@ def confidence(tier: Tier, distance: int, thresholds: Thresholds | None,
     else:
         span = max(thresholds.weak - thresholds.strong, 1)
         base = 0.7 - 0.4 * (distance - thresholds.strong - 1) / span
+    return round(base * 0.5 ** max(0, not_violating), 4)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalThresholds:
+    """Inliers (inclusive) a verified local match needs for each tier; a strong match must
+    also span ``strong_coverage`` of the registered picture."""
+
+    strong: int
+    weak: int
+    strong_coverage: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.weak <= self.strong:
+            raise ValueError("local thresholds need 0 < weak <= strong")
+
+    def tier(self, inliers: int, coverage: float) -> Tier | None:
+        if inliers >= self.strong and coverage >= self.strong_coverage:
+            return Tier.STRONG
+        if inliers >= self.weak:
+            return Tier.WEAK
+        return None
+
+
+def local_confidence(tier: Tier, inliers: int, thresholds: LocalThresholds,
+                     not_violating: int = 0) -> float:
+    """Like :func:`confidence` for local matches: rising with the inliers inside each tier."""
+    if tier is Tier.STRONG:
+        base = min(1.0, 0.75 + 0.25 * (inliers - thresholds.strong) / max(thresholds.strong, 1))
+    else:
+        span = max(thresholds.strong - thresholds.weak, 1)
+        base = 0.3 + 0.4 * min(1.0, (inliers - thresholds.weak) / span)
     return round(base * 0.5 ** max(0, not_violating), 4)
 
 

@@ -17,9 +17,10 @@ ALLOWED: dict[str, set[str]] = {
     "registry.domain": {"registry.errors"},
     "registry.config": {"registry.errors", "registry.domain"},
     "registry.hashing": {"registry.errors", "registry.domain", "registry.config",
-                         "registry.hashing", "numpy", "PIL", "imagehash", "pdqhash", "scipy"},
+                         "registry.hashing", "numpy", "PIL", "imagehash", "pdqhash", "scipy",
+                         "cv2"},
     "registry.index": {"registry.errors", "registry.domain", "registry.config", "registry.index",
-                       "numpy", "faiss"},
+                       "numpy", "faiss", "cv2"},
     "registry.store": {"registry.errors", "registry.domain", "registry.store", "sqlalchemy",
                        "alembic", "psycopg"},  # psycopg: the LISTEN connection (store.notify)
     "registry.service": {"registry.errors", "registry.domain", "registry.config",

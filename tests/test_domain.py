@@ -28,7 +28,7 @@ from registry.domain import (
     normalise_pin,
 )
 
-KINDS = list(SignalKind)
+KINDS = [k for k in SignalKind if not k.is_local]  # fixed-width hex kinds
 DIGITS = {SignalKind.PDQ: 64, SignalKind.PHASH: 16, SignalKind.MD5: 32, SignalKind.SHA256: 64}
 
 
@@ -53,7 +53,7 @@ def balanced(kind: SignalKind) -> str:
 
 # --- SignalKind ---------------------------------------------------------------------------------
 def test_signal_kinds():
-    assert [k.value for k in KINDS] == ["pdq", "phash", "md5", "sha256"]
+    assert [k.value for k in SignalKind] == ["pdq", "phash", "md5", "sha256", "local"]
     assert {k: k.bits for k in KINDS} == {
         SignalKind.PDQ: 256,
         SignalKind.PHASH: 64,

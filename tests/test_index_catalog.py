@@ -75,7 +75,7 @@ def test_apply_in_order_advances_the_position(log: tuple[list[Entry], dict[str, 
     assert len(s) == 4
     assert s.stats()["position"] == 6
     kinds = s.stats()["kinds"]
-    assert isinstance(kinds, dict) and set(kinds) == {"pdq", "phash"}
+    assert isinstance(kinds, dict) and set(kinds) == {"pdq", "phash", "local"}
 
 
 def test_replaying_the_same_entries_is_a_no_op(log: tuple[list[Entry], dict[str, Signal]]) -> None:

@@ -40,7 +40,7 @@ def submit(registry, *seeds):
 def test_submit_status_withdraw_round_trip(registry):
     receipt = submit(registry, 1, 2)
     assert str(CaseNumber.parse(receipt.number)) == receipt.number
-    assert receipt.signals == 8
+    assert receipt.signals == 10  # per image: PDQ, pHash, MD5, SHA-256 and local
     view = registry.case_status(receipt.number, receipt.pin)
     assert view.status is CaseStatus.ACTIVE
     assert view.signals == {"pdq": 2, "phash": 2, "md5": 2, "sha256": 2}
@@ -152,7 +152,7 @@ def test_withdrawn_hash_never_matches_even_before_the_index_catches_up(settings)
     assert reader.match([query])[0].matched
     writer.withdraw_case(receipt.number, receipt.pin)
     reader.keeper.sync = lambda: 0  # type: ignore[method-assign]  # a lagging worker
-    assert len(reader.keeper.indexes) == 2  # still holds the withdrawn hashes
+    assert len(reader.keeper.indexes) == 3  # still holds the withdrawn hashes (PDQ, pHash, local)
     assert not reader.match([query])[0].matched
     writer.close()
     reader.close()
@@ -213,7 +213,7 @@ def test_index_verify_rebuild_and_snapshot_restart(settings):
     receipts = [submit(registry, s) for s in (1, 2, 3)]
     registry.withdraw_case(receipts[1].number, receipts[1].pin)
     report = registry.verify_index()
-    assert report.ok and report.checked == {"pdq": 2, "phash": 2}
+    assert report.ok and report.checked == {"pdq": 2, "phash": 2, "local": 2}
     # Damage the in-memory index: verify must say exactly what is wrong.
     ids, _ = registry.keeper.indexes.indexes[SignalKind.PDQ].export()
     registry.keeper.indexes.indexes[SignalKind.PDQ].remove(ids[:1])

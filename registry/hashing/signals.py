@@ -8,7 +8,9 @@ views the matching pipeline adds (docs/accuracy.md):
   peeled), when it differs from ``content``: it catches copies whose picture has flat regions
   next to the chrome (a dark ground, a sky) that the full trimmer peels too;
 - ``variants``: for registration only, PDQ of mirrored, cropped and rotated views of the
-  (trimmed) original (:mod:`registry.hashing.variants`).
+  (trimmed) original and of its other seven orientations (:mod:`registry.hashing.variants`);
+- ``local``: keypoints with ORB descriptors (:mod:`registry.hashing.local`), 112 of them for a
+  registration and up to 1,000 for a query; absent for a picture too flat to have them.
 
 PDQ uses the ``pdqhash`` package with Meta's hex convention (the 256 bits in order read as one
 big-endian number). pHash is ``imagehash.phash`` itself on the same decoded image, so it is
@@ -28,11 +30,13 @@ from PIL import Image
 from registry.domain import Signal, SignalKind
 from registry.hashing.content import FRAME_RULES, content_box
 from registry.hashing.decode import DecodeOptions, decode_image
+from registry.hashing.local import extract
 from registry.hashing.variants import registration_views
 
 # Stored with every registered signal, so a later pipeline change can re-hash or migrate.
 # 1: PDQ/pHash/digests of the whole image. 2: + content box and registration variants.
-PIPELINE_VERSION = 2
+# 3: + local features, and PDQ of all eight orientations registered.
+PIPELINE_VERSION = 3
 _MIN_TRIM = 0.01  # a content box must shave at least this fraction to count as different
 
 
@@ -55,9 +59,11 @@ class ImageSignals:
     content: Variant | None = None
     frame: Variant | None = None
     variants: tuple[Variant, ...] = ()
+    local: Signal | None = None
 
     def signals(self) -> tuple[Signal, ...]:
-        return (self.pdq, self.phash, self.md5, self.sha256)
+        base = (self.pdq, self.phash, self.md5, self.sha256)
+        return base if self.local is None else (*base, self.local)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -76,6 +82,8 @@ class ImageSignals:
             out["pdq_frame_quality"] = self.frame.quality
         if self.variants:
             out["pdq_variants"] = {v.label: v.pdq.hex for v in self.variants}
+        if self.local is not None:
+            out["local"] = self.local.text
         return out
 
 
@@ -125,6 +133,7 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
         # from our trimmed version of it (measured: views of the trimmed base missed 6% of
         # centred 90% crops of photos whose sky or frame the trimmer peels).
         variants = tuple(_variant(label, view) for label, view in registration_views(img))
+    features = extract(img, registration=registration)
     return ImageSignals(
         pdq=pdq,
         pdq_quality=quality,
@@ -136,6 +145,7 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
         content=content,
         frame=None if registration else frame,
         variants=variants,
+        local=None if features is None else features.signal(),
     )
 
 

@@ -12,6 +12,17 @@ from collections.abc import Iterator
 
 from PIL import Image, ImageOps
 
+# The other six orientations of the dihedral group (the horizontal mirror is "mirror"): a copy
+# flipped upside down, turned a quarter or half turn, or transposed, as phone editors do.
+ORIENTATIONS: tuple[tuple[str, Image.Transpose], ...] = (
+    ("flip-v", Image.Transpose.FLIP_TOP_BOTTOM),
+    ("rot90", Image.Transpose.ROTATE_90),
+    ("rot180", Image.Transpose.ROTATE_180),
+    ("rot270", Image.Transpose.ROTATE_270),
+    ("transpose", Image.Transpose.TRANSPOSE),
+    ("transverse", Image.Transpose.TRANSVERSE),
+)
+
 # (label, fraction kept per side, horizontal and vertical placement of the window: 0 = left/top)
 CROPS: tuple[tuple[str, float, float, float], ...] = tuple(
     (f"crop{round(keep * 100)}-{name}", keep, fx, fy)
@@ -38,6 +49,8 @@ def rotated(img: Image.Image, degrees: float) -> Image.Image:
 def registration_views(base: Image.Image) -> Iterator[tuple[str, Image.Image]]:
     """Every view of the (trimmed) original that gets a registered PDQ hash, except ``full``."""
     yield "mirror", ImageOps.mirror(base)
+    for label, method in ORIENTATIONS:
+        yield label, base.transpose(method)
     for label, keep, fx, fy in CROPS:
         yield label, crop_window(base, keep, fx, fy)
     for degrees in ROTATIONS:

@@ -14,13 +14,19 @@ import faiss
 import numpy as np
 
 from registry.domain import ChangeAction, Signal, SignalKind
-from registry.errors import SnapshotError
+from registry.errors import InvalidHash, SnapshotError
 from registry.index import snapshot
 from registry.index.base import SearchResult
 from registry.index.flat import FlatIndex
+from registry.index.local import Keypoints, LocalIndex, Verified
 from registry.index.multi import MultiIndex
 
 PERCEPTUAL = (SignalKind.PDQ, SignalKind.PHASH)
+INDEXED = (*PERCEPTUAL, SignalKind.LOCAL)
+# ORB descriptors of corresponding patches sit ~20-50 bits apart: the local descriptor index
+# probes one bit deep per 16-bit chunk (exact to 31) and keeps whatever else it finds up to the
+# search radius; votes need only some of the pairs (docs/accuracy.md).
+LOCAL_EXACT_RADIUS = 31
 
 
 def single_thread() -> None:
@@ -50,6 +56,12 @@ class IndexOptions:
     def _extra(self, kind: SignalKind) -> int:
         return self.extra_probes if kind is SignalKind.PDQ else 0
 
+    def new_local(self) -> LocalIndex:
+        if self.kind == "flat":
+            return LocalIndex(FlatIndex(256, self.compact_ratio))
+        return LocalIndex(MultiIndex(256, LOCAL_EXACT_RADIUS, self.compact_ratio,
+                                     auto_compact=self.auto_compact))
+
     def of_arrays(self, kind: SignalKind, ids: np.ndarray, codes: np.ndarray
                   ) -> FlatIndex | MultiIndex:
         if self.kind == "flat":
@@ -68,9 +80,10 @@ class IndexSet:
         self.indexes: dict[SignalKind, FlatIndex | MultiIndex] = {
             k: self.options.new(k) for k in PERCEPTUAL
         }
+        self.local = self.options.new_local()
 
     def __len__(self) -> int:
-        return sum(len(i) for i in self.indexes.values())
+        return sum(len(i) for i in self.indexes.values()) + len(self.local)
 
     def apply(self, changes: Iterable[tuple[int, ChangeAction, int, Signal]]) -> int:
         """Apply change-log entries ``(seq, action, signal_id, signal)`` in order; entries at or
@@ -81,7 +94,16 @@ class IndexSet:
         for seq, action, signal_id, signal in changes:
             if seq <= pending:
                 continue
-            if signal.kind in self.indexes:
+            if signal.kind is SignalKind.LOCAL:
+                if action is ChangeAction.ADD:
+                    ids, codes = adds.setdefault(signal.kind, ([], []))
+                    ids.append(signal_id)
+                    codes.append(signal.value)
+                else:
+                    self._flush(adds)
+                    self.position = pending
+                    self.local.remove(np.array([signal_id], dtype=np.int64))
+            elif signal.kind in self.indexes:
                 if len(signal.value) != signal.kind.bits // 8:
                     raise ValueError(f"change {seq}: a {signal.kind.value} code of wrong width")
                 if action is ChangeAction.ADD:
@@ -100,6 +122,9 @@ class IndexSet:
 
     def _flush(self, adds: dict[SignalKind, tuple[list[int], list[bytes]]]) -> None:
         for kind, (ids, codes) in adds.items():
+            if kind is SignalKind.LOCAL:
+                self.local.add(np.array(ids, dtype=np.int64), codes)
+                continue
             arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), kind.bits // 8)
             self.indexes[kind].add(np.array(ids, dtype=np.int64), arr)
         adds.clear()
@@ -108,12 +133,19 @@ class IndexSet:
         arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), kind.bits // 8)
         return self.indexes[kind].search(arr, radius)
 
+    def search_local(self, query: Keypoints, radius: int, min_inliers: int
+                     ) -> list[Verified]:
+        return self.local.search(query, radius, min_inliers)
+
     def sections(self) -> list[snapshot.Section]:
-        """Copies of every kind's live (ids, codes): what a snapshot holds."""
+        """Copies of every kind's live (ids, codes): what a snapshot holds (local signals as
+        their packed bytes, padded to one width)."""
         out = []
         for kind, index in self.indexes.items():
             ids, codes = index.export()
             out.append(snapshot.Section(kind.value, kind.bits, ids, codes))
+        ids, codes = self.local.export()
+        out.append(snapshot.Section(SignalKind.LOCAL.value, self.local.bits, ids, codes))
         return out
 
     def save(self, path: Path, fingerprint: str = "") -> None:
@@ -129,6 +161,12 @@ class IndexSet:
                 kind = SignalKind(s.kind)
             except ValueError:
                 raise SnapshotError(f"{path} holds an unknown signal kind {s.kind!r}.") from None
+            if kind is SignalKind.LOCAL and s.bits == out.local.bits:
+                try:
+                    out.local.add(s.ids, [LocalIndex.blob_of_row(r) for r in s.codes])
+                except (ValueError, InvalidHash) as e:
+                    raise SnapshotError(f"{path} holds a malformed local signal: {e}") from None
+                continue
             if kind not in out.indexes or kind.bits != s.bits:
                 raise SnapshotError(f"{path} holds {s.kind} codes of {s.bits} bits.")
             out.indexes[kind] = out.options.of_arrays(kind, s.ids, s.codes)
@@ -139,5 +177,6 @@ class IndexSet:
         return {
             "position": self.position,
             "index": self.options.kind,
-            "kinds": {k.value: i.stats for k, i in self.indexes.items()},
+            "kinds": {**{k.value: i.stats for k, i in self.indexes.items()},
+                      SignalKind.LOCAL.value: self.local.stats()},
         }

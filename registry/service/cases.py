@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from registry.config import Settings
 from registry.domain import (
+    LOCAL_REGISTER_KEYPOINTS,
     SUBMISSIONS_BANK,
     BankKind,
     Case,
@@ -51,7 +52,7 @@ class SubmittedImage:
     def rows(self, min_quality: int) -> list[tuple[Signal, str, int | None]]:
         """``(signal, label, quality)`` of everything to store for this image."""
         out: list[tuple[Signal, str, int | None]] = [
-            (s, "full" if s.kind.perceptual else "",
+            (s, "full" if s.kind.perceptual or s.kind.is_local else "",
              self.pdq_quality if s.kind is SignalKind.PDQ else None) for s in self.signals]
         seen = {s.value for s in self.signals}
         for label, signal, quality in self.views:
@@ -113,6 +114,10 @@ def validate_submission(images: Sequence[SubmittedImage], settings: Settings,
                 )
         for s in image.signals:
             s.check_not_degenerate()
+            if s.kind is SignalKind.LOCAL and s.keypoints > LOCAL_REGISTER_KEYPOINTS:
+                raise InvalidInput(
+                    f"Image {n}: a registered local signal holds at most "
+                    f"{LOCAL_REGISTER_KEYPOINTS} keypoints; this one has {s.keypoints}.")
         if len(image.signals) + len(image.views) > MAX_SIGNALS_PER_IMAGE:
             raise InvalidInput(
                 f"Image {n} has more than {MAX_SIGNALS_PER_IMAGE} signals and views.")

@@ -19,6 +19,7 @@ from registry.errors import SnapshotError
 from registry.index import snapshot
 from registry.index.base import SearchResult
 from registry.index.catalog import PERCEPTUAL, IndexOptions, IndexSet
+from registry.index.local import Keypoints, Verified
 from registry.index.multi import MultiIndex
 from registry.store import Store
 
@@ -102,6 +103,13 @@ class IndexKeeper:
                     parts[kind][1].append(bytes.fromhex("".join(v for _, v in rows)))
                 if progress:
                     progress(len(batch))
+            for rows in tx.signals.active_local():
+                fresh.local.add(np.array([i for i, _ in rows], dtype=np.int64),
+                                [b for _, b in rows])
+                if progress:
+                    progress(len(rows))
+        if isinstance(fresh.local.inner, MultiIndex):
+            fresh.local.inner.compact()
         for kind, (ids, codes) in parts.items():
             if ids:
                 arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(-1, kind.bits // 8)
@@ -131,7 +139,7 @@ class IndexKeeper:
         searches); :meth:`compact_pending` does it with the lock held only to start and swap."""
         self.options = dataclasses.replace(self.options, auto_compact=False)
         with self.lock:
-            for index in self.indexes.indexes.values():
+            for index in (*self.indexes.indexes.values(), self.indexes.local.inner):
                 if isinstance(index, MultiIndex):
                     index.auto_compact = False
 
@@ -139,17 +147,22 @@ class IndexKeeper:
         """Rebuild every multi-index whose delta or tombstones passed their bound; searches
         go on against the old base meanwhile. Returns how many were swapped in."""
         done = 0
-        for kind in PERCEPTUAL:
+        for kind in (*PERCEPTUAL, SignalKind.LOCAL):
             with self.lock:
-                index = self.indexes.indexes.get(kind)
+                index = self._inner(kind)
                 if not isinstance(index, MultiIndex) or not index.needs_compaction:
                     continue
                 plan = index.begin_compaction()
             index.build(plan)  # the C build releases the GIL: searches run meanwhile
             with self.lock:
-                if self.indexes.indexes.get(kind) is index and index.finish_compaction(plan):
+                if self._inner(kind) is index and index.finish_compaction(plan):
                     done += 1
         return done
+
+    def _inner(self, kind: SignalKind) -> object:
+        if kind is SignalKind.LOCAL:
+            return self.indexes.local.inner
+        return self.indexes.indexes.get(kind)
 
     def _try_save(self) -> None:
         # A snapshot only speeds up the next start; failing to write one must not stop this one.
@@ -182,6 +195,10 @@ class IndexKeeper:
         with self.lock:
             return self.indexes.search(kind, codes, radius)
 
+    def search_local(self, query: Keypoints, radius: int, min_inliers: int) -> list[Verified]:
+        with self.lock:
+            return self.indexes.search_local(query, radius, min_inliers)
+
     def verify(self, attempts: int = 5) -> VerifyReport:
         """Compare every live index entry with the database's active signals, at one change-log
         position (retried if a write lands between reading the index and the database)."""
@@ -189,19 +206,26 @@ class IndexKeeper:
             self.sync()
             with self.lock:
                 exported = {k: i.export() for k, i in self.indexes.indexes.items()}
+                local = dict(self.indexes.local.blobs)
                 position = self.indexes.position
             with self.store.transaction(write=False) as tx:
                 head = tx.changes.head()
-                db: dict[str, dict[int, str]] = {k.value: {} for k in PERCEPTUAL}
+                db: dict[str, dict[int, str]] = {k.value: {} for k in (*PERCEPTUAL,
+                                                                       SignalKind.LOCAL)}
                 for batch in tx.signals.active(PERCEPTUAL):
                     for i, k, v in batch:
                         db[k][i] = v
+                for rows in tx.signals.active_local():
+                    db[SignalKind.LOCAL.value].update((i, b.hex()) for i, b in rows)
             if head == position:
                 break
         report = VerifyReport(position=position, checked={})
-        for kind, (ids, codes) in exported.items():
+        views: dict[SignalKind, dict[int, str]] = {
+            kind: {int(i): bytes(c).hex() for i, c in zip(ids, codes, strict=True)}
+            for kind, (ids, codes) in exported.items()}
+        views[SignalKind.LOCAL] = {i: b.hex() for i, b in local.items()}
+        for kind, in_index in views.items():
             in_db = db[kind.value]
-            in_index = {int(i): bytes(c).hex() for i, c in zip(ids, codes, strict=True)}
             report.checked[kind.value] = len(in_index)
             report.missing[kind.value] = sorted(set(in_db) - set(in_index))[:100]
             report.extra[kind.value] = sorted(set(in_index) - set(in_db))[:100]

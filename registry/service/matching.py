@@ -22,9 +22,11 @@ from registry.domain import (
     SignalStatus,
     Tier,
     confidence,
+    local_confidence,
 )
 from registry.errors import InvalidInput, TooManyQueries
 from registry.hashing import ImageSignals
+from registry.index.local import Keypoints
 from registry.service.indexing import IndexKeeper
 from registry.store import Store
 
@@ -36,12 +38,22 @@ class _Hit:
     kind: SignalKind
     distance: int
     tier: Tier
+    inliers: int | None = None
+    coverage: float | None = None
+
+    @property
+    def order(self) -> tuple[int, int, int, int]:
+        # Within a query: the strongest evidence first (for local, the most inliers).
+        rank = -(self.inliers or 0) if self.kind is SignalKind.LOCAL else self.distance
+        return (self.query, 0 if self.tier is Tier.EXACT else 1, rank, self.signal_id)
 
 
 def query_of_image(ref: str, image: ImageSignals, settings: Settings) -> Query:
     """The query for an image hashed here. A PDQ hash below the quality floor is left out (a
     featureless image matches other featureless images); digests and pHash still count."""
     signals = [image.phash, image.md5, image.sha256]
+    if image.local is not None:
+        signals.append(image.local)
     if image.pdq_quality >= settings.pdq_min_quality:
         signals.insert(0, image.pdq)
     for view in (image.content, image.frame):
@@ -63,7 +75,8 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         raise TooManyQueries(
             f"A request holds at most {settings.max_queries} queries; this one has {len(queries)}.")
     keeper.sync()
-    hits = _perceptual_hits(keeper, settings, queries) + _exact_hits(store, queries)
+    hits = (_perceptual_hits(keeper, settings, queries) + _local_hits(keeper, settings, queries)
+            + _exact_hits(store, queries))
     if not hits:
         _audit(store, actor, len(queries), [])
         return [QueryResult(q.id) for q in queries]
@@ -74,7 +87,7 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
     # One match per query, signal kind and case (or, outside cases, registered image): the
     # closest of its views.
     seen: set[tuple[int, SignalKind, str | int]] = set()
-    for h in sorted(hits, key=lambda h: (h.query, h.distance, h.signal_id)):
+    for h in sorted(hits, key=lambda h: h.order):
         reg = registered.get(h.signal_id)
         if reg is None or reg.status is not SignalStatus.ACTIVE:
             continue
@@ -115,6 +128,24 @@ def _perceptual_hits(keeper: IndexKeeper, settings: Settings, queries: Sequence[
     return hits
 
 
+def _local_hits(keeper: IndexKeeper, settings: Settings, queries: Sequence[Query]
+                ) -> list[_Hit]:
+    """Registered images verified inside each query's local signal (registry.index.local)."""
+    hits: list[_Hit] = []
+    thresholds = settings.local_thresholds()
+    for qi, q in enumerate(queries):
+        for s in q.signals:
+            if s.kind is not SignalKind.LOCAL:
+                continue
+            found = keeper.search_local(Keypoints.of(s), settings.local_radius, thresholds.weak)
+            for v in found:
+                tier = thresholds.tier(v.inliers, v.coverage)
+                if tier is not None:
+                    hits.append(_Hit(qi, v.signal_id, SignalKind.LOCAL, v.distance, tier,
+                                     v.inliers, v.coverage))
+    return hits
+
+
 def _exact_hits(store: Store, queries: Sequence[Query]) -> list[_Hit]:
     hits: list[_Hit] = []
     wanted = {kind: [(qi, s.hex) for qi, q in enumerate(queries) for s in q.signals
@@ -130,6 +161,14 @@ def _exact_hits(store: Store, queries: Sequence[Query]) -> list[_Hit]:
 
 
 def _match(hit: _Hit, reg: RegisteredSignal, settings: Settings) -> Match:
+    if hit.kind is SignalKind.LOCAL:
+        return Match(
+            match_id="m_" + secrets.token_hex(10), signal=hit.kind, distance=hit.distance,
+            tier=hit.tier, bank=reg.bank,
+            confidence=local_confidence(hit.tier, hit.inliers or 0, settings.local_thresholds(),
+                                        reg.not_violating),
+            signal_id=hit.signal_id, case=reg.case_number, inliers=hit.inliers,
+            coverage=hit.coverage)
     thresholds = settings.thresholds(hit.kind) if hit.kind.perceptual else None
     return Match(
         match_id="m_" + secrets.token_hex(10),

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -79,6 +80,8 @@ class SignalRow(Base):
     removed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     not_violating: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     image_key: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    # Local signals only: the packed keypoints (``value`` is then their SHA-256).
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class PlatformRow(Base):

@@ -147,7 +147,7 @@ class SignalRepository:
         return the new ids in order (imports register thousands of images per call)."""
         ts = now()
         params = [{"case_id": case_id, "bank_id": bank_id, "kind": sig.kind.value,
-                   "value": sig.hex, "label": label, "status": SignalStatus.ACTIVE.value,
+                   "value": stored_value(sig), "payload": stored_payload(sig), "label": label, "status": SignalStatus.ACTIVE.value,
                    "quality": quality, "pipeline_version": pipeline_version,
                    "image_key": image_key, "created_at": ts, "updated_at": ts}
                   for rows, image_key in images for sig, label, quality in rows]
@@ -185,16 +185,16 @@ class SignalRepository:
     def get_many(self, ids: Iterable[int]) -> dict[int, RegisteredSignal]:
         out: dict[int, RegisteredSignal] = {}
         banks = {r.id: r.name for r in self.s.scalars(select(BankRow))}
-        cols = (SignalRow.id, SignalRow.kind, SignalRow.value, SignalRow.bank_id,
-                SignalRow.status, SignalRow.label, SignalRow.removed, SignalRow.not_violating,
-                SignalRow.image_key, CaseRow.number)
+        cols = (SignalRow.id, SignalRow.kind, SignalRow.value, SignalRow.payload,
+                SignalRow.bank_id, SignalRow.status, SignalRow.label, SignalRow.removed,
+                SignalRow.not_violating, SignalRow.image_key, CaseRow.number)
         for chunk in _chunks(sorted(set(ids)), 500):
             stmt = (select(*cols).outerjoin(CaseRow, CaseRow.id == SignalRow.case_id)
                     .where(SignalRow.id.in_(chunk)))  # plain rows: no ORM identity map
-            for (sid, kind, value, bank_id, status, label, removed, not_violating, image_key,
-                 number) in self.s.execute(stmt):
+            for (sid, kind, value, payload, bank_id, status, label, removed, not_violating,
+                 image_key, number) in self.s.execute(stmt):
                 out[sid] = RegisteredSignal(
-                    id=sid, signal=Signal(SignalKind(kind), bytes.fromhex(value)),
+                    id=sid, signal=loaded_signal(kind, value, payload),
                     bank=banks[bank_id], status=SignalStatus(status), case_number=number,
                     label=label, removed=removed, not_violating=not_violating,
                     image_key=image_key)
@@ -222,6 +222,20 @@ class SignalRepository:
                            SignalRow.id > last)
                     .order_by(SignalRow.id).limit(batch))
             rows = [(int(i), str(k), str(v)) for i, k, v in self.s.execute(stmt)]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
+
+    def active_local(self, batch: int = 10_000) -> Iterable[list[tuple[int, bytes]]]:
+        """Every active local signal as ``(id, packed keypoints)``, in id order, in batches."""
+        last = 0
+        while True:
+            stmt = (select(SignalRow.id, SignalRow.payload)
+                    .where(SignalRow.kind == SignalKind.LOCAL.value,
+                           SignalRow.status == SignalStatus.ACTIVE.value, SignalRow.id > last)
+                    .order_by(SignalRow.id).limit(batch))
+            rows = [(int(i), bytes(p or b"")) for i, p in self.s.execute(stmt)]
             if not rows:
                 return
             yield rows
@@ -346,19 +360,19 @@ class ChangeLog:
         return [FeedRecord(seq=int(seq),
                            status="active" if action == ChangeAction.ADD.value else "withdrawn",
                            signal_id=row.id,
-                           signal=Signal(SignalKind(row.kind), bytes.fromhex(row.value)),
+                           signal=loaded_signal(row.kind, row.value, row.payload),
                            bank=str(bank), label=row.label,
                            pipeline_version=row.pipeline_version, at=_aware(at) or now())
                 for seq, action, at, row, bank in self.s.execute(stmt)]
 
     def since(self, position: int, limit: int = 100_000) -> list[Change]:
         stmt = (select(ChangeRow.seq, ChangeRow.action, ChangeRow.signal_id, SignalRow.kind,
-                       SignalRow.value)
+                       SignalRow.value, SignalRow.payload)
                 .join(SignalRow, SignalRow.id == ChangeRow.signal_id)
                 .where(ChangeRow.seq > position).order_by(ChangeRow.seq).limit(limit))
         return [Change(int(seq), ChangeAction(action), int(sid),
-                       Signal(SignalKind(kind), bytes.fromhex(value)))
-                for seq, action, sid, kind, value in self.s.execute(stmt)]
+                       loaded_signal(kind, value, payload))
+                for seq, action, sid, kind, value, payload in self.s.execute(stmt)]
 
 
 class AuditLog:
@@ -434,6 +448,24 @@ class MatchRepository:
                 .join(SignalRow, SignalRow.id == MatchRow.signal_id)
                 .where(SignalRow.case_id == case_id, FeedbackRow.outcome == "removed"))
         return int(self.s.scalar(stmt) or 0)
+
+
+def stored_value(sig: Signal) -> str:
+    """The ``value`` column: hex, or for a local signal the SHA-256 of its packed keypoints."""
+    if sig.kind is SignalKind.LOCAL:
+        return hashlib.sha256(sig.value).hexdigest()
+    return sig.hex
+
+
+def stored_payload(sig: Signal) -> bytes | None:
+    return sig.value if sig.kind is SignalKind.LOCAL else None
+
+
+def loaded_signal(kind: str, value: str, payload: bytes | None) -> Signal:
+    k = SignalKind(kind)
+    if k is SignalKind.LOCAL:
+        return Signal(k, bytes(payload or b""))
+    return Signal(k, bytes.fromhex(value))
 
 
 def _chunks(items: list[int] | list[str], size: int) -> Iterable[list[int] | list[str]]:

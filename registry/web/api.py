@@ -20,7 +20,7 @@ from registry.web.metrics import record_matches
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="Platform API")
 SECURITY: list[str | dict[str, list[Any]]] = [{"ApiKey": []}]
 _KINDS = {"pdq": "pdq", "pdq_content": "pdq", "pdq_frame": "pdq", "phash": "phash",
-          "md5": "md5", "sha256": "sha256"}
+          "md5": "md5", "sha256": "sha256", "local": "local"}
 
 
 def registry() -> Registry:

@@ -8,6 +8,8 @@ from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Nested, S
 from apiflask.validators import Length, OneOf, Range, Regexp
 from marshmallow import ValidationError
 
+from registry.domain import LOCAL_MAX_TEXT
+
 
 def _hex(digits: int) -> str:
     # Documented, not enforced here: the domain parses hex (and rejects degenerate hashes) with
@@ -32,6 +34,11 @@ class Signals(Schema):
                            "pattern": _hex(32)})
     sha256 = String(metadata={"description": "SHA-256 of the file bytes, 64 lowercase hex "
                                              "digits", "pattern": _hex(64)})
+    local = String(metadata={
+        "description": "Local features (ORB keypoints and descriptors, docs/hashing.md), "
+                       "standard base64 of the packed layout; `takedown hash` and the "
+                       "browser compute it. Up to 2,048 keypoints per query.",
+        "maxLength": LOCAL_MAX_TEXT})
 
 
 class MatchQuery(Schema):
@@ -46,8 +53,13 @@ class MatchRequest(Schema):
 
 class MatchOut(Schema):
     match_id = String(metadata={"description": "Quote it when you send feedback"})
-    signal = String(metadata={"description": "pdq, phash, md5 or sha256"})
-    distance = Integer(metadata={"description": "Hamming bits (0 for digests)"})
+    signal = String(metadata={"description": "pdq, phash, md5, sha256 or local"})
+    distance = Integer(metadata={"description": "Hamming bits (0 for digests; for local, the "
+                                                "median over the inlier keypoints)"})
+    inliers = Integer(metadata={"description": "local only: keypoints consistent with one "
+                                               "similarity transform"})
+    coverage = Float(metadata={"description": "local only: fraction of the registered picture "
+                                              "the inliers span"})
     tier = String(validate=OneOf(["exact", "strong", "weak"]))
     bank = String()
     confidence = Float(metadata={"description": "0-1, lowered by not_violating feedback"})

@@ -5,7 +5,8 @@ Body::
     {"images": [{"signals": {"pdq": hex, "phash": hex, "md5": hex, "sha256": hex},
                  "pdq_quality": 0-100,
                  "views": [{"label": "mirror", "pdq": hex, "quality": 0-100}, ...],
-                 "pipeline_version": 2}]}
+                 "pipeline_version": 3,
+                 "local": base64 (optional; inside "signals")}]}
 
 The shape is checked here, by hand and strictly (unknown fields are refused, as on the API);
 each value is parsed by :meth:`Signal.parse`, exactly as API input, and the images are then

@@ -1,0 +1,179 @@
+"""The local-feature signal: keypoints with ORB binary descriptors, for copies PDQ cannot catch.
+
+PDQ describes the whole frame, so a copy cut at another place, captioned, stickered or pasted
+into a collage hashes far away (docs/accuracy.md). Local features describe small patches around
+corners of the picture; a copy keeps most of its patches, and matching them with a consistent
+geometric transform (:mod:`registry.index.local`) finds the registered picture inside the copy.
+
+Definition (part of pipeline version 3; the browser port in ``static/js/hash/local.js`` follows
+it step by step):
+
+1. grey = Pillow ``convert("L")`` of the decoded RGB image (ITU-R 601 luma, as pHash uses);
+2. resized with Pillow's LANCZOS so its area is :data:`REGISTER_AREA` pixels (registration) or
+   :data:`QUERY_AREA` (queries; a copy may hold the picture at a smaller scale), aspect kept;
+3. OpenCV 4.12 ORB (the parameters of :func:`_orb`) finds up to 4x the wanted keypoints;
+4. they are spread over a grid (``GRID`` cells a side): each cell's strongest first, round by
+   round, so a textured corner cannot take them all; the chosen ones are kept strongest first;
+5. each keypoint is stored as 12-bit x and y (fractions of the analysed image's size), its
+   orientation in 32 steps and its pyramid level, plus its 256-bit descriptor.
+
+The packed layout (:func:`pack`): ``version u8, count u16, width u16, height u16``, then per
+keypoint ``x:12 y:12 | angle:5 octave:3`` (4 bytes) and the 32-byte descriptor. 112 registered
+keypoints take 4,039 bytes. No pixel data is kept; what an attacker could still recover from
+descriptors and positions is measured in docs/accuracy.md ("Privacy").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from registry.domain import (
+    LOCAL_HEADER,
+    LOCAL_KEYPOINT_BYTES,
+    LOCAL_MAX_KEYPOINTS,
+    LOCAL_MIN_KEYPOINTS,
+    Signal,
+    SignalKind,
+)
+from registry.errors import InvalidHash
+
+FORMAT_VERSION = 1
+REGISTER_AREA = 180_000  # ~520 x 346: the evaluation photos at about their own size
+QUERY_AREA = 400_000  # a copy may show the picture at ~0.6x: a collage half, a screenshot
+REGISTER_KEYPOINTS = 112  # 4,039 bytes stored per registered image
+QUERY_KEYPOINTS = 1000
+REGISTER_GRID = 4
+QUERY_GRID = 6
+MIN_KEYPOINTS = LOCAL_MIN_KEYPOINTS  # fewer (a flat or tiny picture): no local signal
+MAX_KEYPOINTS = LOCAL_MAX_KEYPOINTS  # the most a query may send
+_HEADER = LOCAL_HEADER
+DESCRIPTOR_BYTES = 32
+_META_BYTES = LOCAL_KEYPOINT_BYTES - DESCRIPTOR_BYTES
+ANGLE_STEPS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFeatures:
+    """Keypoints of one analysed image. ``xy`` are pixel positions in the analysed image
+    (after the 12-bit quantisation), ``angle`` in 0..31 steps of 11.25 degrees, ``octave`` the
+    ORB pyramid level (0..7), ``descriptors`` (n, 32) bytes."""
+
+    width: int
+    height: int
+    xy: npt.NDArray[np.float32]
+    angle: npt.NDArray[np.uint8]
+    octave: npt.NDArray[np.uint8]
+    descriptors: npt.NDArray[np.uint8]
+
+    def __len__(self) -> int:
+        return int(self.descriptors.shape[0])
+
+    def pack(self) -> bytes:
+        n = len(self)
+        qx = _quantise(self.xy[:, 0], self.width)
+        qy = _quantise(self.xy[:, 1], self.height)
+        meta = ((qx.astype(np.uint32) << 20) | (qy.astype(np.uint32) << 8)
+                | (self.angle.astype(np.uint32) << 3) | self.octave.astype(np.uint32))
+        return (_HEADER.pack(FORMAT_VERSION, n, self.width, self.height)
+                + meta.astype(">u4").tobytes() + np.ascontiguousarray(self.descriptors).tobytes())
+
+    def signal(self) -> Signal:
+        return Signal(SignalKind.LOCAL, self.pack())
+
+
+def _quantise(v: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.int64]:
+    return np.clip(np.rint(v / max(1, size - 1) * 4095), 0, 4095).astype(np.int64)
+
+
+def unpack(blob: bytes) -> LocalFeatures:
+    """The features of a packed local signal; :class:`InvalidHash` if it is malformed."""
+    if len(blob) < _HEADER.size:
+        raise InvalidHash("A local signal is too short to hold its header.")
+    version, n, width, height = _HEADER.unpack_from(blob)
+    if version != FORMAT_VERSION:
+        raise InvalidHash(f"A local signal of format {version} is not understood (expected "
+                          f"{FORMAT_VERSION}).")
+    if not 1 <= n <= MAX_KEYPOINTS or width < 2 or height < 2:
+        raise InvalidHash(f"A local signal holds 1-{MAX_KEYPOINTS} keypoints of an image at "
+                          "least 2x2; this one does not.")
+    want = _HEADER.size + n * (_META_BYTES + DESCRIPTOR_BYTES)
+    if len(blob) != want:
+        raise InvalidHash(f"A local signal with {n} keypoints is {want} bytes; this one is "
+                          f"{len(blob)}.")
+    o = _HEADER.size
+    meta = np.frombuffer(blob, dtype=">u4", count=n, offset=o).astype(np.uint32)
+    desc = np.frombuffer(blob, dtype=np.uint8, count=n * DESCRIPTOR_BYTES,
+                         offset=o + n * _META_BYTES).reshape(n, DESCRIPTOR_BYTES)
+    xy = np.empty((n, 2), dtype=np.float32)
+    xy[:, 0] = (meta >> 20).astype(np.float32) / 4095 * (width - 1)
+    xy[:, 1] = ((meta >> 8) & 0xFFF).astype(np.float32) / 4095 * (height - 1)
+    return LocalFeatures(width, height, xy, ((meta >> 3) & 0x1F).astype(np.uint8),
+                         (meta & 0x7).astype(np.uint8), desc)
+
+
+def analysed(img: Image.Image, area: int) -> npt.NDArray[np.uint8]:
+    """Step 1-2: the grey picture ORB sees, scaled to ``area`` pixels (up or down)."""
+    grey = img.convert("L")
+    scale = (area / (grey.width * grey.height)) ** 0.5
+    w, h = max(1, round(grey.width * scale)), max(1, round(grey.height * scale))
+    if (w, h) != grey.size:
+        grey = grey.resize((w, h), Image.Resampling.LANCZOS)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def _orb(wanted: int) -> cv2.ORB:
+    return cv2.ORB.create(nfeatures=4 * wanted, scaleFactor=1.2, nlevels=8, edgeThreshold=16,
+                          firstLevel=0, WTA_K=2, scoreType=cv2.ORB_HARRIS_SCORE, patchSize=31,
+                          fastThreshold=12)
+
+
+def spread(responses: npt.NDArray[np.float32], xy: npt.NDArray[np.float32], width: int,
+           height: int, wanted: int, grid: int) -> npt.NDArray[np.int64]:
+    """Step 4: indices of the keypoints kept, strongest first. Round r takes the r-th
+    strongest of every grid cell (ties by index); rounds are taken whole until ``wanted``."""
+    n = len(responses)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    cx = np.minimum(grid - 1, (xy[:, 0] * grid / width).astype(np.int64))
+    cy = np.minimum(grid - 1, (xy[:, 1] * grid / height).astype(np.int64))
+    cell = cy * grid + cx
+    order = np.lexsort((np.arange(n), -responses))  # strongest first, ties by index
+    rank = np.empty(n, dtype=np.int64)
+    seen: dict[int, int] = {}
+    for i in order.tolist():
+        c = int(cell[i])
+        rank[i] = seen.get(c, 0)
+        seen[c] = rank[i] + 1
+    # Round first, then strength within the round: the first `wanted` of this order.
+    chosen = np.lexsort((np.arange(n), -responses, rank))[:wanted]
+    return chosen[np.lexsort((chosen, -responses[chosen]))]
+
+
+def extract(img: Image.Image, *, registration: bool) -> LocalFeatures | None:
+    """The local features of an RGB image, or None when it has fewer than
+    :data:`MIN_KEYPOINTS` (a flat, tiny or blank picture: no local signal, never an error)."""
+    area = REGISTER_AREA if registration else QUERY_AREA
+    wanted = REGISTER_KEYPOINTS if registration else QUERY_KEYPOINTS
+    grid = REGISTER_GRID if registration else QUERY_GRID
+    grey = analysed(img, area)
+    h, w = grey.shape
+    if min(w, h) < 2 * 16 + 1:  # ORB needs its edge margin on both sides of the picture
+        return None
+    keypoints, descriptors = _orb(wanted).detectAndCompute(grey, None)  # type: ignore[call-overload]
+    if descriptors is None or len(keypoints) < MIN_KEYPOINTS:
+        return None
+    xy = np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2)
+    responses = np.array([k.response for k in keypoints], dtype=np.float32)
+    keep = spread(responses, xy, w, h, wanted, grid)
+    angle = np.array([round(keypoints[i].angle / 360 * ANGLE_STEPS) % ANGLE_STEPS
+                      for i in keep.tolist()], dtype=np.uint8)
+    octave = np.array([keypoints[i].octave & 7 for i in keep.tolist()], dtype=np.uint8)
+    features = LocalFeatures(w, h, xy[keep], angle, octave,
+                             np.ascontiguousarray(descriptors[keep], dtype=np.uint8))
+    # Round-trip through the packed form, so the positions used here are the stored ones.
+    return unpack(features.pack())
