@@ -60,9 +60,12 @@ from registry.hashing import DecodeOptions, ImageSignals, compute_signals  # noq
 from registry.service import SubmittedImage  # noqa: E402
 
 EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-FP_BUDGET = 1e-6  # false positives per unrelated pair, per signal family (PDQ, pHash)
+FP_BUDGET = 1e-6  # false positives per unrelated pair: split between PDQ, pHash and local
 STRONG_CAP = {"pdq": 31}
 WIDE = {"pdq": 90, "phash": 16}  # first-pass thresholds: wide enough to see the distributions
+LOCAL_WIDE = 6  # first pass: every verified local match with at least this many inliers
+LOCAL_STRONG_MARGIN = 8  # strong local tier: this many inliers above the nearest unrelated pair
+SIGNALS = ("pdq", "phash", "local")
 VARIANTS = variants()
 OPTIONS = DecodeOptions()
 
@@ -126,7 +129,8 @@ def hash_query(job: tuple[str, int | None]) -> tuple[str, int | None, dict[str, 
 
 
 def submitted(j: dict) -> SubmittedImage:  # type: ignore[type-arg]
-    core = tuple(Signal.parse(k, j[k]) for k in ("pdq", "phash", "md5", "sha256"))
+    core = tuple(Signal.parse(k, j[k]) for k in ("pdq", "phash", "md5", "sha256", "local")
+                 if k in j)
     views = []
     if "pdq_content" in j:
         views.append(("content", Signal.parse("pdq", j["pdq_content"]), j["content_quality"]))
@@ -137,7 +141,8 @@ def submitted(j: dict) -> SubmittedImage:  # type: ignore[type-arg]
 def query_of(ref: str, j: dict, min_quality: int) -> Query:  # type: ignore[type-arg]
     signals = []
     for key, kind in (("pdq", "pdq"), ("pdq_content", "pdq"), ("pdq_frame", "pdq"),
-                      ("phash", "phash"), ("md5", "md5"), ("sha256", "sha256")):
+                      ("phash", "phash"), ("md5", "md5"), ("sha256", "sha256"),
+                      ("local", "local")):
         if key not in j:
             continue
         quality = {"pdq": j["pdq_quality"], "pdq_content": j.get("content_quality"),
@@ -151,18 +156,32 @@ def query_of(ref: str, j: dict, min_quality: int) -> Query:  # type: ignore[type
     return Query(ref, tuple(signals))
 
 
-def best_distances(registry, queries: list[Query]) -> list[dict[tuple[str, str], int]]:  # type: ignore[no-untyped-def]
-    """For each query: {(case, signal): best distance} (exact digests as distance 0)."""
+def best_distances(registry, queries: list[Query]) -> list[dict[tuple[str, str], float]]:  # type: ignore[no-untyped-def]
+    """For each query: {(case, signal): best distance} (exact digests as distance 0); for the
+    local signal the most inliers (``local``) and their coverage (``local_cov``)."""
     out = []
     for i in range(0, len(queries), 500):
         for result in registry.match(queries[i : i + 500]):
-            best: dict[tuple[str, str], int] = {}
+            best: dict[tuple[str, str], float] = {}
             for m in result.matches:
+                case = m.case or ""
+                if m.inliers is not None:
+                    if m.inliers > best.get((case, "local"), 0):
+                        best[(case, "local")] = m.inliers
+                        best[(case, "local_cov")] = m.coverage or 0.0
+                    continue
                 signal = "exact" if m.tier.value == "exact" else m.signal.value
-                key = (m.case or "", signal)
+                key = (case, signal)
                 best[key] = min(best.get(key, 999), m.distance)
             out.append(best)
     return out
+
+
+def local_caught(d: dict, th: dict, tier: str) -> bool:  # type: ignore[type-arg]
+    n = d.get("local") or 0
+    if tier == "weak":
+        return n >= th["weak"]
+    return n >= th["strong"] and (d.get("local_cov") or 0) >= th["strong_coverage"]
 
 
 def main() -> int:
@@ -214,10 +233,12 @@ def main() -> int:
     # The confirmation pass below runs the default multi-index at the derived thresholds.
     settings = Settings.from_env({}, data_dir=tmp, pin_kdf_n=1024, pdq_strong=WIDE["pdq"],
                                  pdq_weak=WIDE["pdq"], phash_strong=WIDE["phash"],
-                                 phash_weak=WIDE["phash"], index="flat")
+                                 phash_weak=WIDE["phash"], local_weak=LOCAL_WIDE,
+                                 local_strong=LOCAL_WIDE, index="flat")
     registry = build_registry(settings)
     case_of: dict[str, str] = {}
     stored: list[int] = []
+    local_bytes: list[int] = []
     t = time.time()
     too_plain: list[str] = []
     for path, j, _ in reg:
@@ -228,6 +249,8 @@ def main() -> int:
             continue
         case_of[path] = receipt.number
         stored.append(receipt.signals)
+        if "local" in j:
+            local_bytes.append(len(Signal.parse("local", j["local"]).value))
     if too_plain:
         print(f"{len(too_plain)} registered images refused as too plain (PDQ quality < 50)")
         registered = [it for it in registered if it.path not in too_plain]
@@ -243,12 +266,12 @@ def main() -> int:
           flush=True)
 
     # --- true distances of altered copies, unrelated distances of everything else --------------
-    true_d: dict[str, list[dict[str, int | None]]] = defaultdict(list)  # family -> per copy
+    true_d: dict[str, list[dict[str, float | str | None]]] = defaultdict(list)  # per copy
     # (query image, registered image, split, distances, altered copy?)
-    unrelated: list[tuple[str, str, str, dict[str, int]]] = []
+    unrelated: list[tuple[str, str, str, dict[str, float]]] = []
     for (path, variant, _j, _t), b in zip(answers, best, strict=True):
         own = case_of.get(path) if variant is not None or path in case_of else None
-        per_case: dict[str, dict[str, int]] = defaultdict(dict)
+        per_case: dict[str, dict[str, float]] = defaultdict(dict)
         for (case, signal), d in b.items():
             per_case[case][signal] = d
         if variant is not None and path in too_plain:
@@ -257,8 +280,9 @@ def main() -> int:
             v = VARIANTS[variant]
             hit = per_case.get(own or "", {})
             true_d[v.family].append({"pdq": hit.get("pdq"), "phash": hit.get("phash"),
-                                     "exact": hit.get("exact"), "split": by_path[path].split,
-                                     "name": v.name})
+                                     "exact": hit.get("exact"), "local": hit.get("local"),
+                                     "local_cov": hit.get("local_cov"),
+                                     "split": by_path[path].split, "name": v.name})
         for case, d in per_case.items():
             if case == own:
                 continue
@@ -310,8 +334,8 @@ def main() -> int:
         curves[signal] = {split: [fp_count(signal, t, split) for t in range(WIDE[signal] + 1)]
                           for split in ("all", "dev", "holdout", "people")}
         ok = [t for t in range(WIDE[signal] + 1)
-              if curves[signal]["all"][t] <= FP_BUDGET * pairs["all"] / 2
-              and curves[signal]["people"][t] <= FP_BUDGET * pairs["people"] / 2]
+              if curves[signal]["all"][t] <= FP_BUDGET * pairs["all"] / len(SIGNALS)
+              and curves[signal]["people"][t] <= FP_BUDGET * pairs["people"] / len(SIGNALS)]
         weak = max(ok, default=0)
         nearest = min((d[signal] for *_x, d in unrelated if signal in d), default=WIDE[signal])
         margin = 10 if signal == "pdq" else 3
@@ -324,10 +348,36 @@ def main() -> int:
                               "fp_at_weak": curves[signal]["all"][weak],
                               "fp_people_at_weak": curves[signal]["people"][weak]}
 
-    def caught(d: dict, tier: str) -> bool:  # type: ignore[type-arg]
+    # Local: false positives are unrelated pairs verified with at least k inliers; the weak
+    # tier is the smallest k within a third of the budget overall and among people pairs.
+    def local_fp(k: int, split: str) -> int:
+        return sum(1 for q, c, s, d in unrelated if (d.get("local") or 0) >= k and (
+            split == "all" or s == split or (split == "people" and people_pair(q, c))))
+
+    top = int(max([LOCAL_WIDE, *[d.get("local") or 0 for *_x, d in unrelated]])) + 2
+    curves["local"] = {split: [local_fp(k, split) for k in range(top + 1)]
+                       for split in ("all", "dev", "holdout", "people")}
+    local_ok = [k for k in range(LOCAL_WIDE, top + 1)
+                if curves["local"]["all"][k] <= FP_BUDGET * pairs["all"] / len(SIGNALS)
+                and curves["local"]["people"][k] <= FP_BUDGET * pairs["people"] / len(SIGNALS)]
+    local_weak = min(local_ok)
+    nearest_local = int(max([0, *[d.get("local") or 0 for *_x, d in unrelated]]))
+    thresholds["local"] = {
+        "weak": local_weak, "strong": max(local_weak, nearest_local + LOCAL_STRONG_MARGIN),
+        "strong_coverage": Settings().local_strong_coverage,
+        "nearest_unrelated": nearest_local,
+        "fp_at_weak": curves["local"]["all"][local_weak],
+        "fp_people_at_weak": curves["local"]["people"][local_weak]}
+
+    def caught_by(d: dict, signal: str, tier: str) -> bool:  # type: ignore[type-arg]
+        if signal == "local":
+            return local_caught(d, thresholds["local"], tier)
+        return d.get(signal) is not None and d[signal] <= thresholds[signal][tier]
+
+    def caught(d: dict, tier: str, signals: tuple[str, ...] = SIGNALS) -> bool:  # type: ignore[type-arg]
         if d.get("exact") == 0:
             return True
-        return any(d.get(s) is not None and d[s] <= thresholds[s][tier] for s in ("pdq", "phash"))
+        return any(caught_by(d, s, tier) for s in signals)
 
     families = {}
     for family, copies in true_d.items():
@@ -339,6 +389,10 @@ def main() -> int:
                 row[f"strong_{split}"] = sum(caught(c, "strong") for c in sel) / len(sel)
         row["pdq_median"] = float(np.median([c["pdq"] if c["pdq"] is not None else 999
                                              for c in copies]))
+        row["hashes_only_weak"] = sum(caught(c, "weak", ("pdq", "phash"))
+                                      for c in copies) / len(copies)
+        row["local_only_weak"] = sum(caught_by(c, "local", "weak") for c in copies) / len(copies)
+        row["local_median_inliers"] = float(np.median([c["local"] or 0 for c in copies]))
         by_name: dict[str, list[bool]] = defaultdict(list)
         for c in copies:
             by_name[c["name"]].append(caught(c, "weak"))
@@ -347,21 +401,26 @@ def main() -> int:
 
     def fp_union(split: str, tier: str) -> int:
         return sum(1 for _q, _c, s, d in unrelated if (split == "all" or s == split)
-                   and any(d.get(x, 999) <= thresholds[x][tier] for x in ("pdq", "phash")))
+                   and caught(d, tier))
 
     fp = {split: {"pairs": pairs[split], "weak": fp_union(split, "weak"),
                   "strong": fp_union(split, "strong")} for split in ("all", "dev", "holdout")}
     people_fp = sum(1 for q, c, _s, d in unrelated if by_path[q].group == "people"
-                    and by_path[c].group == "people"
-                    and any(d.get(x, 999) <= thresholds[x]["weak"] for x in ("pdq", "phash")))
+                    and by_path[c].group == "people" and caught(d, "weak"))
     fp["people"] = {"pairs": pairs["people"], "weak": people_fp}
+    fp["by_signal"] = {sig: {"weak": sum(1 for *_x, d in unrelated if caught_by(d, sig, "weak")),
+                             "strong": sum(1 for *_x, d in unrelated
+                                           if caught_by(d, sig, "strong"))}
+                       for sig in SIGNALS}
 
     # --- confirm through the service with the derived thresholds ------------------------------
     final = Settings.from_env({}, data_dir=tmp, pin_kdf_n=1024,
                               pdq_strong=thresholds["pdq"]["strong"],
                               pdq_weak=thresholds["pdq"]["weak"],
                               phash_strong=thresholds["phash"]["strong"],
-                              phash_weak=thresholds["phash"]["weak"])
+                              phash_weak=thresholds["phash"]["weak"],
+                              local_weak=thresholds["local"]["weak"],
+                              local_strong=thresholds["local"]["strong"])
     registry.close()
     confirm = build_registry(final)
     confirmed_caught = confirmed_fp = 0
@@ -390,12 +449,19 @@ def main() -> int:
         "refused_too_plain": [Path(p).name for p in too_plain],
         "altered_copies": sum(r["copies"] for r in families.values()),
         "stored_signals_per_image": {"mean": float(np.mean(stored)), "max": int(max(stored))},
+        "local_bytes_per_image": {"mean": float(np.mean(local_bytes)) if local_bytes else 0.0,
+                                  "max": int(max(local_bytes, default=0)),
+                                  "images_with_local": len(local_bytes)},
         "thresholds": thresholds, "fp_budget_per_pair": FP_BUDGET,
         "fp_curves": curves, "pairs": pairs,
         "nearest_unrelated": sorted(
             ({"query": Path(q).name, "case_image": Path(c).name, "groups": [by_path[q].group,
               by_path[c].group], **d} for q, c, _s, d in unrelated),
             key=lambda e: e.get("pdq", 999))[:15],
+        "nearest_unrelated_local": sorted(
+            ({"query": Path(q).name, "case_image": Path(c).name, "groups": [by_path[q].group,
+              by_path[c].group], **d} for q, c, _s, d in unrelated if d.get("local")),
+            key=lambda e: -e.get("local", 0))[:15],
         "false_positives": fp, "families": families,
         "dataset_duplicates": [(Path(q).name, Path(c).name) for q, c, _ in duplicates],
         "confirmed": {"copies_caught": confirmed_caught,
@@ -407,6 +473,8 @@ def main() -> int:
             "true_pdq": {f: [c["pdq"] for c in cs] for f, cs in true_d.items()},
             "unrelated_pdq": [d["pdq"] for *_x, d in unrelated if "pdq" in d],
             "unrelated_phash": [d["phash"] for *_x, d in unrelated if "phash" in d],
+            "true_local": {f: [c["local"] or 0 for c in cs] for f, cs in true_d.items()},
+            "unrelated_local": [d["local"] for *_x, d in unrelated if d.get("local")],
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -450,14 +518,26 @@ def report(r: dict, out: Path) -> None:  # type: ignore[type-arg]
         "|---|---|---|---|---|---|",
     ]
     for s, t in th.items():
+        if s == "local":
+            lines.append(f"| local (inliers) | ≥ {t['strong']} and coverage ≥ "
+                         f"{t['strong_coverage']} | ≥ {t['weak']} | {t['nearest_unrelated']} "
+                         f"inliers | {t['fp_at_weak']} | {t['fp_people_at_weak']} |")
+            continue
         lines.append(f"| {s} | {t['strong']} | {t['weak']} | {t['nearest_unrelated']} | "
                      f"{t['fp_at_weak']} | {t['fp_people_at_weak']} |")
+    lb = r["local_bytes_per_image"]
+    lines += ["", f"Local signal stored per registered image: mean {lb['mean']:,.0f} bytes, max "
+              f"{lb['max']:,} ({lb['images_with_local']} of {r['registered_images']} images "
+              "have one)."]
     lines += ["", "| family | copies | recall weak (all) | dev | holdout | recall strong | "
-              "median PDQ distance |", "|---|---|---|---|---|---|---|"]
+              "PDQ/pHash alone | local alone | median PDQ distance | median local inliers |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for fam, row in r["families"].items():
         lines.append(f"| {fam} | {row['copies']} | {row['weak_all']:.1%} | "
                      f"{row.get('weak_dev', 0):.1%} | {row.get('weak_holdout', 0):.1%} | "
-                     f"{row['strong_all']:.1%} | {row['pdq_median']:.0f} |")
+                     f"{row['strong_all']:.1%} | {row['hashes_only_weak']:.1%} | "
+                     f"{row['local_only_weak']:.1%} | {row['pdq_median']:.0f} | "
+                     f"{row['local_median_inliers']:.0f} |")
     fp = r["false_positives"]
     lines += ["", "| unrelated pairs | pairs | false positives (weak) | (strong) |",
               "|---|---|---|---|"]
@@ -465,6 +545,9 @@ def report(r: dict, out: Path) -> None:  # type: ignore[type-arg]
         lines.append(f"| {split} | {fp[split]['pairs']:,} | {fp[split]['weak']} | "
                      f"{fp[split]['strong']} |")
     lines.append(f"| people vs people | {fp['people']['pairs']:,} | {fp['people']['weak']} | |")
+    lines += ["", "False positives by signal (all pairs): " + ", ".join(
+        f"{sig} {v['weak']} weak / {v['strong']} strong" for sig, v in fp["by_signal"].items())
+        + "."]
     c = r["confirmed"]
     lines += ["", f"Confirmed through `Registry.match` with the derived thresholds: "
               f"{c['copies_caught']} of {c['copies']} copies matched their case; "
@@ -500,8 +583,11 @@ def plots(r: dict, out: Path) -> None:  # type: ignore[type-arg]
         return
     fams = list(r["families"])
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.bar(fams, [r["families"][f]["weak_all"] * 100 for f in fams], label="weak tier")
+    fig.set_size_inches(12, 4.5)
+    ax.bar(fams, [r["families"][f]["weak_all"] * 100 for f in fams], label="weak tier, all signals")
     ax.bar(fams, [r["families"][f]["strong_all"] * 100 for f in fams], alpha=0.6, label="strong")
+    ax.plot(fams, [r["families"][f]["hashes_only_weak"] * 100 for f in fams], "k_",
+            markersize=14, label="PDQ/pHash alone (weak)")
     ax.set_ylabel("recall %")
     ax.set_ylim(0, 100)
     ax.tick_params(axis="x", rotation=45)
@@ -521,6 +607,21 @@ def plots(r: dict, out: Path) -> None:  # type: ignore[type-arg]
     ax.legend()
     fig.tight_layout()
     fig.savefig(out.with_name("accuracy-pdq-distances.png"), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    unrel_l = r["distances"]["unrelated_local"]
+    true_l = [n for ns in r["distances"]["true_local"].values() for n in ns]
+    top = max([40, *unrel_l])
+    bins = np.arange(0, min(top, 120) + 2, 2)
+    ax.hist(np.clip(true_l, 0, bins[-1]), bins=bins, alpha=0.6, log=True,
+            label=f"altered copies (n={len(true_l)}; 0 = not verified)")
+    ax.hist(unrel_l, bins=bins, alpha=0.6, log=True,
+            label=f"unrelated (query, case) pairs verified with >= 6 inliers (n={len(unrel_l)})")
+    for tier in ("weak", "strong"):
+        ax.axvline(r["thresholds"]["local"][tier], linestyle="--", color="k")
+    ax.set_xlabel("local-feature inliers of the best verified transform")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_name("accuracy-local-inliers.png"), dpi=110)
 
 
 if __name__ == "__main__":

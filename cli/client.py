@@ -11,7 +11,10 @@ from typing import Any
 from registry.errors import RegistryError
 from registry.hashing import ImageSignals
 
-SIGNALS = ("pdq", "pdq_content", "pdq_frame", "phash", "md5", "sha256")
+SIGNALS = ("pdq", "pdq_content", "pdq_frame", "phash", "md5", "sha256", "local")
+# A request holds at most 1000 queries; with local signals (~48 KB each, and tens of
+# milliseconds of verification each on the server) batches are cut at this many bytes too.
+BATCH_BYTES = 4 * 1024 * 1024
 
 
 class ApiError(RegistryError):
@@ -31,10 +34,11 @@ def query_json(ref: str, image: ImageSignals, min_quality: int) -> dict[str, Any
 
 def match(url: str, key: str, queries: list[dict[str, Any]], timeout: float = 30.0
           ) -> list[dict[str, Any]]:
-    """POST the queries (in batches of 1000) and return the results in order."""
+    """POST the queries (in batches of at most 1000 and about BATCH_BYTES) and return the
+    results in order."""
     results: list[dict[str, Any]] = []
-    for i in range(0, len(queries), 1000):
-        body = json.dumps({"queries": queries[i : i + 1000]}).encode()
+    for batch in _batches(queries):
+        body = json.dumps({"queries": batch}).encode()
         request = urllib.request.Request(
             url.rstrip("/") + "/api/v1/match", data=body, method="POST",
             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
@@ -47,6 +51,19 @@ def match(url: str, key: str, queries: list[dict[str, Any]], timeout: float = 30
             reason = getattr(e, "reason", e)
             raise ApiError(f"Cannot reach the registry at {url}: {reason}.") from None
     return results
+
+
+def _batches(queries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    out: list[list[dict[str, Any]]] = []
+    size = 0
+    for q in queries:
+        n = len(json.dumps(q))
+        if not out or len(out[-1]) >= 1000 or size + n > BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(q)
+        size += n
+    return out
 
 
 def _message(e: urllib.error.HTTPError) -> str:

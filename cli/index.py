@@ -89,8 +89,9 @@ def stats(ctx: Context, as_json: bool) -> None:
     kinds = data["kinds"]
     assert isinstance(kinds, dict)
     for kind, s in kinds.items():
+        signals = f"\tsignals={s['signals']}" if "signals" in s else ""
         click.echo(f"{kind}\tlive={s['live']}\tbase={s['base']}\tdelta={s['delta']}\t"
-                   f"tombstones={s['tombstones']}\tbytes={s['bytes']}")
+                   f"tombstones={s['tombstones']}\tbytes={s['bytes']}{signals}")
 
 
 @index.command("snapshot")

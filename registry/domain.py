@@ -507,6 +507,6 @@ class FeedRecord:
 
     def to_json(self) -> dict[str, object]:
         return {"seq": self.seq, "status": self.status, "id": str(self.signal_id),
-                "signal": self.signal.kind.value, "value": self.signal.hex, "bank": self.bank,
+                "signal": self.signal.kind.value, "value": self.signal.text, "bank": self.bank,
                 "view": self.label, "pipeline_version": self.pipeline_version,
                 "at": self.at.isoformat()}

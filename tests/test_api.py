@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cli.main import cli
 from registry.bootstrap import build_registry
 from registry.config import Settings
-from registry.domain import Scope, SignalKind
+from registry.domain import Scope, Signal, SignalKind
 from registry.hashing import DecodeOptions, ImageSignals, compute_signals
 from registry.service import Registry, SubmittedImage
 from registry.web import create_app
@@ -219,12 +219,14 @@ def test_match_image_hashes_in_memory_and_returns_the_signals(registry, client, 
     assert type(body["index_version"]) is int
     assert {m["signal"] for m in body["matches"]} >= {"pdq", "phash"}
     for m in body["matches"]:
-        assert set(m) == MATCH_KEYS and type(m["distance"]) is int
+        extra = {"inliers", "coverage"} if m["signal"] == "local" else set()
+        assert set(m) == MATCH_KEYS | extra and type(m["distance"]) is int
     expected = registry.hash_image(data)
     signals = body["signals"]
     assert signals["pdq"] == expected.pdq.hex and signals["phash"] == expected.phash.hex
     assert signals["md5"] == hashlib.md5(data).hexdigest()
     assert signals["sha256"] == hashlib.sha256(data).hexdigest()
+    assert expected.local is not None and signals.pop("local") == expected.local.text
     assert all(re.fullmatch(r"[0-9a-f]+", v) for v in signals.values())
 
     other = client.post("/api/v1/match/image", data=multipart(jpeg(98), "other.jpg"),
@@ -372,8 +374,11 @@ def test_feed_pages_through_every_hash_then_publishes_the_withdrawal(registry, c
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     for r in records:
         assert set(r) == FEED_KEYS and r["status"] == "active" and r["bank"] == "submissions"
-        assert r["signal"] in ("pdq", "phash", "md5", "sha256")
-        assert len(r["value"]) == SignalKind(r["signal"]).bits // 4
+        assert r["signal"] in ("pdq", "phash", "md5", "sha256", "local")
+        if r["signal"] == "local":  # base64 of the packed keypoints, parsed like API input
+            assert 16 <= Signal.parse("local", r["value"]).keypoints <= 112
+        else:
+            assert len(r["value"]) == SignalKind(r["signal"]).bits // 4
         assert type(r["pipeline_version"]) is int and isinstance(r["id"], str)
     assert {r["view"] for r in records if r["signal"] == "pdq"} >= {"full", "mirror"}
     # Nothing new: an empty page that keeps the cursor.

@@ -112,7 +112,8 @@ def test_index_commands(run, write_image):
     assert verified.exit_code == 0 and lines(verified.output)[0]["ok"] is True
     stats = lines(run("index", "stats", "--json").output)[0]
     assert stats["kinds"]["phash"]["live"] == 1 and stats["loaded_from"] == "snapshot"
-    assert stats["kinds"]["pdq"]["live"] == lines(rebuilt.output)[0]["indexed"] - 1
+    assert stats["kinds"]["local"]["signals"] == 1  # the image's keypoints, one signal
+    assert stats["kinds"]["pdq"]["live"] == lines(rebuilt.output)[0]["indexed"] - 2
     assert run("index", "snapshot").exit_code == 0
     assert "OK" in run("index", "verify").output
     upgraded = run("db", "upgrade")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from registry.hashing import PIPELINE_VERSION
 from registry.bootstrap import build_registry
 from registry.config import Settings
 from registry.domain import CaseStatus, Query, Scope, Signal
@@ -120,10 +121,12 @@ def signals_body(registry: Registry, *seeds: int) -> dict[str, Any]:
         image = registry.hash_image(jpeg(seed), registration=True)
         views = [{"label": v.label, "pdq": v.pdq.hex, "quality": v.quality}
                  for v in image.variants]
-        images.append({"signals": {"pdq": image.pdq.hex, "phash": image.phash.hex,
-                                   "md5": image.md5.hex, "sha256": image.sha256.hex},
-                       "pdq_quality": image.pdq_quality, "views": views,
-                       "pipeline_version": 2})
+        signals = {"pdq": image.pdq.hex, "phash": image.phash.hex, "md5": image.md5.hex,
+                   "sha256": image.sha256.hex}
+        if image.local is not None:
+            signals["local"] = image.local.text
+        images.append({"signals": signals, "pdq_quality": image.pdq_quality, "views": views,
+                       "pipeline_version": PIPELINE_VERSION})
     return {"images": images}
 
 

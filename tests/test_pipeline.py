@@ -11,7 +11,14 @@ from registry.errors import InvalidInput
 from registry.hashing import compute_signals
 from registry.hashing.content import content_box
 from registry.hashing.signals import pdq_of
-from registry.hashing.variants import CROPS, ROTATIONS, crop_window, registration_views, rotated
+from registry.hashing.variants import (
+    CROPS,
+    ORIENTATIONS,
+    ROTATIONS,
+    crop_window,
+    registration_views,
+    rotated,
+)
 from registry.service import SubmittedImage
 from tests.conftest import encode, photo
 
@@ -102,9 +109,14 @@ def test_trimmed_copy_hashes_like_the_original():
 def test_registration_views():
     img = photo(8)
     views = dict(registration_views(img))
-    assert len(views) == 1 + len(CROPS) + len(ROTATIONS) == 15
+    assert len(views) == 1 + len(ORIENTATIONS) + len(CROPS) + len(ROTATIONS) == 21
     assert next(iter(views)) == "mirror"
     assert views["mirror"].tobytes() == ImageOps.mirror(img).tobytes()
+    # The other orientations of the dihedral group, each its own PIL transpose.
+    assert views["rot90"].size == (480, 640) and views["transpose"].size == (480, 640)
+    assert views["rot180"].tobytes() == img.rotate(180).tobytes()
+    assert views["flip-v"].tobytes() == ImageOps.flip(img).tobytes()
+    assert len({views[label].tobytes() for label, _ in ORIENTATIONS}) == 6
     assert views["crop90-c"].size == (576, 432)
     assert views["crop80-tl"].tobytes() == img.crop((0, 0, 512, 384)).tobytes()
     assert views["crop80-br"].tobytes() == img.crop((128, 96, 640, 480)).tobytes()

@@ -43,7 +43,7 @@ def test_submit_status_withdraw_round_trip(registry):
     assert receipt.signals == 10  # per image: PDQ, pHash, MD5, SHA-256 and local
     view = registry.case_status(receipt.number, receipt.pin)
     assert view.status is CaseStatus.ACTIVE
-    assert view.signals == {"pdq": 2, "phash": 2, "md5": 2, "sha256": 2}
+    assert view.signals == {"pdq": 2, "phash": 2, "md5": 2, "sha256": 2, "local": 2}
     assert view.takedowns == 0
     # The PIN is accepted in any grouping, the case number in lowercase without hyphens.
     loose = registry.case_status(receipt.number.replace("-", "").lower(),
@@ -219,7 +219,7 @@ def test_index_verify_rebuild_and_snapshot_restart(settings):
     registry.keeper.indexes.indexes[SignalKind.PDQ].remove(ids[:1])
     broken = registry.verify_index()
     assert not broken.ok and broken.missing["pdq"] == [int(ids[0])]
-    assert registry.rebuild_index() == 4
+    assert registry.rebuild_index() == 6  # PDQ, pHash and local of two live images
     assert registry.verify_index().ok
     registry.close()
     # A restart loads the snapshot and replays the log tail written since.

@@ -57,8 +57,9 @@ class IndexOptions:
         return self.extra_probes if kind is SignalKind.PDQ else 0
 
     def new_local(self) -> LocalIndex:
-        if self.kind == "flat":
-            return LocalIndex(FlatIndex(256, self.compact_ratio))
+        # The multi-index under either option: local matching is by votes over many
+        # descriptor pairs, not exact to a radius, and a flat scan of every registered
+        # descriptor per query keypoint (1,000 per query) would be ~100x slower.
         return LocalIndex(MultiIndex(256, LOCAL_EXACT_RADIUS, self.compact_ratio,
                                      auto_compact=self.auto_compact))
 
@@ -178,5 +179,5 @@ class IndexSet:
             "position": self.position,
             "index": self.options.kind,
             "kinds": {**{k.value: i.stats for k, i in self.indexes.items()},
-                      SignalKind.LOCAL.value: self.local.stats()},
+                      SignalKind.LOCAL.value: self.local.stats},
         }

@@ -170,8 +170,15 @@ class LocalIndex:
         n = int(row[1]) | int(row[2]) << 8
         return bytes(row[: 7 + 36 * n])
 
+    @property
     def stats(self) -> dict[str, int]:
-        return {"signals": len(self), "descriptors": len(self.inner)}
+        """The descriptor index's figures (``live`` counts descriptors), the signals they
+        belong to, and the bytes of both (packed keypoints kept for verification)."""
+        inner = dict(self.inner.stats)
+        kept = sum(len(b) for b in self.blobs.values())
+        # Parsed positions/angles per keypoint (8 + 8 bytes) besides the packed bytes.
+        parsed = sum(16 * len(f) for f in self.features.values())
+        return {**inner, "signals": len(self), "bytes": inner["bytes"] + kept + parsed}
 
 
 def verify(query: Keypoints, registered: Keypoints, q_idx: npt.NDArray[np.int64],
