@@ -142,15 +142,14 @@ def spread(responses: npt.NDArray[np.float32], xy: npt.NDArray[np.float32], widt
     cx = np.minimum(grid - 1, (xy[:, 0] * grid / width).astype(np.int64))
     cy = np.minimum(grid - 1, (xy[:, 1] * grid / height).astype(np.int64))
     cell = cy * grid + cx
-    order = np.lexsort((np.arange(n), -responses))  # strongest first, ties by index
+    index = np.arange(n)
+    # Rank within the cell: cell first, then strongest first, ties by index.
+    by_cell = np.lexsort((index, -responses, cell))
+    sorted_cell = cell[by_cell]
     rank = np.empty(n, dtype=np.int64)
-    seen: dict[int, int] = {}
-    for i in order.tolist():
-        c = int(cell[i])
-        rank[i] = seen.get(c, 0)
-        seen[c] = rank[i] + 1
+    rank[by_cell] = index - np.searchsorted(sorted_cell, sorted_cell, side="left")
     # Round first, then strength within the round: the first `wanted` of this order.
-    chosen = np.lexsort((np.arange(n), -responses, rank))[:wanted]
+    chosen = np.lexsort((index, -responses, rank))[:wanted]
     return chosen[np.lexsort((chosen, -responses[chosen]))]
 
 
@@ -167,7 +166,7 @@ def extract(img: Image.Image, *, registration: bool) -> LocalFeatures | None:
     keypoints, descriptors = _orb(wanted).detectAndCompute(grey, None)  # type: ignore[call-overload]
     if descriptors is None or len(keypoints) < MIN_KEYPOINTS:
         return None
-    xy = np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2)
+    xy = np.asarray(cv2.KeyPoint.convert(keypoints), dtype=np.float32).reshape(-1, 2)
     responses = np.array([k.response for k in keypoints], dtype=np.float32)
     keep = spread(responses, xy, w, h, wanted, grid)
     angle = np.array([round(keypoints[i].angle / 360 * ANGLE_STEPS) % ANGLE_STEPS
