@@ -19,11 +19,24 @@ $(STAMP): pyproject.toml setup.py registry/index/_mih.c
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# opencv.js (the submit page's local features, registry/web/static/js/hash/local.js): from the
+# npm registry at the version package-lock.json pins, served from our own origin. The page's
+# hashing worker is an ES module, where top-level `this` is undefined: the UMD wrapper's one
+# `}(this, function () {` is pointed at globalThis instead (checked: exactly one line changes).
+OPENCV_JS := registry/web/static/vendor/opencv.js
+$(OPENCV_JS): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	mkdir -p $(dir $@)
+	sed 's/^}(this, function () {$$/}(globalThis, function () {/' \
+	  node_modules/@techstark/opencv-js/dist/opencv.js > $@.tmp
+	test "$$(diff node_modules/@techstark/opencv-js/dist/opencv.js $@.tmp | grep -c '^>')" = 1
+	mv $@.tmp $@
+
+run: $(STAMP) $(OPENCV_JS)
 	$(BIN)/takedown db upgrade
 	exec $(BIN)/takedown serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(OPENCV_JS)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -48,4 +61,4 @@ bench-api: $(STAMP)
 	$(BIN)/python bench/api_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules registry/web/static/vendor build *.egg-info .pytest_cache .mypy_cache .ruff_cache

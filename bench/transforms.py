@@ -6,17 +6,21 @@ copy can be regenerated from the seed alone. The copies are made in memory and n
 
 from __future__ import annotations
 
+import colorsys
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 Transform = Callable[[Image.Image, np.random.Generator], Image.Image]
 
 WORDS = ("omg", "look", "who", "is", "this", "lol", "class", "2-3", "teacher", "wow", "send",
          "to", "group", "haha", "real?", "ㅋㅋㅋ")
+PLACES = ("top", "middle", "bottom")  # where caption-over text goes
 
 
 def jpeg(img: Image.Image, quality: int) -> Image.Image:
@@ -87,11 +91,17 @@ def letterbox(img: Image.Image, aspect: float, colour: tuple[int, int, int]) -> 
 
 
 def screenshot(img: Image.Image, rng: np.random.Generator,
-               truth: list[tuple[int, int, int, int]] | None = None) -> Image.Image:
+               truth: list[tuple[int, int, int, int]] | None = None, *,
+               dark: bool | None = None) -> Image.Image:
     """A phone screenshot of a chat or feed: status bar, app header, the picture scaled to the
-    screen width (sometimes with margins), text below, then downscaled and re-encoded."""
+    screen width (sometimes with margins), text below, then downscaled and re-encoded.
+
+    ``dark`` forces the dark (True) or light (False) theme; None draws it (40% dark). The draw
+    is made either way, so the rest of the random stream is the same in all three cases."""
     W, H = 1170, 2532
-    dark = rng.random() < 0.4
+    drawn_dark = rng.random() < 0.4
+    if dark is None:
+        dark = drawn_dark
     bg = (0, 0, 0) if dark else (255, 255, 255)
     ink = (235, 235, 235) if dark else (20, 20, 20)
     screen = Image.new("RGB", (W, H), bg)
@@ -156,6 +166,255 @@ def chat_chain(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return jpeg(resize(cropped, 0.8), 70)
 
 
+def _side(v: float, limit: int) -> int:
+    """A length in pixels: rounded, at least 1, at most ``limit``."""
+    return max(1, min(limit, round(v)))
+
+
+def _bright(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated, light colour (random hue), as stickers are."""
+    r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.7, 1.0), rng.uniform(0.85, 1.0))
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _mask_of(size: tuple[int, int],
+             paint: Callable[[ImageDraw.ImageDraw], None]) -> npt.NDArray[np.bool_]:
+    """The pixels ``paint`` touches when it draws with ink 255 on a black canvas of ``size``
+    (an RGB one: shapes with wide outlines are rasterised differently in mode L)."""
+    canvas = Image.new("RGB", size)
+    paint(ImageDraw.Draw(canvas))
+    return np.asarray(np.asarray(canvas).any(axis=2), bool)
+
+
+@dataclass(frozen=True)
+class _Caption:
+    """Text laid straight over a picture: one line per entry, each at its (x, y)."""
+
+    lines: tuple[str, ...]
+    xy: tuple[tuple[float, float], ...]
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+    stroke: int
+    white: bool
+
+    def draw(self, draw: ImageDraw.ImageDraw, mask: bool = False) -> None:
+        fill, edge = ((255, 255, 255), (0, 0, 0)) if self.white else ((0, 0, 0), (255, 255, 255))
+        for line, xy in zip(self.lines, self.xy, strict=True):
+            draw.text(xy, line, fill=255 if mask else fill, font=self.font,
+                      stroke_width=self.stroke, stroke_fill=255 if mask else edge)
+
+
+def _plan_caption(size: tuple[int, int], rng: np.random.Generator, where: str) -> _Caption:
+    """One or two lines of 3-5 words, 8-12% of the height high (smaller when they would not fit
+    the width), centred, at the top, middle or bottom; white text outlined in black or the
+    reverse."""
+    w, h = size
+    white = bool(rng.random() < 0.7)
+    lines = tuple(_text(rng, int(rng.integers(3, 6))) for _ in range(int(rng.integers(1, 3))))
+    px = max(4, round(h * rng.uniform(0.08, 0.12)))
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    for _ in range(3):  # shrink the font until the widest line fits 92% of the width
+        font = _font(px)
+        stroke = max(1, round(px * 0.08))
+        boxes = [measure.textbbox((0, 0), line, font=font, stroke_width=stroke) for line in lines]
+        widest = max(b[2] - b[0] for b in boxes)
+        if widest <= 0.92 * w or px == 4:
+            break
+        px = max(4, int(px * 0.92 * w / widest))
+    step = round(px * 1.2) + 2 * stroke
+    block = step * len(lines)
+    margin = round(h * 0.04)
+    top = {"top": margin, "middle": (h - block) // 2, "bottom": h - block - margin}[where]
+    xy = tuple((max(0, (w - (b[2] - b[0])) // 2) - b[0], max(0, top) + i * step - b[1])
+               for i, b in enumerate(boxes))
+    return _Caption(lines, xy, font, stroke, white)
+
+
+def caption_over(img: Image.Image, rng: np.random.Generator, where: str) -> Image.Image:
+    """Meme text drawn over the picture itself, without a bar (``where``: top, middle, bottom)."""
+    out = img.copy()
+    _plan_caption(out.size, rng, where).draw(ImageDraw.Draw(out))
+    return out
+
+
+@dataclass(frozen=True)
+class _Sticker:
+    """A flat overlay: ``kind`` circle, rounded (rectangle), star or emoji, centred on (cx, cy);
+    ``rx``, ``ry`` are half its width and height (star, circle, emoji: rx == ry)."""
+
+    kind: str
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+    fill: tuple[int, int, int]
+    outline: tuple[int, int, int] | None
+    turn: float  # star: rotation in radians; emoji: 0 = smile, 1 = open mouth
+
+    def scaled(self, f: float) -> _Sticker:
+        return _Sticker(self.kind, self.cx, self.cy, self.rx * f, self.ry * f, self.fill,
+                        self.outline, self.turn)
+
+    def draw(self, draw: ImageDraw.ImageDraw, mask: bool = False) -> None:
+        box = (self.cx - self.rx, self.cy - self.ry, self.cx + self.rx, self.cy + self.ry)
+        width = max(1, round(min(self.rx, self.ry) * 0.08))
+        fill: int | tuple[int, int, int] = 255 if mask else self.fill
+        # (the mask's outline ink differs from its fill: Pillow skips an outline of the same ink)
+        edge = None if self.outline is None else (254 if mask else self.outline)
+        if self.kind == "rounded":
+            draw.rounded_rectangle(box, radius=max(1, round(min(self.rx, self.ry) * 0.35)),
+                                   fill=fill, outline=edge, width=width)
+        elif self.kind == "star":
+            pts = [(self.cx + r * np.sin(self.turn + i * np.pi / 5),
+                    self.cy - r * np.cos(self.turn + i * np.pi / 5))
+                   for i, r in enumerate([self.rx, self.rx * 0.5] * 5)]
+            draw.polygon([(float(x), float(y)) for x, y in pts], fill=fill, outline=edge,
+                         width=width)
+        else:  # circle, emoji
+            draw.ellipse(box, fill=fill, outline=edge, width=width)
+        if self.kind != "emoji" or mask:
+            return
+        r, ink = self.rx, (70, 40, 10)
+        for side in (-1, 1):  # eyes
+            ex, ey = self.cx + side * 0.35 * r, self.cy - 0.25 * r
+            draw.ellipse((ex - 0.12 * r, ey - 0.16 * r, ex + 0.12 * r, ey + 0.16 * r), fill=ink)
+        mouth = (self.cx - 0.55 * r, self.cy - 0.3 * r, self.cx + 0.55 * r, self.cy + 0.6 * r)
+        if self.turn:
+            draw.chord(mouth, 15, 165, fill=(150, 30, 30), outline=ink, width=width)
+        else:
+            draw.arc(mouth, 25, 155, fill=ink, width=max(1, round(r * 0.1)))
+
+
+def _new_sticker(size: tuple[int, int], rng: np.random.Generator, emoji: bool) -> _Sticker:
+    """A sticker at a random place, of 5-12% of the picture's area (emoji: 6-10%), inside it."""
+    w, h = size
+    area = w * h * (rng.uniform(0.06, 0.10) if emoji else rng.uniform(0.05, 0.12))
+    kind = "emoji" if emoji else str(rng.choice(["circle", "rounded", "star"]))
+    if kind == "rounded":
+        aspect = rng.uniform(0.6, 1.6)
+        rx, ry = np.sqrt(area * aspect) / 2, np.sqrt(area / aspect) / 2
+    else:  # a 5-point star with inner radius r/2 covers about 1.47 r^2
+        rx = ry = np.sqrt(area / (1.47 if kind == "star" else np.pi))
+    rx, ry = min(float(rx), w / 2), min(float(ry), h / 2)
+    if kind != "rounded":
+        rx = ry = min(rx, ry)
+    cx, cy = rng.uniform(rx, w - rx), rng.uniform(ry, h - ry)
+    if emoji:
+        return _Sticker(kind, cx, cy, rx, ry, (255, 204, 40), (190, 120, 0), float(rng.integers(2)))
+    outline = (None, (255, 255, 255), (0, 0, 0))[int(rng.integers(3))]
+    return _Sticker(kind, cx, cy, rx, ry, _bright(rng), outline, rng.uniform(0, 2 * np.pi))
+
+
+def stickers(img: Image.Image, rng: np.random.Generator, emoji: bool = False,
+             text: bool = False, budget: float = 0.25) -> Image.Image:
+    """2-4 flat stickers (emoji: 2-3 smiley faces) at random places, with a stroked caption when
+    ``text``; together they cover at most ``budget`` of the picture (a sticker that would take
+    the union over it is shrunk, or left out)."""
+    out = img.copy()
+    draw = ImageDraw.Draw(out)
+    cap = None
+    covered: npt.NDArray[np.bool_] = np.zeros((out.height, out.width), bool)
+    if text:
+        cap = _plan_caption(out.size, rng, str(rng.choice(PLACES)))
+        covered = _mask_of(out.size, partial(cap.draw, mask=True))
+    limit = budget * covered.size
+    placed = 0
+    for _ in range(int(rng.integers(2, 4 if emoji else 5))):
+        sticker = _new_sticker(out.size, rng, emoji)
+        for f in (1.0, 0.8, 0.64, 0.5, 0.4):  # shrink it until the union fits, else leave it out
+            union = covered | _mask_of(out.size, partial(sticker.scaled(f).draw, mask=True))
+            if union.sum() <= limit:
+                sticker.scaled(f).draw(draw)
+                covered, placed = union, placed + 1
+                break
+    if cap is not None:
+        cap.draw(draw)
+    # the caption alone may take more than the budget on a tiny picture: then no sticker goes on
+    assert covered.sum() <= limit or not placed, "the overlays cover more than the budget"
+    return out
+
+
+def synthetic_picture(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A made-up picture with texture: smooth colour gradients, a finer colour pattern, random
+    shapes and lines, then noise. Stands in for the other photo of a collage."""
+    w, h = max(1, w), max(1, h)
+    coarse = rng.integers(0, 256, (int(rng.integers(2, 5)), int(rng.integers(2, 5)), 3))
+    fine = rng.integers(0, 256, (int(rng.integers(8, 17)), int(rng.integers(8, 17)), 3))
+    up = [np.asarray(Image.fromarray(g.astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC),
+                     np.float64) for g in (coarse, fine)]
+    pic = Image.fromarray(np.clip(0.75 * up[0] + 0.25 * up[1], 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pic)
+    for _ in range(int(rng.integers(5, 12))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = rng.uniform(-0.1, 0.9) * w, rng.uniform(-0.1, 0.9) * h
+        x1, y1 = x0 + rng.uniform(0.05, 0.45) * w, y0 + rng.uniform(0.05, 0.45) * h
+        kind = int(rng.integers(4))
+        if kind == 0:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+        elif kind == 1:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+        elif kind == 2:
+            draw.polygon([(x0, y1), ((x0 + x1) / 2, y0), (x1, y1)], fill=colour)
+        else:
+            draw.line((x0, y0, x1, y1), fill=colour, width=max(1, round(min(w, h) * 0.02)))
+    noisy = np.asarray(pic, np.float64) + rng.normal(0, 8, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def collage(img: Image.Image, rng: np.random.Generator, layout: str) -> Image.Image:
+    """The picture combined with a synthetic one: ``two-up-h`` (side by side, each half the
+    width), ``two-up-v`` (stacked), ``pip-large`` / ``pip-small`` (the picture as an inset of
+    about 50% / 42% of a synthetic background's area). The long side stays within 1.2 times the
+    picture's; the picture always covers at least 40% of the result."""
+    w, h = img.size
+    longest = int(1.2 * max(w, h))
+    if layout in ("two-up-h", "two-up-v"):
+        across = layout == "two-up-h"
+        s = min(1.0, longest / (max(2 * w, h) if across else max(w, 2 * h)))
+        pw, ph = max(1, round(w * s)), max(1, round(h * s))
+        W, H = (2 * pw, ph) if across else (pw, 2 * ph)
+        first = rng.random() < 0.5  # the registered picture on the left / top
+        other = synthetic_picture(rng, pw, ph)
+        out = Image.new("RGB", (W, H))
+        slots = ((0, 0), (pw, 0) if across else (0, ph))
+        out.paste(other, slots[int(first)])
+        x, y = slots[1 - int(first)]
+    elif layout in ("pip-large", "pip-small"):
+        frac = rng.uniform(0.48, 0.54) if layout == "pip-large" else rng.uniform(0.41, 0.45)
+        grow, stretch = rng.uniform(0.95, 1.1), rng.uniform(0.9, 1.1)
+        W, H = _side(w * grow * stretch, longest), _side(h * grow, longest)
+        pw = min(W, int(np.ceil(np.sqrt(frac * W * H * w / h))))
+        ph = min(H, int(np.ceil(pw * h / w)))
+        out = synthetic_picture(rng, W, H)
+        x, y = int(rng.integers(0, W - pw + 1)), int(rng.integers(0, H - ph + 1))
+    else:
+        raise ValueError(layout)
+    out.paste(img.resize((pw, ph), Image.Resampling.BICUBIC) if (pw, ph) != img.size else img,
+              (x, y))
+    assert pw * ph >= 0.4 * W * H, f"{layout}: the picture covers {pw * ph / (W * H):.0%}"
+    return out
+
+
+def random_crop(img: Image.Image, rng: np.random.Generator, keep: float) -> Image.Image:
+    """Keep ``keep`` of each side, the window at a random place (at least 1 x 1 pixels)."""
+    w, h = img.size
+    cw, ch = _side(w * keep, w), _side(h * keep, h)
+    fx, fy = rng.uniform(0, 1), rng.uniform(0, 1)
+    x, y = round((w - cw) * fx), round((h - ch) * fy)
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def orient(img: Image.Image, rng: np.random.Generator, op: Image.Transpose) -> Image.Image:
+    """One of the dihedral transforms: a mirror, a flip, a quarter turn, a transposition."""
+    return img.transpose(op)
+
+
+def _then_jpeg(fn: Transform, quality: int) -> Transform:
+    """``fn`` followed by a JPEG re-encode at ``quality``."""
+    def apply(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        return jpeg(fn(img, rng), quality)
+    return apply
+
+
 @dataclass(frozen=True)
 class Variant:
     family: str
@@ -204,4 +463,38 @@ def variants() -> list[Variant]:
         out.append(_v(fam, f"+{deg}", lambda im, r, d=deg: jpeg(rotate(im, d), 90)))
         out.append(_v(fam, f"-{deg}", lambda im, r, d=deg: jpeg(rotate(im, -d), 90)))
     out.append(_v("chat", "chain", chat_chain))
+    # Added families: their seeds in bench/accuracy.py come from their positions, so the
+    # families above keep their copies.
+    for keep in (0.9, 0.8, 0.7):
+        for i in range(1, 6):
+            out.append(_v(f"crop{round(keep * 100)}r", f"r{i}",
+                          _then_jpeg(partial(random_crop, keep=keep), 90)))
+    for where in PLACES:
+        out.append(_v("caption-over", f"over-{where}",
+                      _then_jpeg(partial(caption_over, where=where), 85)))
+    out.append(_v("sticker", "stickers", _then_jpeg(stickers, 85)))
+    out.append(_v("sticker", "stickers+text", _then_jpeg(partial(stickers, text=True), 85)))
+    out.append(_v("sticker", "emoji", _then_jpeg(partial(stickers, emoji=True), 85)))
+    for layout in ("two-up-h", "two-up-v", "pip-large", "pip-small"):
+        out.append(_v("collage", layout, _then_jpeg(partial(collage, layout=layout), 85)))
+    for theme, dark in (("light", False), ("dark", True)):
+        for i in range(3):
+            out.append(_v(f"screenshot-{theme}", f"phone{i}", partial(screenshot, dark=dark)))
+    out.append(_v("rotate15", "+15", lambda im, r: jpeg(rotate(im, 15), 90)))
+    out.append(_v("rotate15", "-15", lambda im, r: jpeg(rotate(im, -15), 90)))
+    out.append(_v("combo", "crop80+caption+jpeg60", lambda im, r: jpeg(
+        caption_over(random_crop(im, r, 0.8), r, str(r.choice(PLACES))), 60)))
+    out.append(_v("combo", "crop90+sticker+jpeg60", lambda im, r: jpeg(
+        stickers(random_crop(im, r, 0.9), r), 60)))
+    out.append(_v("combo", "screenshot+crop90", lambda im, r: jpeg(
+        random_crop(screenshot(im, r), r, 0.9), 80)))
+    out.append(_v("combo", "collage+jpeg60", lambda im, r: jpeg(collage(im, r, "two-up-h"), 60)))
+    for name, op in (("mirror", Image.Transpose.FLIP_LEFT_RIGHT),
+                     ("flip-v", Image.Transpose.FLIP_TOP_BOTTOM),
+                     ("rot90", Image.Transpose.ROTATE_90),
+                     ("rot180", Image.Transpose.ROTATE_180),
+                     ("rot270", Image.Transpose.ROTATE_270),
+                     ("transpose", Image.Transpose.TRANSPOSE),
+                     ("transverse", Image.Transpose.TRANSVERSE)):
+        out.append(_v("orientation", name, _then_jpeg(partial(orient, op=op), 90)))
     return out

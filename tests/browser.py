@@ -36,6 +36,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from registry.web.site import CSP, WORKER_CSP, WORKER_SCRIPT
 from tests.conftest import unavailable
 
 if TYPE_CHECKING:
@@ -129,6 +130,9 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def end_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")
+        if self.path.startswith("/static/"):  # the policies the app gives its static files
+            worker = self.path.split("?", 1)[0] == "/static/" + WORKER_SCRIPT
+            self.send_header("Content-Security-Policy", WORKER_CSP if worker else CSP)
         super().end_headers()
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:

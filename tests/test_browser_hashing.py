@@ -5,12 +5,15 @@ Each image is picked in a page and hashed by the worker, as the submit page does
 JPEG draft decoding, so parity is measured against a full decode (the distance to the default
 draft decode is reported too). Bars (docs/browser-hashing.md): pHash, MD5 and SHA-256 equal;
 PDQ within 4 bits for quality >= 80 (Meta's bar between implementations is 10); PDQ quality
-within 1; the same views (the content box present in both or neither) each within 4 bits.
+within 1; the same views (the content box present in both or neither) each within 4 bits; the local
+signal present in both or neither, at most 5% of Python's keypoints missing and on average at
+most one descriptor bit moved per shared keypoint.
 Images are generated in code; the evaluation photos in ../shared/data are used when present.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import statistics
 import struct
@@ -26,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from registry.hashing import PIPELINE_VERSION
 from registry.hashing.decode import DecodeOptions
+from registry.hashing.local import LocalFeatures, unpack
 from registry.hashing.signals import compute_signals
 from registry.service.cases import SubmittedImage
 from tests.browser import WorkerPage, launch_chromium, static_server
@@ -36,6 +40,8 @@ PHOTO_SAMPLE = 60
 PDQ_BAR = 4  # bits, for images (and views) of quality >= QUALITY_BAR
 QUALITY_BAR = 80
 QUALITY_TOLERANCE = 1
+LOCAL_LOST_BAR = 0.05  # of Python's keypoints missing from the browser's, per image
+LOCAL_BITS_BAR = 1.0  # descriptor bits moved per shared keypoint, on average per image
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +90,30 @@ def compare(image: dict[str, Any], data: bytes) -> dict[str, Any]:
         "size_equal": (image["width"], image["height"]) == (full.width, full.height),
         "pipeline_version": image["pipeline_version"],
         "views": views,
+        "local": compare_local(signals.get("local"),
+                               None if full.local is None else unpack(full.local.value)),
     }
+
+
+def compare_local(text: str | None, ref: LocalFeatures | None) -> dict[str, Any]:
+    """The browser's local signal against Python's: both present (or both absent), keypoints
+    of Python's not found in the browser's (same quantised position and level), descriptor bits
+    moved on the shared ones, and whether the packed bytes are identical."""
+    if text is None or ref is None:
+        return {"present": (text is not None, ref is not None)}
+    mine = unpack(base64.b64decode(text))
+
+    def keys(f: LocalFeatures) -> dict[tuple[int, int, int], int]:
+        return {(round(float(x) * 100), round(float(y) * 100), int(o)): i
+                for i, ((x, y), o) in enumerate(zip(f.xy, f.octave, strict=True))}
+
+    theirs, ours = keys(ref), keys(mine)
+    shared = [(i, ours[k]) for k, i in theirs.items() if k in ours]
+    bits = sum(int(np.unpackbits(ref.descriptors[i] ^ mine.descriptors[j]).sum())
+               for i, j in shared)
+    return {"present": (True, True), "n": len(ref), "n_browser": len(mine),
+            "lost": len(ref) - len(shared), "bits": bits, "shared": len(shared),
+            "identical": mine.pack() == ref.pack()}
 
 
 def failures(name: str, c: dict[str, Any]) -> list[str]:
@@ -107,6 +136,15 @@ def failures(name: str, c: dict[str, Any]) -> list[str]:
     for label, v in c["views"].items():
         if v["quality"] >= QUALITY_BAR and v["distance"] > PDQ_BAR:
             out.append(f"{name}: view {label} {v['distance']} bits from Python")
+    local = c["local"]
+    if local["present"][0] != local["present"][1]:
+        out.append(f"{name}: local signal present in browser/Python: {local['present']}")
+    elif "n" in local:
+        if local["lost"] > LOCAL_LOST_BAR * local["n"]:
+            out.append(f"{name}: local: {local['lost']} of {local['n']} keypoints lost")
+        if local["bits"] > LOCAL_BITS_BAR * max(1, local["shared"]):
+            out.append(f"{name}: local: {local['bits']} descriptor bits moved on "
+                       f"{local['shared']} keypoints")
     return out
 
 
@@ -128,6 +166,14 @@ def summary(results: dict[str, dict[str, Any]], times: list[float]) -> list[str]
              f"{sum(c['phash_equal'] for c in results.values())}; time per image in the "
              f"browser: mean {statistics.fmean(times):.0f} ms, max {max(times):.0f} ms"]
     lines.append("  PDQ views that differ from Python's: " + (", ".join(moved) or "none"))
+    local = [c["local"] for c in results.values() if "n" in c["local"]]
+    if local:
+        lines.append(
+            f"  local: {len(local)} images with the signal, packed bytes identical on "
+            f"{sum(x['identical'] for x in local)}; keypoints lost "
+            f"{sum(x['lost'] for x in local)} of {sum(x['n'] for x in local)}; descriptor "
+            f"bits moved {sum(x['bits'] for x in local)} on "
+            f"{sum(x['shared'] for x in local)} shared keypoints")
     for name, values in fams.items():
         d = drafts[name]
         lines.append(f"  PDQ {name:7} n={len(values):4} vs full decode mean "
@@ -376,16 +422,27 @@ def test_worker_protocol(worker_page: WorkerPage) -> None:
     image = final["image"]
     assert set(image) == {"signals", "pdq_quality", "views", "pipeline_version", "width",
                           "height"}
-    assert set(image["signals"]) == {"pdq", "phash", "md5", "sha256"}
+    assert set(image["signals"]) == {"pdq", "phash", "md5", "sha256", "local"}
     assert image["pipeline_version"] == PIPELINE_VERSION
     assert (image["width"], image["height"]) == (368, 288)
     labels = [v["label"] for v in image["views"]]
     assert labels[0] == "content" and labels[1] == "mirror" and labels[-1] == "rot-8"
     assert all(set(v) == {"label", "pdq", "quality"} for v in image["views"])
     signals = image["signals"]
+    local = base64.b64decode(signals.pop("local"), validate=True)
+    assert len(local) == 7 + 36 * 112  # the registration keypoints, packed
     lengths = {k: len(v) for k, v in signals.items()}
     assert lengths == {"pdq": 64, "phash": 16, "md5": 32, "sha256": 64}
     assert all(v == v.lower() for v in signals.values())
+
+
+def test_a_flat_picture_has_no_local_signal(worker_page: WorkerPage) -> None:
+    """As in Python: too few keypoints (a flat picture) leaves the signal out, no error."""
+    data = _encode(Image.new("RGB", (320, 240), (90, 120, 150)), "PNG")
+    messages, _ = worker_page.hash("flat.png", data, "image/png")
+    image = _result(messages)
+    assert "local" not in image["signals"]
+    assert compute_signals(data, registration=True).local is None
 
 
 def _truncated_jpeg() -> bytes:

@@ -10,7 +10,8 @@ it step by step):
 
 1. grey = Pillow ``convert("L")`` of the decoded RGB image (ITU-R 601 luma, as pHash uses);
 2. resized with Pillow's LANCZOS so its area is :data:`REGISTER_AREA` pixels (registration) or
-   :data:`QUERY_AREA` (queries; a copy may hold the picture at a smaller scale), aspect kept;
+   :data:`QUERY_AREA` (queries; a copy may hold the picture at a smaller scale), aspect kept,
+   in two passes: the width first, then the height;
 3. OpenCV 4.12 ORB (the parameters of :func:`_orb`) finds up to 4x the wanted keypoints;
 4. they are spread over a grid (``GRID`` cells a side): each cell's strongest first, round by
    round, so a textured corner cannot take them all; the chosen ones are kept strongest first;
@@ -25,6 +26,7 @@ descriptors and positions is measured in docs/accuracy.md ("Privacy").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -87,7 +89,9 @@ class LocalFeatures:
 
 
 def _quantise(v: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.int64]:
-    return np.clip(np.rint(v / max(1, size - 1) * 4095), 0, 4095).astype(np.int64)
+    # In float64, as the browser port computes it (float32 would round some halves otherwise).
+    return np.clip(np.rint(v.astype(np.float64) / max(1, size - 1) * 4095), 0,
+                   4095).astype(np.int64)
 
 
 def unpack(blob: bytes) -> LocalFeatures:
@@ -119,9 +123,13 @@ def unpack(blob: bytes) -> LocalFeatures:
 def analysed(img: Image.Image, area: int) -> npt.NDArray[np.uint8]:
     """Step 1-2: the grey picture ORB sees, scaled to ``area`` pixels (up or down)."""
     grey = img.convert("L")
-    scale = (area / (grey.width * grey.height)) ** 0.5
+    scale = math.sqrt(area / (grey.width * grey.height))  # correctly rounded, as Math.sqrt
     w, h = max(1, round(grey.width * scale)), max(1, round(grey.height * scale))
-    if (w, h) != grey.size:
+    # Two explicit passes, horizontal then vertical (each rounded to 8 bits): one resize()
+    # picks its pass order by a rule that changed between Pillow releases.
+    if w != grey.width:
+        grey = grey.resize((w, grey.height), Image.Resampling.LANCZOS)
+    if h != grey.height:
         grey = grey.resize((w, h), Image.Resampling.LANCZOS)
     return np.asarray(grey, dtype=np.uint8)
 
@@ -132,6 +140,13 @@ def _orb(wanted: int) -> cv2.ORB:
                           fastThreshold=12)
 
 
+def canonical_order(responses: npt.NDArray[np.float32], xy: npt.NDArray[np.float32],
+                    octaves: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """Keypoints strongest first, ties by pyramid level, then y, then x (ORB never returns two
+    keypoints at one position and level)."""
+    return np.lexsort((xy[:, 0], xy[:, 1], octaves, -responses)).astype(np.int64)
+
+
 def spread(responses: npt.NDArray[np.float32], xy: npt.NDArray[np.float32], width: int,
            height: int, wanted: int, grid: int) -> npt.NDArray[np.int64]:
     """Step 4: indices of the keypoints kept, strongest first. Round r takes the r-th
@@ -139,8 +154,9 @@ def spread(responses: npt.NDArray[np.float32], xy: npt.NDArray[np.float32], widt
     n = len(responses)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    cx = np.minimum(grid - 1, (xy[:, 0] * grid / width).astype(np.int64))
-    cy = np.minimum(grid - 1, (xy[:, 1] * grid / height).astype(np.int64))
+    x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+    cx = np.minimum(grid - 1, (x * grid / width).astype(np.int64))
+    cy = np.minimum(grid - 1, (y * grid / height).astype(np.int64))
     cell = cy * grid + cx
     index = np.arange(n)
     # Rank within the cell: cell first, then strongest first, ties by index.
@@ -168,11 +184,17 @@ def extract(img: Image.Image, *, registration: bool) -> LocalFeatures | None:
         return None
     xy = np.asarray(cv2.KeyPoint.convert(keypoints), dtype=np.float32).reshape(-1, 2)
     responses = np.array([k.response for k in keypoints], dtype=np.float32)
+    octaves = np.array([k.octave & 7 for k in keypoints], dtype=np.uint8)
+    angles = np.array([k.angle for k in keypoints], dtype=np.float32)
+    # ORB returns its keypoints in an order its sort leaves unspecified (it differs between
+    # builds, e.g. opencv.js); a canonical order first makes "ties by index" mean the same.
+    order = canonical_order(responses, xy, octaves)
+    xy, responses, octaves, angles = xy[order], responses[order], octaves[order], angles[order]
+    descriptors = descriptors[order]
     keep = spread(responses, xy, w, h, wanted, grid)
-    angle = np.array([round(keypoints[i].angle / 360 * ANGLE_STEPS) % ANGLE_STEPS
-                      for i in keep.tolist()], dtype=np.uint8)
-    octave = np.array([keypoints[i].octave & 7 for i in keep.tolist()], dtype=np.uint8)
-    features = LocalFeatures(w, h, xy[keep], angle, octave,
+    angle = (np.rint(angles[keep].astype(np.float64) / 360 * ANGLE_STEPS).astype(np.int64)
+             % ANGLE_STEPS).astype(np.uint8)
+    features = LocalFeatures(w, h, xy[keep], angle, octaves[keep],
                              np.ascontiguousarray(descriptors[keep], dtype=np.uint8))
     # Round-trip through the packed form, so the positions used here are the stored ones.
     return unpack(features.pack())

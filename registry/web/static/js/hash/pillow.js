@@ -127,6 +127,13 @@ export function resizeGrey(src, width, height, outW, outH) {
   return resampleColumns(temp, outW, outH, yFirst, vert);
 }
 
+/** Two resizes of a greyscale image, as local.py does it: the width first
+ * (Image.resize((outW, height))), then the height (Image.resize((outW, outH))). */
+export function resizeGreyWidthFirst(src, width, height, outW, outH) {
+  const wide = outW === width ? src : resizeGrey(src, width, height, outW, height);
+  return outH === height ? Uint8Array.from(wide) : resizeGrey(wide, outW, height, outW, outH);
+}
+
 // Pillow's Reduce.c divides a sum of n pixels by multiplying with a 32-bit reciprocal computed
 // in single precision, then shifting by 24.
 function reciprocal(n) {

@@ -2,8 +2,11 @@
 // with compute_signals(data, registration=True) and SubmittedImage.from_image
 // (registry/hashing/signals.py, registry/service/cases.py), in the shape the submit page sends:
 //
-//   {signals: {pdq, phash, md5, sha256}, pdq_quality, views: [{label, pdq, quality}, ...],
+//   {signals: {pdq, phash, md5, sha256, local}, pdq_quality, views: [{label, pdq, quality}, ...],
 //    pipeline_version, width, height}
+//
+// `local` (local.js: ORB keypoints, base64) is left out when the picture has too few keypoints,
+// as the server leaves it out.
 //
 // Views: "content" first when the content box shaves at least 1% of the area, then the views of
 // variants.js in order. Like the server, views are cut from the original image, not from the
@@ -15,15 +18,18 @@ import { md5Hex, sha256Hex } from './digests.js';
 import { pdqLuma, pdqOfLuma, releaseScratch } from './pdq.js';
 import { phashOfRGB } from './phash.js';
 import { rotateRGB } from './pillow.js';
-import { CROPS, cropWindow, ROTATIONS, rotationLabel } from './variants.js';
+import { base64, loadOpenCV, localOfRGB } from './local.js';
+import { CROPS, cropWindow, ORIENTATIONS, orientLuma, ROTATIONS, rotationLabel }
+  from './variants.js';
 
 export { HashError } from './decode.js';
 
 /** Must equal registry.hashing.PIPELINE_VERSION. */
-export const PIPELINE_VERSION = 2;
+export const PIPELINE_VERSION = 3;
 const MIN_TRIM = 0.01;
 
-const PIXEL_STAGES = 3 + 1 + CROPS.length + ROTATIONS.length; // pdq, phash, content + views
+// pdq, phash, content, the views, local
+const PIXEL_STAGES = 3 + 1 + ORIENTATIONS.length + CROPS.length + ROTATIONS.length + 1;
 const FILE_STAGES = 3; // read, digests, decode
 
 /** RGBA (un-premultiplied, as ImageData holds it) -> RGB flattened onto black:
@@ -56,9 +62,10 @@ function counter(onProgress, total, start = 0) {
 
 /**
  * The perceptual signals of an RGB image (3 bytes per pixel): {pdq, pdq_quality, phash, views,
- * width, height}. `step(stage)` is called after each stage.
+ * local, width, height}; `local` (a Uint8Array, or null) only when OpenCV is given as `cv`.
+ * `step(stage)` is called after each stage.
  */
-export function hashRGB(rgb, width, height, step = () => {}) {
+export function hashRGB(rgb, width, height, step = () => {}, cv = null) {
   const luma = pdqLuma(rgb, width, height);
   const full = pdqOfLuma(luma, width, 0, 0, width, height);
   step('pdq');
@@ -74,6 +81,13 @@ export function hashRGB(rgb, width, height, step = () => {}) {
   const mirror = pdqOfLuma(luma, width, 0, 0, width, height, true);
   views.push({ label: 'mirror', pdq: mirror.hex, quality: mirror.quality });
   step('mirror');
+  const turned = new Float32Array(width * height);
+  for (const [label, method] of ORIENTATIONS) {
+    const o = orientLuma(luma, width, height, method, turned);
+    const view = pdqOfLuma(o.luma, o.width, 0, 0, o.width, o.height);
+    views.push({ label, pdq: view.hex, quality: view.quality });
+    step(label);
+  }
   for (const [label, keep, fx, fy] of CROPS) {
     const [x, y, w, h] = cropWindow(width, height, keep, fx, fy);
     const crop = pdqOfLuma(luma, width, x, y, w, h);
@@ -90,15 +104,18 @@ export function hashRGB(rgb, width, height, step = () => {}) {
     step(label);
   }
   releaseScratch();
-  return { pdq: full.hex, pdq_quality: full.quality, phash, views, width, height };
+  const local = cv ? localOfRGB(cv, rgb, width, height) : null;
+  step('local');
+  return { pdq: full.hex, pdq_quality: full.quality, phash, views, local, width, height };
 }
 
 /**
  * The perceptual signals of decoded pixels (RGBA, un-premultiplied, e.g. ImageData.data):
  * {pdq, pdq_quality, phash, views, width, height}. onProgress(done, total, stage) is optional.
  */
-export function hashPixels(rgba, width, height, { onProgress } = {}) {
-  return hashRGB(flatten(rgba, width, height), width, height, counter(onProgress, PIXEL_STAGES));
+export function hashPixels(rgba, width, height, { onProgress, cv = null } = {}) {
+  return hashRGB(flatten(rgba, width, height), width, height, counter(onProgress, PIXEL_STAGES),
+    cv);
 }
 
 // Decoded and flattened; the RGBA pixels are not kept beyond this function.
@@ -119,6 +136,7 @@ export async function hashFile(blob, { onProgress } = {}) {
     throw new HashError('file_too_large',
       `The file is ${blob.size} bytes; the limit is ${MAX_BYTES} bytes.`);
   }
+  const opencv = loadOpenCV(); // loads while the file is read and decoded
   const bytes = new Uint8Array(await blob.arrayBuffer());
   step('read');
   const md5 = md5Hex(bytes);
@@ -126,9 +144,18 @@ export async function hashFile(blob, { onProgress } = {}) {
   step('digests');
   const { rgb, width, height } = await decodeRGB(bytes);
   step('decode');
-  const image = hashRGB(rgb, width, height, step);
+  let cv;
+  try {
+    ({ cv } = await opencv);
+  } catch {
+    throw new HashError('hashing_failed', 'The image analyser (opencv.js) could not be loaded ' +
+      'in this browser.');
+  }
+  const image = hashRGB(rgb, width, height, step, cv);
+  const signals = { pdq: image.pdq, phash: image.phash, md5, sha256 };
+  if (image.local) signals.local = base64(image.local);
   return {
-    signals: { pdq: image.pdq, phash: image.phash, md5, sha256 },
+    signals,
     pdq_quality: image.pdq_quality,
     views: image.views,
     pipeline_version: PIPELINE_VERSION,

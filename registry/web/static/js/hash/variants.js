@@ -1,5 +1,6 @@
 // The registration views of an original, in registry/hashing/variants.py order: the mirror, the
-// 90% and 80% crops (centre, then the four corners) and the rotations by +-4 and +-8 degrees.
+// other six orientations, the 90% and 80% crops (centre, then the four corners) and the
+// rotations by +-4 and +-8 degrees.
 // Each view gets a PDQ hash; the list is part of the pipeline version (PIPELINE_VERSION).
 
 import { roundHalfEven } from './pillow.js';
@@ -8,6 +9,37 @@ import { roundHalfEven } from './pillow.js';
 export const CROPS = Object.freeze([0.9, 0.8].flatMap((keep) => [
   ['c', 0.5, 0.5], ['tl', 0.0, 0.0], ['tr', 1.0, 0.0], ['bl', 0.0, 1.0], ['br', 1.0, 1.0],
 ].map(([name, fx, fy]) => Object.freeze([`crop${Math.round(keep * 100)}-${name}`, keep, fx, fy]))));
+
+/** The six other orientations (Pillow's Image.Transpose), as [label, method]. */
+export const ORIENTATIONS = Object.freeze([
+  ['flip-v', 'FLIP_TOP_BOTTOM'], ['rot90', 'ROTATE_90'], ['rot180', 'ROTATE_180'],
+  ['rot270', 'ROTATE_270'], ['transpose', 'TRANSPOSE'], ['transverse', 'TRANSVERSE'],
+].map((o) => Object.freeze(o)));
+
+/** A float luma image turned as Image.transpose(method) turns the picture: {luma, width,
+ * height}. `out` (a buffer of the same size) may be reused. */
+export function orientLuma(luma, width, height, method, out = new Float32Array(width * height)) {
+  const turned = method !== 'FLIP_TOP_BOTTOM' && method !== 'ROTATE_180';
+  const w = turned ? height : width;
+  const h = turned ? width : height;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      let sx;
+      let sy;
+      switch (method) {
+        case 'FLIP_TOP_BOTTOM': sx = x; sy = height - 1 - y; break;
+        case 'ROTATE_90': sx = width - 1 - y; sy = x; break;
+        case 'ROTATE_180': sx = width - 1 - x; sy = height - 1 - y; break;
+        case 'ROTATE_270': sx = y; sy = height - 1 - x; break;
+        case 'TRANSPOSE': sx = y; sy = x; break;
+        case 'TRANSVERSE': sx = width - 1 - y; sy = height - 1 - x; break;
+        default: throw new Error(`unknown orientation ${method}`);
+      }
+      out[y * w + x] = luma[sy * width + sx];
+    }
+  }
+  return { luma: out, width: w, height: h };
+}
 
 export const ROTATIONS = Object.freeze([4.0, -4.0, 8.0, -8.0]);
 
@@ -24,5 +56,6 @@ export function cropWindow(width, height, keep, fx, fy) {
 }
 
 /** Labels of every view, in the order they are computed and reported. */
-export const VIEW_LABELS = Object.freeze(['mirror', ...CROPS.map((c) => c[0]),
+export const VIEW_LABELS = Object.freeze(['mirror', ...ORIENTATIONS.map((o) => o[0]),
+  ...CROPS.map((c) => c[0]),
   ...ROTATIONS.map(rotationLabel)]);
