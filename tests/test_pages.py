@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from registry.hashing import PIPELINE_VERSION
 from registry.bootstrap import build_registry
 from registry.config import Settings
 from registry.domain import CaseStatus, Query, Scope, Signal
 from registry.errors import StorageUnavailable
+from registry.hashing import PIPELINE_VERSION
 from registry.service import Registry
 from registry.web import create_app
 from registry.web.site import CSP

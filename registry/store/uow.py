@@ -147,7 +147,8 @@ class SignalRepository:
         return the new ids in order (imports register thousands of images per call)."""
         ts = now()
         params = [{"case_id": case_id, "bank_id": bank_id, "kind": sig.kind.value,
-                   "value": stored_value(sig), "payload": stored_payload(sig), "label": label, "status": SignalStatus.ACTIVE.value,
+                   "value": stored_value(sig), "payload": stored_payload(sig), "label": label,
+                   "status": SignalStatus.ACTIVE.value,
                    "quality": quality, "pipeline_version": pipeline_version,
                    "image_key": image_key, "created_at": ts, "updated_at": ts}
                   for rows, image_key in images for sig, label, quality in rows]
