@@ -144,7 +144,8 @@ def canonical_order(responses: npt.NDArray[np.float32], xy: npt.NDArray[np.float
                     octaves: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
     """Keypoints strongest first, ties by pyramid level, then y, then x (ORB never returns two
     keypoints at one position and level)."""
-    return np.lexsort((xy[:, 0], xy[:, 1], octaves, -responses)).astype(np.int64)
+    order: npt.NDArray[np.int64] = np.lexsort((xy[:, 0], xy[:, 1], octaves, -responses))
+    return order.astype(np.int64)
 
 
 def spread(responses: npt.NDArray[np.float32], xy: npt.NDArray[np.float32], width: int,
@@ -166,7 +167,8 @@ def spread(responses: npt.NDArray[np.float32], xy: npt.NDArray[np.float32], widt
     rank[by_cell] = index - np.searchsorted(sorted_cell, sorted_cell, side="left")
     # Round first, then strength within the round: the first `wanted` of this order.
     chosen = np.lexsort((index, -responses, rank))[:wanted]
-    return chosen[np.lexsort((chosen, -responses[chosen]))]
+    ordered: npt.NDArray[np.int64] = chosen[np.lexsort((chosen, -responses[chosen]))]
+    return ordered
 
 
 def extract(img: Image.Image, *, registration: bool) -> LocalFeatures | None:
@@ -182,7 +184,8 @@ def extract(img: Image.Image, *, registration: bool) -> LocalFeatures | None:
     keypoints, descriptors = _orb(wanted).detectAndCompute(grey, None)  # type: ignore[call-overload]
     if descriptors is None or len(keypoints) < MIN_KEYPOINTS:
         return None
-    xy = np.asarray(cv2.KeyPoint.convert(keypoints), dtype=np.float32).reshape(-1, 2)
+    xy: npt.NDArray[np.float32] = np.asarray(cv2.KeyPoint.convert(keypoints),
+                                             dtype=np.float32).reshape(-1, 2)
     responses = np.array([k.response for k in keypoints], dtype=np.float32)
     octaves = np.array([k.octave & 7 for k in keypoints], dtype=np.uint8)
     angles = np.array([k.angle for k in keypoints], dtype=np.float32)

@@ -11,8 +11,8 @@ from registry.index.base import Codes, Ids, SearchResult, check_codes
 class BruteForceIndex:
     def __init__(self, bits: int) -> None:
         self._bits = bits
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._codes = np.zeros((0, bits // 8), dtype=np.uint8)
+        self._ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._codes: npt.NDArray[np.uint8] = np.zeros((0, bits // 8), dtype=np.uint8)
 
     @property
     def bits(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from registry.domain import ChangeAction, Signal, SignalKind
 from registry.errors import InvalidHash, SnapshotError
 from registry.index import snapshot
-from registry.index.base import SearchResult
+from registry.index.base import Codes, Ids, SearchResult
 from registry.index.flat import FlatIndex
 from registry.index.local import Keypoints, LocalIndex, Verified
 from registry.index.multi import MultiIndex
@@ -63,7 +63,7 @@ class IndexOptions:
         return LocalIndex(MultiIndex(256, LOCAL_EXACT_RADIUS, self.compact_ratio,
                                      auto_compact=self.auto_compact))
 
-    def of_arrays(self, kind: SignalKind, ids: np.ndarray, codes: np.ndarray
+    def of_arrays(self, kind: SignalKind, ids: Ids, codes: Codes
                   ) -> FlatIndex | MultiIndex:
         if self.kind == "flat":
             return FlatIndex.from_arrays(kind.bits, ids, codes, self.compact_ratio)

@@ -35,11 +35,11 @@ class FlatIndex:
         self._bits = bits
         self._ratio = compact_ratio
         self._base = faiss.IndexBinaryFlat(bits)
-        self._base_ids = np.zeros(0, dtype=np.int64)
+        self._base_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._delta = faiss.IndexBinaryFlat(bits)
-        self._delta_ids = np.zeros(0, dtype=np.int64)
+        self._delta_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._tombstones: set[int] = set()
-        self._tomb_array = np.zeros(0, dtype=np.int64)
+        self._tomb_array: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._dead_rows = 0  # rows whose id is tombstoned (an id may own several rows)
 
     # --- interface -------------------------------------------------------------------------

@@ -152,9 +152,9 @@ class MultiIndex:
         self._max_delta = max_delta
         self._base = _Tables(bits, np.zeros(0, np.int64), np.zeros((0, bits // 8), np.uint8))
         self._delta = faiss.IndexBinaryFlat(bits)
-        self._delta_ids = np.zeros(0, dtype=np.int64)
+        self._delta_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._tombstones: set[int] = set()
-        self._tomb_array = np.zeros(0, dtype=np.int64)
+        self._tomb_array: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._dead_rows = 0
         self._removals: list[int] = []  # ids tombstoned since the last compaction, in order
         self._generation = 0  # bumped by every compaction: a stale background plan is dropped

@@ -17,7 +17,7 @@ import numpy as np
 from registry.domain import SignalKind
 from registry.errors import SnapshotError
 from registry.index import snapshot
-from registry.index.base import SearchResult
+from registry.index.base import Ids, SearchResult
 from registry.index.catalog import PERCEPTUAL, IndexOptions, IndexSet
 from registry.index.local import Keypoints, Verified
 from registry.index.multi import MultiIndex
@@ -93,7 +93,7 @@ class IndexKeeper:
         fresh = IndexSet(self.options)
         with self.store.transaction(write=False) as tx:
             position = tx.changes.head()
-            parts: dict[SignalKind, tuple[list[np.ndarray], list[bytes]]] = {
+            parts: dict[SignalKind, tuple[list[Ids], list[bytes]]] = {
                 k: ([], []) for k in PERCEPTUAL}
             for batch in tx.signals.active(PERCEPTUAL):
                 for kind_name in {k for _, k, _ in batch}:
@@ -103,11 +103,11 @@ class IndexKeeper:
                     parts[kind][1].append(bytes.fromhex("".join(v for _, v in rows)))
                 if progress:
                     progress(len(batch))
-            for rows in tx.signals.active_local():
-                fresh.local.add(np.array([i for i, _ in rows], dtype=np.int64),
-                                [b for _, b in rows])
+            for blobs in tx.signals.active_local():
+                fresh.local.add(np.array([i for i, _ in blobs], dtype=np.int64),
+                                [b for _, b in blobs])
                 if progress:
-                    progress(len(rows))
+                    progress(len(blobs))
         if isinstance(fresh.local.inner, MultiIndex):
             fresh.local.inner.compact()
         for kind, (ids, codes) in parts.items():
