@@ -15,7 +15,13 @@ phone-sized upload (4032x3024) made the same way from each of the first ``--phon
 * reported per view family (full, content, mirror, crop90, crop80, rot4, rot8): mean and max PDQ
   distance to both, pHash equality, quality deltas, and which images miss a parity bar
   (tests/test_browser_hashing.py: pHash equal; PDQ <= 4 bits at quality >= 80; quality within 1;
-  same views).
+  same views); for the local signal: present in both or neither, Python's keypoints missing from
+  the browser's, descriptor bits moved on the shared ones, packed bytes identical;
+* what matters, matches: the photos' browser-made local signals and their Python-made ones are
+  registered in two local indexes, altered copies of each photo (bench/transforms.py: random
+  80% and 70% crops, text over the picture, stickers, a collage, a phone screenshot; made and
+  hashed in Python, as a platform would) are searched in both, and the copies found at the
+  registry's weak local threshold are counted for each.
 
     .venv/bin/python bench/browser_parity.py              # 518 photos + 100 + 5 uploads, ~30 min
     .venv/bin/python bench/browser_parity.py --limit 50 --uploads 10 --phone 1
@@ -69,12 +75,14 @@ def stats(values: list[float]) -> dict[str, float]:
             "max": ordered[-1]}
 
 
-def run(page: WorkerPage, images: list[tuple[str, bytes]]) -> dict[str, Any]:
+def run(page: WorkerPage, images: list[tuple[str, bytes]],
+        locals_out: dict[str, str | None] | None = None) -> dict[str, Any]:
     by_family: dict[str, list[float]] = defaultdict(list)
     by_family_draft: dict[str, list[float]] = defaultdict(list)
     times, quality_deltas, phash_draft = [], [], []
     problems: list[str] = []
     phash_equal = content_agree = 0
+    local_present_agree = local_n = local_lost = local_bits = local_shared = local_same = 0
     for n, (name, data) in enumerate(images, 1):
         messages, ms = page.hash(name, data, "image/jpeg")
         final = messages[-1]
@@ -95,6 +103,16 @@ def run(page: WorkerPage, images: list[tuple[str, bytes]]) -> dict[str, Any]:
             if v["draft_distance"] is not None:
                 by_family_draft[family(label)].append(v["draft_distance"])
         problems += failures(name, c)
+        loc = c["local"]
+        local_present_agree += loc["present"][0] == loc["present"][1]
+        if "n" in loc:
+            local_n += loc["n"]
+            local_lost += loc["lost"]
+            local_bits += loc["bits"]
+            local_shared += loc["shared"]
+            local_same += loc["identical"]
+        if locals_out is not None:
+            locals_out[name] = final["image"]["signals"].get("local")
         if n % 50 == 0:
             print(f"  {n}/{len(images)}", flush=True)
     return {
@@ -106,8 +124,76 @@ def run(page: WorkerPage, images: list[tuple[str, bytes]]) -> dict[str, Any]:
         "pdq_vs_draft_decode": {k: stats(v) for k, v in by_family_draft.items()},
         "phash_vs_draft_decode": stats(phash_draft),
         "browser_ms_per_image": stats(times),
+        "local": {"present_agrees": local_present_agree, "keypoints": local_n,
+                  "keypoints_lost": local_lost, "descriptor_bits_moved": local_bits,
+                  "shared_keypoints": local_shared, "packed_identical": local_same},
         "misses": problems,
     }
+
+
+MATCH_FAMILIES = ("crop80r", "crop70r", "caption-over", "sticker", "collage", "screenshot")
+
+
+def local_matches(photos: list[tuple[str, bytes]], browser: dict[str, str | None]
+                  ) -> dict[str, Any]:
+    """Copies found among browser-made vs Python-made registrations (module docstring)."""
+    import base64
+
+    import numpy as np
+
+    sys.path.append(str(ROOT / "bench"))
+    from transforms import variants
+
+    from registry.config import Settings
+    from registry.hashing.decode import DecodeOptions
+    from registry.hashing.signals import compute_signals, decode_image
+    from registry.index.local import Keypoints, LocalIndex
+    from registry.index.multi import MultiIndex
+
+    settings = Settings.from_env({})
+    weak, radius = settings.local_weak, settings.local_radius
+    chosen = [(i, v) for i, v in enumerate(variants()) if v.family in MATCH_FAMILIES]
+    indexes = {"browser": LocalIndex(MultiIndex(256, 31)),
+               "python": LocalIndex(MultiIndex(256, 31))}
+    names = []
+    for sid, (name, data) in enumerate(photos):
+        ref = compute_signals(data, DecodeOptions(draft_size=0), registration=True).local
+        text = browser.get(name)
+        names.append(name)
+        if ref is not None:
+            indexes["python"].add(np.array([sid], dtype=np.int64), [ref.value])
+        if text is not None:
+            indexes["browser"].add(np.array([sid], dtype=np.int64), [base64.b64decode(text)])
+    found = {"browser": set(), "python": set()}
+    inliers: dict[str, list[int]] = {"browser": [], "python": []}
+    copies = 0
+    for sid, (_, data) in enumerate(photos):
+        img = decode_image(data, DecodeOptions())
+        for n, v in chosen:
+            rng = np.random.default_rng(1000 * sid + n)
+            query = compute_signals(_jpeg(v.apply(img, rng))).local
+            copies += 1
+            if query is None:
+                continue
+            keypoints = Keypoints.of(query.value)
+            for side, index in indexes.items():
+                hits = {h.signal_id: h.inliers for h in index.search(keypoints, radius, weak)}
+                if sid in hits:
+                    found[side].add((sid, n))
+                    inliers[side].append(hits[sid])
+    return {"photos": len(photos), "families": list(MATCH_FAMILIES), "copies": copies,
+            "min_inliers": weak, "radius": radius,
+            "found_browser": len(found["browser"]), "found_python": len(found["python"]),
+            "only_browser": len(found["browser"] - found["python"]),
+            "only_python": len(found["python"] - found["browser"]),
+            "median_inliers_browser": statistics.median(inliers["browser"] or [0]),
+            "median_inliers_python": statistics.median(inliers["python"] or [0])}
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=95)
+    return out.getvalue()
 
 
 def print_table(title: str, r: dict[str, Any]) -> None:
@@ -120,6 +206,11 @@ def print_table(title: str, r: dict[str, Any]) -> None:
               f"p95 {t['p95']:.0f}, max {t['max']:.0f}")
     print(f"  {'PDQ':8} {'n':>5} {'vs full: mean':>14} {'max':>4} {'vs draft: mean':>15} "
           f"{'max':>4}")
+    loc = r["local"]
+    print(f"  local: present in both or neither on {loc['present_agrees']}, packed bytes "
+          f"identical on {loc['packed_identical']}, keypoints lost {loc['keypoints_lost']} of "
+          f"{loc['keypoints']}, descriptor bits moved {loc['descriptor_bits_moved']} on "
+          f"{loc['shared_keypoints']} shared keypoints")
     for fam, s in r["pdq_vs_full_decode"].items():
         d = r["pdq_vs_draft_decode"].get(fam, {"n": 0})
         print(f"  {fam:8} {s['n']:5} {s['mean']:14.2f} {s['max']:4} "
@@ -152,7 +243,8 @@ def main() -> int:
         version = browser.version
         print(f"Chromium {version}: {len(photos)} photos, {len(uploads)} 2 MP and {len(phone)} "
               "12 MP uploads")
-        result = {"photos": run(page, photos), "uploads_2mp": run(page, uploads),
+        browser_local: dict[str, str | None] = {}
+        result = {"photos": run(page, photos, browser_local), "uploads_2mp": run(page, uploads),
                   "uploads_12mp": run(page, phone)}
         requests = [u for u in page.requests if "/static/js/hash/" not in u and not
                     u.rstrip("/").endswith(base.split("//")[1])]
@@ -173,9 +265,16 @@ def main() -> int:
         "requests_besides_scripts": requests,
         **result,
     }
+    result["local_matches"] = local_matches(photos, browser_local)
     print_table("photos as stored", result["photos"])
     print_table("2 MP uploads", result["uploads_2mp"])
     print_table("12 MP uploads", result["uploads_12mp"])
+    m = result["local_matches"]
+    print(f"\nlocal matches of {m['copies']} altered copies of {m['photos']} photos at "
+          f"{m['min_inliers']} inliers: found with browser registrations {m['found_browser']}, "
+          f"with Python registrations {m['found_python']} (found by only one: browser "
+          f"{m['only_browser']}, Python {m['only_python']}); median inliers browser "
+          f"{m['median_inliers_browser']}, Python {m['median_inliers_python']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"\nwrote {args.out}")

@@ -10,16 +10,16 @@
 //
 // Views: "content" first when the content box shaves at least 1% of the area, then the views of
 // variants.js in order. Like the server, views are cut from the original image, not from the
-// trimmed one. Nothing here sends, stores or posts pixels; only the hashes come out.
+// trimmed one (from a reduced copy of it when it is large: variants.js viewFactor). Nothing here sends, stores or posts pixels; only the hashes come out.
 
 import { contentBox } from './content.js';
 import { decodeImage, HashError, MAX_BYTES } from './decode.js';
 import { md5Hex, sha256Hex } from './digests.js';
 import { pdqLuma, pdqOfLuma, releaseScratch } from './pdq.js';
 import { phashOfRGB } from './phash.js';
-import { rotateRGB } from './pillow.js';
 import { base64, loadOpenCV, localOfRGB } from './local.js';
-import { CROPS, cropWindow, ORIENTATIONS, orientLuma, ROTATIONS, rotationLabel }
+import { reduceRGB, rotateRGB } from './pillow.js';
+import { CROPS, cropWindow, ORIENTATIONS, orientLuma, ROTATIONS, rotationLabel, viewFactor }
   from './variants.js';
 
 export { HashError } from './decode.js';
@@ -78,27 +78,41 @@ export function hashRGB(rgb, width, height, step = () => {}, cv = null) {
     views.push({ label: 'content', pdq: content.hex, quality: content.quality });
   }
   step('content');
-  const mirror = pdqOfLuma(luma, width, 0, 0, width, height, true);
+  // The views are cut from a reduced copy of large pictures (variants.js viewFactor).
+  const factor = viewFactor(width, height);
+  let vrgb = rgb;
+  let vluma = luma;
+  let vw = width;
+  let vh = height;
+  if (factor > 1) {
+    const small = reduceRGB(rgb, width, height, factor);
+    vrgb = small.data;
+    vw = small.width;
+    vh = small.height;
+    vluma = pdqLuma(vrgb, vw, vh);
+  }
+  const mirror = pdqOfLuma(vluma, vw, 0, 0, vw, vh, true);
   views.push({ label: 'mirror', pdq: mirror.hex, quality: mirror.quality });
   step('mirror');
-  const turned = new Float32Array(width * height);
+  const turned = new Float32Array(vw * vh);
   for (const [label, method] of ORIENTATIONS) {
-    const o = orientLuma(luma, width, height, method, turned);
+    const o = orientLuma(vluma, vw, vh, method, turned);
     const view = pdqOfLuma(o.luma, o.width, 0, 0, o.width, o.height);
     views.push({ label, pdq: view.hex, quality: view.quality });
     step(label);
   }
   for (const [label, keep, fx, fy] of CROPS) {
-    const [x, y, w, h] = cropWindow(width, height, keep, fx, fy);
-    const crop = pdqOfLuma(luma, width, x, y, w, h);
+    const [x, y, w, h] = cropWindow(vw, vh, keep, fx, fy);
+    const crop = pdqOfLuma(vluma, vw, x, y, w, h);
     views.push({ label, pdq: crop.hex, quality: crop.quality });
     step(label);
   }
   // The rotations reuse two buffers: one for the rotated pixels, the luma's for their luma.
-  const rotated = new Uint8Array(rgb.length);
+  const rotated = new Uint8Array(vrgb.length);
+  const rluma = factor > 1 ? vluma : luma; // the full picture's luma is not needed any more
   for (const degrees of ROTATIONS) {
-    pdqLuma(rotateRGB(rgb, width, height, degrees, rotated), width, height, luma);
-    const view = pdqOfLuma(luma, width, 0, 0, width, height);
+    pdqLuma(rotateRGB(vrgb, vw, vh, degrees, rotated), vw, vh, rluma);
+    const view = pdqOfLuma(rluma, vw, 0, 0, vw, vh);
     const label = rotationLabel(degrees);
     views.push({ label, pdq: view.hex, quality: view.quality });
     step(label);

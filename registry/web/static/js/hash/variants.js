@@ -41,6 +41,14 @@ export function orientLuma(luma, width, height, method, out = new Float32Array(w
   return { luma: out, width: w, height: h };
 }
 
+/** Views are cut from a copy reduced by the largest whole factor that keeps its short side at
+ * VIEW_SIDE px or more (registry/hashing/variants.py view_source). */
+export const VIEW_SIDE = 512;
+
+export function viewFactor(width, height) {
+  return Math.max(1, Math.floor(Math.min(width, height) / VIEW_SIDE));
+}
+
 export const ROTATIONS = Object.freeze([4.0, -4.0, 8.0, -8.0]);
 
 /** The label Python gives a rotation: f"rot{degrees:+g}". */
