@@ -24,7 +24,7 @@ from registry.hashing.local import (
     unpack,
 )
 from registry.index.catalog import IndexOptions, IndexSet
-from registry.index.local import Keypoints, LocalIndex, verify
+from registry.index.local import RETRIEVAL_KEYPOINTS, Keypoints, LocalIndex, verify
 from tests.images import gradient, jpeg_bytes, photo_like
 
 RADIUS, WEAK = 56, 12
@@ -261,7 +261,10 @@ def test_local_index_removal_and_snapshot_round_trip(tmp_path):
     assert [v.signal_id for v in loaded.search_local(query, RADIUS, WEAK)] == [101]
     loaded.apply([(3, ChangeAction.WITHDRAW, 101, changes[1][3])])
     assert loaded.search_local(query, RADIUS, WEAK) == []
-    assert len(loaded.local) == 1 and loaded.local.stats["live"] == LOCAL_REGISTER_KEYPOINTS
+    # The descriptor index holds each image's strongest RETRIEVAL_KEYPOINTS; all are kept.
+    assert len(loaded.local) == 1 and loaded.local.stats["live"] == RETRIEVAL_KEYPOINTS
+    assert len(loaded.local.features[next(iter(loaded.local.features))]) == \
+        LOCAL_REGISTER_KEYPOINTS
 
 
 def test_a_registered_local_signal_is_bounded():

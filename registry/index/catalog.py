@@ -20,13 +20,13 @@ from registry.index.base import Codes, Ids, SearchResult
 from registry.index.flat import FlatIndex
 from registry.index.local import Keypoints, LocalIndex, Verified
 from registry.index.multi import MultiIndex
+from registry.index.sampled import SampledIndex
 
 PERCEPTUAL = (SignalKind.PDQ, SignalKind.PHASH)
 INDEXED = (*PERCEPTUAL, SignalKind.LOCAL)
 # ORB descriptors of corresponding patches sit ~20-50 bits apart: the local descriptor index
 # probes one bit deep per 16-bit chunk (exact to 31) and keeps whatever else it finds up to the
 # search radius; votes need only some of the pairs (docs/accuracy.md).
-LOCAL_EXACT_RADIUS = 31
 
 
 def single_thread() -> None:
@@ -57,11 +57,11 @@ class IndexOptions:
         return self.extra_probes if kind is SignalKind.PDQ else 0
 
     def new_local(self) -> LocalIndex:
-        # The multi-index under either option: local matching is by votes over many
-        # descriptor pairs, not exact to a radius, and a flat scan of every registered
-        # descriptor per query keypoint (1,000 per query) would be ~100x slower.
-        return LocalIndex(MultiIndex(256, LOCAL_EXACT_RADIUS, self.compact_ratio,
-                                     auto_compact=self.auto_compact))
+        # The bit-sampling index under either option: local matching needs enough descriptor
+        # hits to rank candidates (each is then compared keypoint by keypoint), not every
+        # neighbour, and an exact structure cannot answer 1,000 look-ups 40 bits wide in
+        # milliseconds at 64M descriptors (bench/local_scale.py).
+        return LocalIndex(SampledIndex(256, self.compact_ratio, auto_compact=self.auto_compact))
 
     def of_arrays(self, kind: SignalKind, ids: Ids, codes: Codes
                   ) -> FlatIndex | MultiIndex:

@@ -1,13 +1,15 @@
 """LocalIndex: registered local features, found by descriptor votes and verified by geometry.
 
-Every registered image's keypoints (:mod:`registry.hashing.local`) go into one Hamming index of
-256-bit ORB descriptors under composite ids ``signal_id * 128 + keypoint``; their positions stay
-here by signal id. A query image's descriptors are searched up to ``radius`` bits; each
-registered image gathers the query keypoints that hit one of its own (its votes); the images
-with the most votes are then verified (:func:`verify`): one-to-one correspondences, a vote on
-the rotation between them (ORB orientations), and a RANSAC similarity transform. The inliers
-of that transform, and the fraction of the registered picture they span, are the evidence a
-tier is given on.
+Every registered image's strongest :data:`RETRIEVAL_KEYPOINTS` keypoints
+(:mod:`registry.hashing.local`) go into one Hamming index of 256-bit ORB descriptors (the
+bit-sampling :class:`~registry.index.sampled.SampledIndex`, approximate, or an exact one) under
+composite ids ``signal_id * 128 + keypoint``; all its keypoints stay here by signal id. A query
+image's descriptors are looked up to ``radius`` bits; each registered image gathers the
+distinct keypoints of its own that were hit closely (its votes); the images with the most votes
+are then compared with the query keypoint by keypoint (every pair within ``radius``, exactly)
+and verified (:func:`verify`): one-to-one correspondences, a vote on the rotation between them
+(ORB orientations), and a RANSAC similarity transform. The inliers of that transform, and the
+fraction of the registered picture they span, are the evidence a tier is given on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
+import faiss
 import numpy as np
 import numpy.typing as npt
 
@@ -22,6 +25,7 @@ from registry.domain import LOCAL_HEADER, LOCAL_KEYPOINT_BYTES, Signal, SignalKi
 from registry.index.base import Codes, Ids
 from registry.index.flat import FlatIndex
 from registry.index.multi import MultiIndex
+from registry.index.sampled import SampledIndex
 
 KEYPOINT_SLOTS = 128  # composite id = signal_id * 128 + keypoint index
 STORED_BYTES = 4040  # a registered signal's packed bytes, padded in snapshots (>= 7 + 112 * 36)
@@ -29,6 +33,9 @@ RANSAC_PX = 3.0  # reprojection error of an inlier, in pixels of the analysed qu
 MIN_PAIRS = 6  # correspondences below this are not worth a RANSAC
 MAX_SCALE = 6.0  # a copy shows the registered picture at 1/6 to 6 times its analysed size
 VOTE_MARGIN = 16  # votes count hits this many bits inside the search radius
+MIN_VOTES = 3  # a candidate needs this many of its keypoints hit before it is compared
+MAX_CANDIDATES = 16  # the most-voted images compared and verified per query
+RETRIEVAL_KEYPOINTS = 64  # the strongest keypoints of each image in the descriptor index
 
 
 ANGLE_STEPS = 32  # ORB orientation is stored in 32 steps (registry.hashing.local)
@@ -83,7 +90,7 @@ class Verified:
 class LocalIndex:
     """Implements the index side of local matching; ``inner`` holds the descriptors."""
 
-    def __init__(self, inner: FlatIndex | MultiIndex) -> None:
+    def __init__(self, inner: FlatIndex | MultiIndex | SampledIndex) -> None:
         self.inner = inner
         self.features: dict[int, Keypoints] = {}
         self.blobs: dict[int, bytes] = {}
@@ -105,8 +112,9 @@ class LocalIndex:
                 raise ValueError(f"local signal {sid}: {len(f)} keypoints, at most 112 stored")
             self.features[sid] = f
             self.blobs[sid] = blob
-            keep_ids.append(sid * KEYPOINT_SLOTS + np.arange(len(f), dtype=np.int64))
-            codes.append(f.descriptors)
+            n = min(len(f), RETRIEVAL_KEYPOINTS)  # stored strongest first
+            keep_ids.append(sid * KEYPOINT_SLOTS + np.arange(n, dtype=np.int64))
+            codes.append(f.descriptors[:n])
         if keep_ids:
             self.inner.add(np.concatenate(keep_ids), np.concatenate(codes))
 
@@ -116,40 +124,60 @@ class LocalIndex:
             f = self.features.pop(sid, None)
             if f is not None:
                 del self.blobs[sid]
-                gone.append(sid * KEYPOINT_SLOTS + np.arange(len(f), dtype=np.int64))
+                n = min(len(f), RETRIEVAL_KEYPOINTS)
+                gone.append(sid * KEYPOINT_SLOTS + np.arange(n, dtype=np.int64))
         if gone:
             self.inner.remove(np.concatenate(gone))
         return len(gone)
 
-    def search(self, query: Keypoints, radius: int, min_inliers: int,
-               max_candidates: int = 16) -> list[Verified]:
-        """Registered images verified in ``query`` with at least ``min_inliers`` inliers,
-        most inliers first (ties by signal id)."""
-        if not self.features or len(query) == 0:
-            return []
+    def _pairs(self, query: Keypoints, radius: int
+               ) -> tuple[npt.NDArray[np.int64], Ids, npt.NDArray[np.int64]]:
+        if isinstance(self.inner, SampledIndex):
+            return self.inner.pairs(query.descriptors, radius)
         results = self.inner.search(query.descriptors, radius)
         counts = np.array([len(r.ids) for r in results], dtype=np.int64)
         if not counts.sum():
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        return (np.repeat(np.arange(len(results), dtype=np.int64), counts),
+                np.concatenate([r.ids for r in results]),
+                np.concatenate([r.distances for r in results]).astype(np.int64))
+
+    def candidates(self, query: Keypoints, radius: int,
+                   max_candidates: int = MAX_CANDIDATES) -> list[int]:
+        """Signal ids of the registered images with the most votes, most first."""
+        if not self.features or len(query) == 0:
             return []
-        qi = np.repeat(np.arange(len(results), dtype=np.int64), counts)
-        rid = np.concatenate([r.ids for r in results])
-        dist = np.concatenate([r.distances for r in results]).astype(np.int64)
-        owner = rid // KEYPOINT_SLOTS
+        _, rid, dist = self._pairs(query, radius)
         # Votes: distinct registered keypoints hit closely. Counting query keypoints instead
         # lets a registered picture with generic texture outvote the right one (measured on
         # screenshots: the right picture was 20th-40th by query keypoints, 1st by these).
         close = np.unique(rid[dist <= radius - VOTE_MARGIN])
         owners, votes = np.unique(close // KEYPOINT_SLOTS, return_counts=True)
-        ok = votes >= MIN_PAIRS
+        ok = votes >= MIN_VOTES
         owners, votes = owners[ok], votes[ok]
-        order = np.lexsort((owners, -votes))[:max_candidates]
+        return [int(s) for s in owners[np.lexsort((owners, -votes))[:max_candidates]]]
+
+    def search(self, query: Keypoints, radius: int, min_inliers: int,
+               max_candidates: int = MAX_CANDIDATES) -> list[Verified]:
+        """Registered images verified in ``query`` with at least ``min_inliers`` inliers,
+        most inliers first (ties by signal id)."""
+        chosen = self.candidates(query, radius, max_candidates)
+        if not chosen:
+            return []
+        # Every keypoint of each candidate against every query keypoint, exactly.
+        flat = faiss.IndexBinaryFlat(256)
+        flat.add(np.ascontiguousarray(query.descriptors))
         out = []
-        for sid in owners[order].tolist():
-            sel = owner == sid
+        for sid in chosen:
             registered = self.features.get(sid)
             if registered is None:
                 continue
-            v = verify(query, registered, qi[sel], rid[sel] % KEYPOINT_SLOTS, dist[sel])
+            lims, d, qi = flat.range_search(np.ascontiguousarray(registered.descriptors),
+                                            radius + 1)
+            ri = np.repeat(np.arange(len(registered), dtype=np.int64),
+                           np.diff(lims).astype(np.int64))
+            v = verify(query, registered, qi.astype(np.int64), ri, d.astype(np.int64))
             if v is not None and v[0] >= min_inliers:
                 out.append(Verified(sid, v[0], v[1], v[2]))
         out.sort(key=lambda v: (-v.inliers, v.signal_id))

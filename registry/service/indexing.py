@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -21,7 +22,21 @@ from registry.index.base import Ids, SearchResult
 from registry.index.catalog import PERCEPTUAL, IndexOptions, IndexSet
 from registry.index.local import Keypoints, Verified
 from registry.index.multi import MultiIndex
+from registry.index.sampled import SampledIndex
 from registry.store import Store
+
+PlanT = TypeVar("PlanT")
+
+
+class _Compactable(Protocol[PlanT]):
+    """What background compaction needs of an index (MultiIndex, SampledIndex)."""
+
+    @property
+    def needs_compaction(self) -> bool: ...
+    def begin_compaction(self) -> PlanT: ...
+    def build(self, plan: PlanT) -> None: ...
+    def finish_compaction(self, plan: PlanT) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -108,7 +123,7 @@ class IndexKeeper:
                                 [b for _, b in blobs])
                 if progress:
                     progress(len(blobs))
-        if isinstance(fresh.local.inner, MultiIndex):
+        if isinstance(fresh.local.inner, MultiIndex | SampledIndex):
             fresh.local.inner.compact()
         for kind, (ids, codes) in parts.items():
             if ids:
@@ -140,7 +155,7 @@ class IndexKeeper:
         self.options = dataclasses.replace(self.options, auto_compact=False)
         with self.lock:
             for index in (*self.indexes.indexes.values(), self.indexes.local.inner):
-                if isinstance(index, MultiIndex):
+                if isinstance(index, MultiIndex | SampledIndex):
                     index.auto_compact = False
 
     def compact_pending(self) -> int:
@@ -150,14 +165,18 @@ class IndexKeeper:
         for kind in (*PERCEPTUAL, SignalKind.LOCAL):
             with self.lock:
                 index = self._inner(kind)
-                if not isinstance(index, MultiIndex) or not index.needs_compaction:
-                    continue
-                plan = index.begin_compaction()
-            index.build(plan)  # the C build releases the GIL: searches run meanwhile
-            with self.lock:
-                if self._inner(kind) is index and index.finish_compaction(plan):
-                    done += 1
+            if isinstance(index, MultiIndex | SampledIndex):
+                done += self._compact_one(kind, index)
         return done
+
+    def _compact_one(self, kind: SignalKind, index: _Compactable[Any]) -> bool:
+        with self.lock:
+            if self._inner(kind) is not index or not index.needs_compaction:
+                return False
+            plan = index.begin_compaction()
+        index.build(plan)  # the C build (numpy's sorts) releases the GIL: searches run meanwhile
+        with self.lock:
+            return self._inner(kind) is index and index.finish_compaction(plan)
 
     def _inner(self, kind: SignalKind) -> object:
         if kind is SignalKind.LOCAL:
