@@ -103,6 +103,7 @@ def main() -> int:
 
     # --- registered: real photos, then synthetic ones ------------------------------------
     indexes = IndexSet()
+    indexes.local.inner.auto_compact = False  # one build once everything is in, as rebuild does
     pdq_ids, pdq_codes, ph_ids, ph_codes = [], [], [], []
     real_blobs: list[bytes] = []
     originals: list[Image.Image] = []

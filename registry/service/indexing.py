@@ -106,6 +106,8 @@ class IndexKeeper:
     def rebuild(self, progress: Progress | None = None) -> int:
         """A fresh index from every active signal, consistent with one change-log position."""
         fresh = IndexSet(self.options)
+        # One build of the local tables once every signal is in, not one per growth step.
+        fresh.local.inner.auto_compact = False
         with self.store.transaction(write=False) as tx:
             position = tx.changes.head()
             parts: dict[SignalKind, tuple[list[Ids], list[bytes]]] = {
@@ -125,6 +127,7 @@ class IndexKeeper:
                     progress(len(blobs))
         if isinstance(fresh.local.inner, MultiIndex | SampledIndex):
             fresh.local.inner.compact()
+            fresh.local.inner.auto_compact = self.options.auto_compact
         for kind, (ids, codes) in parts.items():
             if ids:
                 arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(-1, kind.bits // 8)
