@@ -50,7 +50,7 @@ class Keypoints:
     width: int
     height: int
     xy: npt.NDArray[np.float32]
-    angle: npt.NDArray[np.int64]
+    angle: npt.NDArray[np.uint8]  # one byte each: a million images are held in memory
     descriptors: npt.NDArray[np.uint8]
 
     def __len__(self) -> int:
@@ -72,7 +72,7 @@ class Keypoints:
         xy = np.empty((n, 2), dtype=np.float32)
         xy[:, 0] = (meta >> 20) / 4095 * (width - 1)
         xy[:, 1] = ((meta >> 8) & 0xFFF) / 4095 * (height - 1)
-        return cls(width, height, xy, (meta >> 3) & 0x1F, desc.reshape(n, 32))
+        return cls(width, height, xy, ((meta >> 3) & 0x1F).astype(np.uint8), desc.reshape(n, 32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +204,8 @@ class LocalIndex:
         belong to, and the bytes of both (packed keypoints kept for verification)."""
         inner = dict(self.inner.stats)
         kept = sum(len(b) for b in self.blobs.values())
-        # Parsed positions/angles per keypoint (8 + 8 bytes) besides the packed bytes.
-        parsed = sum(16 * len(f) for f in self.features.values())
+        # Parsed positions/angles per keypoint (8 + 1 bytes) besides the packed bytes.
+        parsed = sum(9 * len(f) for f in self.features.values())
         return {**inner, "signals": len(self), "bytes": inner["bytes"] + kept + parsed}
 
 
@@ -240,7 +240,7 @@ def verify(query: Keypoints, registered: Keypoints, q_idx: npt.NDArray[np.int64]
     qa = np.array(pq, dtype=np.int64)
     ra = np.array(pr, dtype=np.int64)
     da = np.array(pd, dtype=np.int64)
-    turn = (query.angle[qa] - registered.angle[ra]) % ANGLE_STEPS
+    turn = (query.angle[qa].astype(np.int64) - registered.angle[ra]) % ANGLE_STEPS
     hist = np.bincount(turn, minlength=ANGLE_STEPS)
     smooth = hist + np.roll(hist, 1) + np.roll(hist, -1)
     mode = int(np.argmax(smooth))

@@ -30,7 +30,6 @@ import numpy as np
 import numpy.typing as npt
 
 from registry.index.base import Codes, Ids, SearchResult, check_codes
-from registry.index.flat import codes_of
 
 TABLES = 12
 BYTES_PER_TABLE = 4
@@ -107,6 +106,37 @@ def _empty(bits: int) -> _Tables:
     return build_tables(bits, np.zeros(0, dtype=np.int64), np.zeros((0, bits // 8), np.uint8))
 
 
+class _Delta:
+    """Rows added since the last build: kept as numpy chunks (no copy per add) and searched
+    exactly by a faiss flat index built when first needed after a change."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.chunks: list[Codes] = []
+        self.ntotal = 0
+        self._flat: faiss.IndexBinaryFlat | None = None
+
+    def add(self, codes: Codes) -> None:
+        self.chunks.append(np.ascontiguousarray(codes))
+        self.ntotal += len(codes)
+        self._flat = None
+
+    def codes(self) -> Codes:
+        if len(self.chunks) != 1:
+            joined = (np.concatenate(self.chunks) if self.chunks
+                      else np.zeros((0, self.bits // 8), dtype=np.uint8))
+            self.chunks = [joined]
+        return self.chunks[0]
+
+    def range_search(self, queries: Codes, radius: int
+                     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], Ids]:
+        if self._flat is None:
+            self._flat = faiss.IndexBinaryFlat(self.bits)
+            self._flat.add(self.codes())
+        lims, dist, rows = self._flat.range_search(queries, radius)
+        return lims, dist, rows
+
+
 @dataclass
 class CompactionPlan:
     generation: int
@@ -129,7 +159,7 @@ class SampledIndex:
         self._tables_n = tables
         self.auto_compact = auto_compact
         self._base = _empty(bits)
-        self._delta = faiss.IndexBinaryFlat(bits)
+        self._delta = _Delta(bits)
         self._delta_ids: Ids = np.zeros(0, dtype=np.int64)
         self._tombstones: set[int] = set()
         self._removals: list[int] = []
@@ -191,7 +221,8 @@ class SampledIndex:
         parts_q, parts_i, parts_d = [], [], []
         base = self._base
         if len(base.ids) and len(queries):
-            rows_q, rows = [], []
+            rows_q: list[npt.NDArray[np.int64]] = []
+            rows: list[npt.NDArray[np.uint32]] = []
             for t in range(len(base.order)):
                 key = base.keys(t, queries)
                 start = base.offsets[t][key].astype(np.int64)
@@ -214,11 +245,11 @@ class SampledIndex:
                 parts_i.append(base.ids[row[ok]])
                 parts_d.append(dist[ok])
         if self._delta.ntotal and len(queries):
-            lims, dist, rows = self._delta.range_search(queries, radius + 1)
+            lims, d, found = self._delta.range_search(queries, radius + 1)
             counts = np.diff(lims).astype(np.int64)
             parts_q.append(np.repeat(np.arange(len(queries), dtype=np.int64), counts))
-            parts_i.append(self._delta_ids[rows])
-            parts_d.append(dist.astype(np.int64))
+            parts_i.append(self._delta_ids[found])
+            parts_d.append(d.astype(np.int64))
         if not parts_q:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty
@@ -238,7 +269,7 @@ class SampledIndex:
 
     def export(self) -> tuple[Ids, Codes]:
         ids = np.concatenate([self._base.ids, self._delta_ids])
-        codes = np.concatenate([self._base.codes, codes_of(self._delta)])
+        codes = np.concatenate([self._base.codes, self._delta.codes()])
         if len(self._tomb_array):
             live = ~np.isin(ids, self._tomb_array)
             ids, codes = ids[live], codes[live]
@@ -252,12 +283,15 @@ class SampledIndex:
 
     def begin_compaction(self) -> CompactionPlan:
         return CompactionPlan(self._generation, self._base, self._delta_ids.copy(),
-                              codes_of(self._delta), self._tomb_array.copy(),
+                              self._delta.codes(), self._tomb_array.copy(),
                               int(self._delta.ntotal), len(self._removals))
 
     def build(self, plan: CompactionPlan) -> None:
-        ids = np.concatenate([plan.base.ids, plan.delta_ids])
-        codes = np.concatenate([plan.base.codes, plan.delta_codes])
+        if len(plan.base.ids):
+            ids = np.concatenate([plan.base.ids, plan.delta_ids])
+            codes = np.concatenate([plan.base.codes, plan.delta_codes])
+        else:  # the first build (a rebuild, a load): no copy of what the delta holds
+            ids, codes = plan.delta_ids, plan.delta_codes
         if len(plan.tombstones):
             live = ~np.isin(ids, plan.tombstones)
             ids, codes = ids[live], codes[live]
@@ -267,10 +301,10 @@ class SampledIndex:
         if plan.generation != self._generation or plan.tables is None:
             return False
         late_ids = self._delta_ids[plan.delta_rows:]
-        late_codes = codes_of(self._delta)[plan.delta_rows:]
+        late_codes = self._delta.codes()[plan.delta_rows:].copy()
         late = set(self._removals[plan.removals:])
         self._base = plan.tables
-        self._delta = faiss.IndexBinaryFlat(self._bits)
+        self._delta = _Delta(self._bits)
         if len(late_codes):
             self._delta.add(late_codes)
         self._delta_ids = late_ids.copy()

@@ -107,7 +107,8 @@ class IndexKeeper:
         """A fresh index from every active signal, consistent with one change-log position."""
         fresh = IndexSet(self.options)
         # One build of the local tables once every signal is in, not one per growth step.
-        fresh.local.inner.auto_compact = False
+        if isinstance(fresh.local.inner, MultiIndex | SampledIndex):
+            fresh.local.inner.auto_compact = False
         with self.store.transaction(write=False) as tx:
             position = tx.changes.head()
             parts: dict[SignalKind, tuple[list[Ids], list[bytes]]] = {
