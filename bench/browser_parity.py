@@ -265,7 +265,7 @@ def main() -> int:
         "requests_besides_scripts": requests,
         **result,
     }
-    result["local_matches"] = local_matches(photos, browser_local)
+    result["local_matches"] = out["local_matches"] = local_matches(photos, browser_local)
     print_table("photos as stored", result["photos"])
     print_table("2 MP uploads", result["uploads_2mp"])
     print_table("12 MP uploads", result["uploads_12mp"])
