@@ -147,14 +147,13 @@ def local_matches(photos: list[tuple[str, bytes]], browser: dict[str, str | None
     from registry.config import Settings
     from registry.hashing.decode import DecodeOptions
     from registry.hashing.signals import compute_signals, decode_image
-    from registry.index.local import Keypoints, LocalIndex
-    from registry.index.multi import MultiIndex
+    from registry.index.catalog import IndexOptions
+    from registry.index.local import Keypoints
 
     settings = Settings.from_env({})
     weak, radius = settings.local_weak, settings.local_radius
     chosen = [(i, v) for i, v in enumerate(variants()) if v.family in MATCH_FAMILIES]
-    indexes = {"browser": LocalIndex(MultiIndex(256, 31)),
-               "python": LocalIndex(MultiIndex(256, 31))}
+    indexes = {"browser": IndexOptions().new_local(), "python": IndexOptions().new_local()}
     names = []
     for sid, (name, data) in enumerate(photos):
         ref = compute_signals(data, DecodeOptions(draft_size=0), registration=True).local

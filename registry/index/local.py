@@ -130,17 +130,15 @@ class LocalIndex:
             self.inner.remove(np.concatenate(gone))
         return len(gone)
 
-    def _pairs(self, query: Keypoints, radius: int
-               ) -> tuple[npt.NDArray[np.int64], Ids, npt.NDArray[np.int64]]:
+    def _hits(self, query: Keypoints, radius: int) -> tuple[Ids, npt.NDArray[np.int64]]:
+        """Registered keypoint ids hit by the query's descriptors, and their distances."""
         if isinstance(self.inner, SampledIndex):
-            return self.inner.pairs(query.descriptors, radius)
+            _, ids, dist = self.inner.pairs(query.descriptors, radius)
+            return ids, dist
         results = self.inner.search(query.descriptors, radius)
-        counts = np.array([len(r.ids) for r in results], dtype=np.int64)
-        if not counts.sum():
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, empty
-        return (np.repeat(np.arange(len(results), dtype=np.int64), counts),
-                np.concatenate([r.ids for r in results]),
+        if not results:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return (np.concatenate([r.ids for r in results]),
                 np.concatenate([r.distances for r in results]).astype(np.int64))
 
     def candidates(self, query: Keypoints, radius: int,
@@ -148,7 +146,7 @@ class LocalIndex:
         """Signal ids of the registered images with the most votes, most first."""
         if not self.features or len(query) == 0:
             return []
-        _, rid, dist = self._pairs(query, radius)
+        rid, dist = self._hits(query, radius)
         # Votes: distinct registered keypoints hit closely. Counting query keypoints instead
         # lets a registered picture with generic texture outvote the right one (measured on
         # screenshots: the right picture was 20th-40th by query keypoints, 1st by these).

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from registry.index.base import Codes, Ids, SearchResult, check_codes
+from registry.index.base import Codes, Ids, SearchResult, check_codes, live_rows
 
 TABLES = 12
 BYTES_PER_TABLE = 4
@@ -195,14 +195,7 @@ class SampledIndex:
         return self._delta.ntotal > bound or self._dead_rows > dead
 
     def remove(self, ids: Ids) -> int:
-        wanted = set(np.asarray(ids, dtype=np.int64).tolist()) - self._tombstones
-        if not wanted:
-            return 0
-        asked = np.array(sorted(wanted), dtype=np.int64)
-        present = np.isin(self._base.ids, asked)
-        in_delta = np.isin(self._delta_ids, asked)
-        rows = int(present.sum()) + int(in_delta.sum())
-        gone = set(self._base.ids[present].tolist()) | set(self._delta_ids[in_delta].tolist())
+        rows, gone = live_rows(ids, self._tombstones, self._base.ids, self._delta_ids)
         if not rows:
             return 0
         self._tombstones |= gone
