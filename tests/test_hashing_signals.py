@@ -237,3 +237,22 @@ def test_image_signals_value_object():
 def test_signals_are_deterministic():
     data = jpeg_bytes(photo_like(8, (900, 700)))
     assert compute_signals(data) == compute_signals(data)
+
+
+def test_registration_views_of_a_large_picture_are_cut_from_its_reduced_copy():
+    """Views of a picture with a short side of 1024 px or more come from Image.reduce of it (the
+    browser does the same, docs/browser-hashing.md); the whole-image PDQ stays full size."""
+    from registry.hashing.signals import pdq_of
+    from registry.hashing.variants import registration_views, view_source
+
+    big = photo_like(31, (1300, 1100))
+    assert view_source(big).size == (650, 550)
+    assert view_source(photo_like(32, (481, 321))).size == (481, 321)
+    views = dict(registration_views(big))
+    assert views["mirror"].size == (650, 550) and views["rot90"].size == (550, 650)
+    data = io.BytesIO()
+    big.save(data, "PNG")
+    image = compute_signals(data.getvalue(), registration=True)
+    by_label = {v.label: v.pdq for v in image.variants}
+    assert by_label["crop90-c"] == pdq_of(views["crop90-c"])[0]
+    assert image.pdq == pdq_of(big)[0]

@@ -19,7 +19,7 @@ from registry.errors import StorageUnavailable
 from registry.hashing import PIPELINE_VERSION
 from registry.service import Registry
 from registry.web import create_app
-from registry.web.site import CSP
+from registry.web.site import CSP, WORKER_CSP
 from tests.conftest import FAST_KDF, encode, photo
 
 PAGES = ["/", "/submit", "/case"]
@@ -237,6 +237,15 @@ def test_static_scripts_carry_the_policy_and_the_api_keeps_its_own(client):
     assert script.status_code == 200 and "javascript" in script.mimetype
     assert script.headers["Content-Security-Policy"] == CSP
     script.close()
+    # The hashing worker alone may compile opencv.js's WebAssembly and embind's functions;
+    # everything else of its policy is the pages' (no other origin, no network but ours).
+    worker = client.get("/static/js/hash/worker.js")
+    assert worker.headers["Content-Security-Policy"] == WORKER_CSP
+    assert WORKER_CSP.replace(" 'wasm-unsafe-eval' 'unsafe-eval'", "") == CSP
+    worker.close()
+    module = client.get("/static/js/hash/local.js")  # imported by the worker: runs under its policy
+    assert module.headers["Content-Security-Policy"] == CSP
+    module.close()
     health = client.get("/healthz")
     assert health.headers["Referrer-Policy"] == "no-referrer"
     assert "Content-Security-Policy" not in health.headers
