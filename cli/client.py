@@ -4,17 +4,23 @@ machine) and asks the registry's API; standard library HTTP only."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
-from registry.errors import RegistryError
+from registry.domain import Signal
+from registry.errors import DegenerateHash, InvalidHash, RegistryError
 from registry.hashing import ImageSignals
 
 SIGNALS = ("pdq", "pdq_content", "pdq_frame", "phash", "md5", "sha256", "local")
-# A request holds at most 1000 queries; with local signals (~48 KB each, and tens of
+# A request holds at most 1000 queries; with local signals (~144 KB each, and tens of
 # milliseconds of verification each on the server) batches are cut at this many bytes too.
 BATCH_BYTES = 4 * 1024 * 1024
+RETRIES = 5  # answers 429 and 503 are retried this many times, after Retry-After (or backoff)
+MAX_WAIT_S = 60.0
+_KIND = {"pdq_content": "pdq", "pdq_frame": "pdq"}
 
 
 class ApiError(RegistryError):
@@ -22,6 +28,9 @@ class ApiError(RegistryError):
 
 
 def query_json(ref: str, image: ImageSignals, min_quality: int) -> dict[str, Any]:
+    """The API query for one hashed file: its signals, less those the registry would refuse
+    (a PDQ under ``min_quality``, a hash of a blank picture): one such file must not make the
+    registry refuse a whole batch. ``DegenerateHash`` when nothing usable is left."""
     signals = {k: v for k, v in image.to_json().items() if k in SIGNALS}
     if image.pdq_quality < min_quality:
         signals.pop("pdq", None)
@@ -29,28 +38,50 @@ def query_json(ref: str, image: ImageSignals, min_quality: int) -> dict[str, Any
         signals.pop("pdq_content", None)
     if image.frame is not None and image.frame.quality < min_quality:
         signals.pop("pdq_frame", None)
+    for name, text in list(signals.items()):
+        try:
+            Signal.parse(_KIND.get(name, name), text).check_not_degenerate()
+        except (DegenerateHash, InvalidHash):
+            del signals[name]
+    if not signals:
+        raise DegenerateHash("The picture is blank or too plain to match: no usable hash.")
     return {"id": ref, "signals": signals}
 
 
-def match(url: str, key: str, queries: list[dict[str, Any]], timeout: float = 30.0
-          ) -> list[dict[str, Any]]:
+def match(url: str, key: str, queries: list[dict[str, Any]], timeout: float = 30.0,
+          sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
     """POST the queries (in batches of at most 1000 and about BATCH_BYTES) and return the
-    results in order."""
+    results in order. A 429 or 503 is retried up to :data:`RETRIES` times, after the
+    answer's Retry-After (capped at :data:`MAX_WAIT_S`) or an exponential backoff."""
     results: list[dict[str, Any]] = []
     for batch in _batches(queries):
         body = json.dumps({"queries": batch}).encode()
-        request = urllib.request.Request(
-            url.rstrip("/") + "/api/v1/match", data=body, method="POST",
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                results += json.loads(response.read())["results"]
-        except urllib.error.HTTPError as e:
-            raise ApiError(f"The registry answered {e.code}: {_message(e)}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            reason = getattr(e, "reason", e)
-            raise ApiError(f"Cannot reach the registry at {url}: {reason}.") from None
+        for attempt in range(RETRIES + 1):
+            request = urllib.request.Request(
+                url.rstrip("/") + "/api/v1/match", data=body, method="POST",
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    results += json.loads(response.read())["results"]
+                break
+            except urllib.error.HTTPError as e:
+                if e.code in (429, 503) and attempt < RETRIES:
+                    sleep(_wait(e, attempt))
+                    e.close()
+                    continue
+                raise ApiError(f"The registry answered {e.code}: {_message(e)}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                reason = getattr(e, "reason", e)
+                raise ApiError(f"Cannot reach the registry at {url}: {reason}.") from None
     return results
+
+
+def _wait(e: urllib.error.HTTPError, attempt: int) -> float:
+    try:
+        seconds = float(e.headers.get("Retry-After", ""))
+    except ValueError:
+        seconds = 2.0 ** attempt
+    return max(0.0, min(MAX_WAIT_S, seconds))
 
 
 def _batches(queries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

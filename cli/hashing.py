@@ -109,14 +109,25 @@ def match(ctx: Context, as_json: bool, url: str | None, key: str | None,
         raise click.UsageError("--url needs --key (or TAKEDOWN_API_KEY).")
     if key and not url:
         raise click.UsageError("--key is only used with --url.")
-    hashed = list(_hash_files(files, ctx.settings))
-    good = [(p, r) for p, r in hashed if not isinstance(r, RegistryError)]
+    hashed: list[tuple[str, ImageSignals | RegistryError]] = list(
+        _hash_files(files, ctx.settings))
     if url:
         assert key is not None
-        queries = [client.query_json(p, r, ctx.settings.pdq_min_quality) for p, r in good]
+        # Queries are numbered, not named by path (a path may be longer than an id may be);
+        # a file the registry could not match gets its own error line, not the batch's.
+        queries, sent = [], []
+        for i, (path, r) in enumerate(hashed):
+            if isinstance(r, RegistryError):
+                continue
+            try:
+                queries.append(client.query_json(str(i), r, ctx.settings.pdq_min_quality))
+                sent.append(i)
+            except RegistryError as e:
+                hashed[i] = (path, e)
         answers = client.match(url, key, queries) if queries else []
-        results = {p: a for (p, _), a in zip(good, answers, strict=True)}
+        results = {hashed[i][0]: a for i, a in zip(sent, answers, strict=True)}
     else:
+        good = [(p, r) for p, r in hashed if not isinstance(r, RegistryError)]
         registry = ctx.registry()
         found = registry.match([registry.query_of_image(p, r) for p, r in good])
         results = {p: _local_json(res) for (p, _), res in zip(good, found, strict=True)}

@@ -5,6 +5,7 @@ finds a transformed copy, finds nothing for an unrelated image, and fails cleanl
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import urllib.error
@@ -109,3 +110,31 @@ def test_live_errors_keep_the_json_shape(server):
     body = json.loads(refused.value.read())
     refused.value.close()
     assert body["error"]["code"] == "unauthenticated"
+
+
+def test_match_url_matches_every_file_around_a_degenerate_one_and_a_long_path(server, tmp_path):
+    from PIL import Image
+
+    original = tmp_path / "original.jpg"
+    original.write_bytes(encode(photo(34, (900, 600)), quality=92))
+    key = json.loads(takedown("platform", "add", "shop2", "--json").output)["key"]
+    assert takedown("submit", "--json", str(original)).exit_code == 0
+    folder = tmp_path / ("d" * 120)
+    folder.mkdir()
+    copy = folder / ("c" * 100 + ".jpg")  # a path far longer than a query id may be
+    copy.write_bytes(encode(photo(34, (900, 600)).resize((450, 300)), quality=60))
+    dot = tmp_path / "dot.png"
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(buf, "PNG")
+    dot.write_bytes(buf.getvalue())
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    result = takedown("match", "--url", server, "--key", key, "--json", str(dot), str(copy),
+                      str(broken))
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    by_file = {line["file"]: line for line in lines}
+    assert by_file[str(copy)]["matched"] is True  # the batch was not refused for the others
+    assert by_file[str(dot)]["matched"] is False  # digests only: nothing like it registered
+    assert by_file[str(broken)]["error"]["code"] == "not_an_image"
+    assert result.exit_code == 1  # one file failed
+    assert "Traceback" not in result.output
