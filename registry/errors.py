@@ -76,6 +76,13 @@ class FileTooLarge(ImageError):
     code = "file_too_large"
 
 
+class CursorAhead(InvalidInput):
+    """A feed cursor past the end of this registry's change log: the registry was restored from
+    an older backup or replaced; a mirror that went on from its cursor would miss records."""
+
+    code = "cursor_ahead"
+
+
 class UnreadableFile(InvalidInput):
     code = "unreadable_file"
 

@@ -396,6 +396,18 @@ def test_feed_pages_through_every_hash_then_publishes_the_withdrawal(registry, c
     assert body["results"][0]["matched"] is False
 
 
+def test_a_cursor_past_the_end_of_the_feed_is_refused_not_an_empty_page(registry, client,
+                                                                        feed_key):
+    submit(registry, 1)
+    _, cursor = read_all(client, feed_key)
+    at_end = client.get(f"/api/v1/feed?cursor={cursor}", headers=bearer(feed_key))
+    assert at_end.status_code == 200 and at_end.get_json()["records"] == []
+    # A mirror's cursor from before a restore to an older backup: ahead of this log.
+    ahead = client.get(f"/api/v1/feed?cursor={int(cursor) + 5}", headers=bearer(feed_key))
+    error = assert_error(ahead, 409, "cursor_ahead")
+    assert "from the start" in error["message"]
+
+
 def test_feed_reads_are_audited_and_the_default_page_is_used(registry, client, feed_key):
     submit(registry, 1)
     page = client.get("/api/v1/feed", headers=bearer(feed_key)).get_json()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from registry.domain import FeedRecord, Platform
-from registry.errors import InvalidInput
+from registry.errors import CursorAhead, InvalidInput
 from registry.store import Store
 
 MAX_PAGE = 1000
@@ -39,6 +39,13 @@ def read(store: Store, platform: Platform, cursor: str | None, limit: int) -> Fe
     with store.transaction() as tx:
         records = tx.changes.feed(position, limit + 1)
         page = records[:limit]
+        if not page and position and position > (head := tx.changes.head()):
+            # Not an empty page: after a restore from an older backup, a mirror that kept its
+            # cursor would never see the records written since under the same numbers.
+            raise CursorAhead(
+                f"This cursor ({position}) is past the end of the feed ({head}): the registry "
+                "was restored or replaced. Read the feed again from the start (no cursor) and "
+                "replace your copy of the hashes.")
         tx.audit.record(f"platform:{platform.name}", "feed_read", "",
                         {"cursor": position, "records": len(page)})
     last = page[-1].seq if page else position

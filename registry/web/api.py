@@ -165,8 +165,9 @@ def feedback(body: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/feed")
 @bp.input(schemas.FeedQuery, location="query", arg_name="params")
 @bp.output(schemas.FeedResponse)
-@bp.doc(security=SECURITY, responses=[400, 401, 403, 422, 429])
+@bp.doc(security=SECURITY, responses=[400, 401, 403, 409, 422, 429])
 def feed(params: dict[str, Any]) -> dict[str, Any]:
     """Registered hashes in change order, ``active`` or ``withdrawn`` (scope ``feed``): apply
-    them in order to a local copy; a withdrawn hash must stop matching at once."""
+    them in order to a local copy; a withdrawn hash must stop matching at once. A cursor past
+    the end of the log (the registry was restored or replaced) is refused with 409."""
     return registry().read_feed(g.platform, params["cursor"], params["limit"]).to_json()

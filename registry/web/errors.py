@@ -32,6 +32,7 @@ STATUS: dict[type[e.RegistryError], int] = {
     e.MatchNotFound: 404,
     e.PlatformExists: 409,
     e.InvalidTransition: 409,
+    e.CursorAhead: 409,
     e.CaseLocked: 429,
     e.StorageUnavailable: 503,
 }
