@@ -246,6 +246,28 @@ def test_match_image_accepts_png_and_an_exact_copy_matches_every_signal(registry
 
 
 # --- POST /api/v1/feedback --------------------------------------------------------------------
+def test_a_removed_copy_counts_once_however_many_of_its_matches_are_reported(registry, client,
+                                                                               key):
+    receipt = submit(registry, 1)
+    signals = registered_signals(1)
+    both = {"md5": signals.md5.hex, "sha256": signals.sha256.hex, "pdq": signals.pdq.hex}
+    (result,) = match(client, key, {"id": "copy-1", "signals": both}).get_json()["results"]
+    ids = [m["match_id"] for m in result["matches"]]
+    assert len(ids) >= 3  # one match per signal of the one uploaded copy
+    for match_id in ids:
+        response = client.post("/api/v1/feedback", json={"match_id": match_id,
+                                                          "outcome": "removed"},
+                               headers=bearer(key))
+        assert response.status_code == 200
+    assert registry.case_status(receipt.number, receipt.pin).takedowns == 1
+    # Another copy (another query) taken down is another takedown.
+    (other,) = match(client, key, {"id": "copy-2", "signals": {"md5": signals.md5.hex}}
+                     ).get_json()["results"]
+    client.post("/api/v1/feedback", json={"match_id": other["matches"][0]["match_id"],
+                                          "outcome": "removed"}, headers=bearer(key))
+    assert registry.case_status(receipt.number, receipt.pin).takedowns == 2
+
+
 def first_match_id(client, key: str, signals: dict[str, str]) -> str:
     response = match(client, key, {"id": "q", "signals": signals})
     (result,) = response.get_json()["results"]

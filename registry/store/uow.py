@@ -443,12 +443,15 @@ class MatchRepository:
         self.s.flush()
 
     def takedowns_of_case(self, case_id: int) -> int:
-        """Matches of this case's signals that a platform reported as removed."""
-        stmt = (select(func.count(func.distinct(FeedbackRow.match_id)))
-                .join(MatchRow, MatchRow.id == FeedbackRow.match_id)
-                .join(SignalRow, SignalRow.id == MatchRow.signal_id)
-                .where(SignalRow.case_id == case_id, FeedbackRow.outcome == "removed"))
-        return int(self.s.scalar(stmt) or 0)
+        """Copies of this case's pictures that a platform reported as removed: one per query
+        (platform, query id and the request's time), however many of its signals matched and
+        were each reported."""
+        copies = (select(MatchRow.platform_id, MatchRow.query_ref, MatchRow.created_at)
+                  .join(FeedbackRow, FeedbackRow.match_id == MatchRow.id)
+                  .join(SignalRow, SignalRow.id == MatchRow.signal_id)
+                  .where(SignalRow.case_id == case_id, FeedbackRow.outcome == "removed")
+                  .distinct().subquery())
+        return int(self.s.scalar(select(func.count()).select_from(copies)) or 0)
 
 
 def stored_value(sig: Signal) -> str:
