@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -22,10 +23,10 @@ from tests.images import png_bytes
 class Scripted(BaseHTTPRequestHandler):
     """Answers POST /api/v1/match with the next scripted status; 200 echoes the query ids."""
 
-    script: list[tuple[int, dict[str, str]]] = []
-    seen: list[list[str]] = []
+    script: ClassVar[list[tuple[int, dict[str, str]]]] = []
+    seen: ClassVar[list[list[str]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         ids = [q["id"] for q in body["queries"]]
         Scripted.seen.append(ids)
