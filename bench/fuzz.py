@@ -26,8 +26,9 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/takedown-fuzz/corpus"))
     ap.add_argument("--artifacts", type=Path, default=Path("/tmp/takedown-fuzz/artifacts"))
     ap.add_argument("--timeout", type=int, default=2, help="seconds one input may take")
-    ap.add_argument("--rss-mb", type=int, default=768,
-                    help="memory the process may reach (~210 MB is Python, numpy, OpenCV)")
+    ap.add_argument("--rss-mb", type=int, default=3072,
+                    help="memory the whole process may reach (its corpus grows in memory; one "
+                         "input is held to 512 MB by the harness itself)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fuzz.json")
     args = ap.parse_args()
     args.corpus.mkdir(parents=True, exist_ok=True)
