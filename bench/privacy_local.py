@@ -142,7 +142,7 @@ def corpus_photo(path: Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint
     grey = analysed(img, REGISTER_AREA)
     if min(grey.shape) < 2 * 16 + 1:
         return None
-    keypoints, desc = _orb(CORPUS_KEYPOINTS // 4).detectAndCompute(grey, None)  # type: ignore[call-overload]
+    keypoints, desc = _orb(CORPUS_KEYPOINTS).detectAndCompute(grey, None)  # type: ignore[call-overload]
     if desc is None or not keypoints:
         return None
     xy = np.array([k.pt for k in keypoints], dtype=np.float32)

@@ -71,7 +71,7 @@ LOCAL_HEADER = struct.Struct("<BHHH")
 LOCAL_KEYPOINT_BYTES = 36
 LOCAL_MIN_KEYPOINTS = 16
 LOCAL_REGISTER_KEYPOINTS = 112  # a registered image stores at most this many (<= 4,039 bytes)
-LOCAL_MAX_KEYPOINTS = 2048
+LOCAL_MAX_KEYPOINTS = 4096
 LOCAL_MAX_TEXT = 4 * ((LOCAL_HEADER.size + LOCAL_MAX_KEYPOINTS * LOCAL_KEYPOINT_BYTES + 2) // 3)
 
 # Digests of the empty file: a list entry with these matches every broken upload.

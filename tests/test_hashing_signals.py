@@ -256,3 +256,27 @@ def test_registration_views_of_a_large_picture_are_cut_from_its_reduced_copy():
     by_label = {v.label: v.pdq for v in image.variants}
     assert by_label["crop90-c"] == pdq_of(views["crop90-c"])[0]
     assert image.pdq == pdq_of(big)[0]
+
+
+def test_a_large_querys_trimmed_views_are_hashed_from_its_reduced_copy():
+    """A query's content and frame views are cut from its reduced copy (as registered views
+    are): the same box, within a few bits of the full-size cut; a registration's content view
+    stays full size, and a registration computes no frame view."""
+    from registry.hashing.content import FRAME_RULES, content_box
+    from registry.hashing.signals import pdq_of
+
+    picture = photo_like(33, (1800, 1200))
+    page = Image.new("RGB", (1800, 1700), (250, 250, 250))  # a tall bar above and below
+    page.paste(picture, (0, 250))
+    data = io.BytesIO()
+    page.save(data, "PNG")
+    query = compute_signals(data.getvalue())
+    box = content_box(page)
+    assert box != (0, 0, 1800, 1700) and query.content is not None
+    full = pdq_of(page.crop(box))[0]
+    assert query.content.pdq != full  # hashed from the reduced copy, not the full-size cut
+    assert query.content.pdq - full <= 8
+    assert content_box(page, FRAME_RULES) == box and query.frame is None  # same box: no frame
+    registered = compute_signals(data.getvalue(), registration=True)
+    assert registered.content is not None and registered.content.pdq == full
+    assert registered.frame is None

@@ -15,16 +15,26 @@ from registry.domain import LOCAL_REGISTER_KEYPOINTS, ChangeAction, Signal, Sign
 from registry.errors import DegenerateHash, InvalidHash
 from registry.hashing import compute_signals
 from registry.hashing.local import (
+    QUERY_AREA,
+    QUERY_GRID,
     QUERY_KEYPOINTS,
     REGISTER_AREA,
     LocalFeatures,
+    _orb,
     analysed,
+    canonical_order,
     extract,
     spread,
     unpack,
 )
 from registry.index.catalog import IndexOptions, IndexSet
-from registry.index.local import RETRIEVAL_KEYPOINTS, Keypoints, LocalIndex, verify
+from registry.index.local import (
+    QUERY_LOOKUPS,
+    RETRIEVAL_KEYPOINTS,
+    Keypoints,
+    LocalIndex,
+    verify,
+)
 from tests.images import gradient, jpeg_bytes, photo_like
 
 RADIUS, WEAK = 56, 12
@@ -96,6 +106,58 @@ def test_keypoints_are_spread_over_the_picture():
     f = features(img, True)
     outside = (f.xy[:, 0] > f.width / 3) | (f.xy[:, 1] > f.height / 3)
     assert outside.sum() >= 10
+
+
+def test_a_query_computes_descriptors_only_for_its_kept_keypoints_and_gets_the_same_ones():
+    # The query path detects, spreads, then computes; detectAndCompute on the same picture
+    # gives the same keypoints the same descriptors (a large picture: the reduced fast path).
+    img = Image.new("RGB", (1440, 960))
+    for i in range(9):
+        img.paste(textured(10 + i), (480 * (i % 3), 320 * (i // 3)))
+    q = features(img, False)
+    grey = analysed(img, QUERY_AREA, fast=True)
+    kps, desc = _orb(2 * QUERY_KEYPOINTS).detectAndCompute(grey, None)
+    xy = np.asarray([k.pt for k in kps], dtype=np.float32)
+    resp = np.array([k.response for k in kps], dtype=np.float32)
+    octv = np.array([k.octave & 7 for k in kps], dtype=np.uint8)
+    order = canonical_order(resp, xy, octv)
+    keep = order[spread(resp[order], xy[order], grey.shape[1], grey.shape[0], QUERY_KEYPOINTS,
+                        QUERY_GRID, by_round=True)]
+    assert len(q) == len(keep) > QUERY_LOOKUPS
+    assert np.array_equal(q.descriptors, desc[keep])
+
+
+def test_a_query_lists_its_keypoints_round_by_round():
+    # Its first QUERY_LOOKUPS (those looked up in the index) cover the picture's cells; the
+    # rest, kept for verification, follow.
+    img = photo_like(3, (900, 600))
+    img.paste(textured(4, (300, 200)), (0, 0))
+    q = features(img, False)
+    cells = np.minimum(QUERY_GRID - 1, (q.xy * QUERY_GRID / [q.width, q.height]).astype(int))
+    first = {tuple(c) for c in cells[:QUERY_LOOKUPS].tolist()}
+    assert first == {tuple(c) for c in cells.tolist()}
+    xy = np.array([[1, 1], [2, 2], [90, 90], [91, 91]], dtype=np.float32)
+    responses = np.array([5, 4, 1, 3], dtype=np.float32)
+    assert spread(responses, xy, 100, 100, 4, 2, by_round=True).tolist() == [0, 3, 1, 2]
+    assert spread(responses, xy, 100, 100, 4, 2).tolist() == [0, 1, 3, 2]
+
+
+def test_only_a_querys_first_keypoints_are_looked_up_but_all_are_verified(monkeypatch):
+    img = textured(7)
+    index = index_of(img)
+    q = Keypoints.of(features(img, False).pack())
+    assert index.search(q, RADIUS, WEAK)
+    # The same keypoints behind enough noise that the look-ups see only noise: no candidate.
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (QUERY_LOOKUPS, 32), dtype=np.uint8)
+    far = Keypoints(q.width, q.height, np.concatenate([rng.uniform(0, 50, (QUERY_LOOKUPS, 2)),
+                                                       q.xy]).astype(np.float32),
+                    np.concatenate([np.zeros(QUERY_LOOKUPS, np.uint8), q.angle]),
+                    np.concatenate([noise, q.descriptors]))
+    assert index.search(far, RADIUS, WEAK) == []
+    # With the look-ups widened to cover them, they are found, and verified on every keypoint.
+    monkeypatch.setattr("registry.index.local.QUERY_LOOKUPS", len(far))
+    assert [v.signal_id for v in index.search(far, RADIUS, WEAK)] == [1]
 
 
 def test_spread_takes_round_robin_by_cell_then_strength():

@@ -28,10 +28,10 @@ import pdqhash
 from PIL import Image
 
 from registry.domain import Signal, SignalKind
-from registry.hashing.content import FRAME_RULES, content_box
+from registry.hashing.content import FRAME_RULES, content_box, work_array
 from registry.hashing.decode import DecodeOptions, decode_image
 from registry.hashing.local import extract
-from registry.hashing.variants import registration_views
+from registry.hashing.variants import registration_views, view_source
 
 # Stored with every registered signal, so a later pipeline change can re-hash or migrate.
 # 1: PDQ/pHash/digests of the whole image. 2: + content box and registration variants.
@@ -118,15 +118,21 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
     img = decode_image(data, options or DecodeOptions())
     pdq, quality = pdq_of(img)
     md5, sha256 = digests_of(data)
-    box = content_box(img)
+    work = work_array(img)
+    box = content_box(img, work=work)
     trimmed = _shaved(box, img)
-    base = img.crop(box) if trimmed else img
-    content = _variant("content", base) if trimmed else None
-    frame = None
-    if trimmed:  # a query also tries the conservative box, when it differs
-        frame_box = content_box(img, FRAME_RULES)
+    content = frame = None
+    if trimmed and registration:
+        content = _variant("content", img.crop(box))
+    elif trimmed:
+        # A query's trimmed views are cut from its reduced copy (variants.view_source, as the
+        # registered views are): PDQ sees 64 x 64 of either, and a 2 MP copy's two views cost
+        # ~4 ms instead of ~15.
+        small = view_source(img)
+        content = _variant("content", _cut(img, small, box))
+        frame_box = content_box(img, FRAME_RULES, work=work)  # the conservative box
         if frame_box != box and _shaved(frame_box, img):
-            frame = _variant("frame", img.crop(frame_box))
+            frame = _variant("frame", _cut(img, small, frame_box))
     variants: tuple[Variant, ...] = ()
     if registration:
         # Views of the original as it is: copies are cut and flipped from what was posted, not
@@ -143,10 +149,19 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
         width=img.width,
         height=img.height,
         content=content,
-        frame=None if registration else frame,
+        frame=frame,
         variants=variants,
         local=None if features is None else features.signal(),
     )
+
+
+def _cut(img: Image.Image, small: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """``box`` of ``img``, cut from ``small`` (``img`` reduced)."""
+    if small is img:
+        return img.crop(box)
+    sx, sy = small.width / img.width, small.height / img.height
+    return small.crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx),
+                       round(box[3] * sy)))
 
 
 def _shaved(box: tuple[int, int, int, int], img: Image.Image) -> bool:

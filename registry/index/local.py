@@ -36,6 +36,7 @@ VOTE_MARGIN = 16  # votes count hits this many bits inside the search radius
 MIN_VOTES = 3  # a candidate needs this many of its keypoints hit before it is compared
 MAX_CANDIDATES = 16  # the most-voted images compared and verified per query
 RETRIEVAL_KEYPOINTS = 64  # the strongest keypoints of each image in the descriptor index
+QUERY_LOOKUPS = 1000  # a query's first keypoints (spread over it) looked up in that index
 
 
 ANGLE_STEPS = 32  # ORB orientation is stored in 32 steps (registry.hashing.local)
@@ -132,10 +133,11 @@ class LocalIndex:
 
     def _hits(self, query: Keypoints, radius: int) -> tuple[Ids, npt.NDArray[np.int64]]:
         """Registered keypoint ids hit by the query's descriptors, and their distances."""
+        wanted = np.ascontiguousarray(query.descriptors[:QUERY_LOOKUPS])
         if isinstance(self.inner, SampledIndex):
-            _, ids, dist = self.inner.pairs(query.descriptors, radius)
+            _, ids, dist = self.inner.pairs(wanted, radius)
             return ids, dist
-        results = self.inner.search(query.descriptors, radius)
+        results = self.inner.search(wanted, radius)
         if not results:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return (np.concatenate([r.ids for r in results]),
@@ -163,19 +165,25 @@ class LocalIndex:
         chosen = self.candidates(query, radius, max_candidates)
         if not chosen:
             return []
-        # Every keypoint of each candidate against every query keypoint, exactly.
+        # Every keypoint of each candidate against every query keypoint, exactly: one range
+        # search for all the candidates' keypoints, then each candidate's slice of it.
+        regs = [(sid, f) for sid in chosen if (f := self.features.get(sid)) is not None]
+        if not regs:
+            return []
         flat = faiss.IndexBinaryFlat(256)
         flat.add(np.ascontiguousarray(query.descriptors))
+        lims, d, qi = flat.range_search(
+            np.ascontiguousarray(np.concatenate([f.descriptors for _, f in regs])), radius + 1)
+        lims = lims.astype(np.int64)
         out = []
-        for sid in chosen:
-            registered = self.features.get(sid)
-            if registered is None:
-                continue
-            lims, d, qi = flat.range_search(np.ascontiguousarray(registered.descriptors),
-                                            radius + 1)
-            ri = np.repeat(np.arange(len(registered), dtype=np.int64),
-                           np.diff(lims).astype(np.int64))
-            v = verify(query, registered, qi.astype(np.int64), ri, d.astype(np.int64))
+        row = 0
+        for sid, registered in regs:
+            n = len(registered)
+            lo, hi = int(lims[row]), int(lims[row + n])
+            ri = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims[row:row + n + 1]))
+            row += n
+            v = verify(query, registered, qi[lo:hi].astype(np.int64), ri,
+                       d[lo:hi].astype(np.int64))
             if v is not None and v[0] >= min_inliers:
                 out.append(Verified(sid, v[0], v[1], v[2]))
         out.sort(key=lambda v: (-v.inliers, v.signal_id))

@@ -37,7 +37,7 @@ class Signals(Schema):
     local = String(metadata={
         "description": "Local features (ORB keypoints and descriptors, docs/hashing.md), "
                        "standard base64 of the packed layout; `takedown hash` and the "
-                       "browser compute it. Up to 2,048 keypoints per query.",
+                       "browser compute it. Up to 4,096 keypoints per query.",
         "maxLength": LOCAL_MAX_TEXT})
 
 
