@@ -10,17 +10,15 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from registry.domain import Signal
+from registry.domain import QUERY_SIGNALS, Signal
 from registry.errors import DegenerateHash, InvalidHash, RegistryError
 from registry.hashing import ImageSignals
 
-SIGNALS = ("pdq", "pdq_content", "pdq_frame", "phash", "md5", "sha256", "local")
 # A request holds at most 1000 queries; with local signals (~144 KB each, and tens of
 # milliseconds of verification each on the server) batches are cut at this many bytes too.
 BATCH_BYTES = 4 * 1024 * 1024
 RETRIES = 5  # answers 429 and 503 are retried this many times, after Retry-After (or backoff)
 MAX_WAIT_S = 60.0
-_KIND = {"pdq_content": "pdq", "pdq_frame": "pdq"}
 
 
 class ApiError(RegistryError):
@@ -31,7 +29,7 @@ def query_json(ref: str, image: ImageSignals, min_quality: int) -> dict[str, Any
     """The API query for one hashed file: its signals, less those the registry would refuse
     (a PDQ under ``min_quality``, a hash of a blank picture): one such file must not make the
     registry refuse a whole batch. ``DegenerateHash`` when nothing usable is left."""
-    signals = {k: v for k, v in image.to_json().items() if k in SIGNALS}
+    signals = {k: v for k, v in image.to_json().items() if k in QUERY_SIGNALS}
     if image.pdq_quality < min_quality:
         signals.pop("pdq", None)
     if image.content is not None and image.content.quality < min_quality:
@@ -40,7 +38,7 @@ def query_json(ref: str, image: ImageSignals, min_quality: int) -> dict[str, Any
         signals.pop("pdq_frame", None)
     for name, text in list(signals.items()):
         try:
-            Signal.parse(_KIND.get(name, name), text).check_not_degenerate()
+            Signal.parse(QUERY_SIGNALS[name], text).check_not_degenerate()
         except (DegenerateHash, InvalidHash):
             del signals[name]
     if not signals:

@@ -11,7 +11,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import Response, current_app, g, jsonify, request
 
-from registry.domain import Query, QueryResult, Scope, Signal
+from registry.domain import QUERY_SIGNALS, Query, QueryResult, Scope, Signal
 from registry.errors import InvalidInput, UnsupportedMediaType
 from registry.service import Registry
 from registry.web import schemas
@@ -19,8 +19,7 @@ from registry.web.metrics import record_matches
 
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="Platform API")
 SECURITY: list[str | dict[str, list[Any]]] = [{"ApiKey": []}]
-_KINDS = {"pdq": "pdq", "pdq_content": "pdq", "pdq_frame": "pdq", "phash": "phash",
-          "md5": "md5", "sha256": "sha256", "local": "local"}
+
 
 
 def registry() -> Registry:
@@ -67,7 +66,7 @@ def parse_query(raw: dict[str, Any]) -> Query:
         if value is None:
             continue
         try:
-            signals.append(Signal.parse(_KINDS[name], value))
+            signals.append(Signal.parse(QUERY_SIGNALS[name], value))
         except InvalidInput as e:
             # Name the query: in a batch of 1000 the caller must know which one is wrong.
             raise type(e)(f"Query {raw['id']!r}, {name}: {e.message}") from None
@@ -113,7 +112,7 @@ def match_queries(body: object) -> list[dict[str, Any]]:
         if not isinstance(signals, dict):
             raise _mismatch(f"{where}.signals", "Missing data for required field.")
         for name, value in signals.items():
-            if name not in _KINDS:
+            if name not in QUERY_SIGNALS:
                 raise _mismatch(f"{where}.signals.{name}", "Unknown field.")
             if not isinstance(value, str):
                 raise _mismatch(f"{where}.signals.{name}", "Not a valid string.")
