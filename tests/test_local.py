@@ -111,11 +111,12 @@ def test_keypoints_are_spread_over_the_picture():
 def test_a_query_computes_descriptors_only_for_its_kept_keypoints_and_gets_the_same_ones():
     # The query path detects, spreads, then computes; detectAndCompute on the same picture
     # gives the same keypoints the same descriptors (a large picture: the reduced fast path).
-    img = Image.new("RGB", (1440, 960))
-    for i in range(9):
-        img.paste(textured(10 + i), (480 * (i % 3), 320 * (i // 3)))
+    img = Image.new("RGB", (1920, 1280))  # 2.5 MP: over twice QUERY_AREA, reduced first
+    for i in range(16):
+        img.paste(textured(10 + i), (480 * (i % 4), 320 * (i // 4)))
     q = features(img, False)
     grey = analysed(img, QUERY_AREA, fast=True)
+    assert not np.array_equal(grey, analysed(img, QUERY_AREA))  # the fast path was taken
     kps, desc = _orb(2 * QUERY_KEYPOINTS).detectAndCompute(grey, None)
     xy = np.asarray([k.pt for k in kps], dtype=np.float32)
     resp = np.array([k.response for k in kps], dtype=np.float32)

@@ -21,7 +21,6 @@ bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="Platform API")
 SECURITY: list[str | dict[str, list[Any]]] = [{"ApiKey": []}]
 
 
-
 def registry() -> Registry:
     found: Registry = current_app.extensions["registry"]
     return found
