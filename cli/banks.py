@@ -1,4 +1,4 @@
-"""``takedown canary`` and ``takedown quarantine list|release``."""
+"""``takedown canary`` and ``takedown quarantine list|hold|release``."""
 
 from __future__ import annotations
 
@@ -46,16 +46,21 @@ def canary(ctx: Context, out: str, as_json: bool) -> None:
 
 @cli.group()
 def quarantine() -> None:
-    """Hashes quarantined after repeated 'not_violating' feedback, for operator review."""
+    """Hashes out of matching for review after 'not_violating' feedback from several
+    platforms, and the queue of reported ones."""
 
 
 @quarantine.command("list")
+@click.option("--reported", is_flag=True,
+              help="Active hashes with 'not_violating' reports since their last review instead.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj
 @handle_errors
-def list_cmd(ctx: Context, as_json: bool) -> None:
-    """Quarantined hashes, with their bank, case and feedback counts."""
-    for s in ctx.registry(load_index=False).quarantined():
+def list_cmd(ctx: Context, reported: bool, as_json: bool) -> None:
+    """Quarantined (or, with --reported, reported) hashes, with their bank, case and feedback
+    since their last review (not_violating counts platforms, removed counts matches)."""
+    registry = ctx.registry(load_index=False)
+    for s in registry.reported() if reported else registry.quarantined():
         record = {"id": s.id, "signal": s.signal.kind.value, "bank": s.bank,
                   "case": s.case_number, "view": s.label, "removed": s.removed,
                   "not_violating": s.not_violating}
@@ -65,11 +70,22 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
             click.echo("\t".join(f"{k}={v}" for k, v in record.items()))
 
 
+@quarantine.command("hold")
+@click.argument("signal_id", type=int)
+@click.pass_obj
+@handle_errors
+def hold(ctx: Context, signal_id: int) -> None:
+    """Quarantine active hash SIGNAL_ID by your own decision (audited): it stops matching."""
+    ctx.registry(load_index=False).hold_signal(signal_id)
+    click.echo(f"Signal {signal_id} is quarantined.")
+
+
 @quarantine.command("release")
 @click.argument("signal_id", type=int)
 @click.pass_obj
 @handle_errors
 def release(ctx: Context, signal_id: int) -> None:
-    """Put quarantined hash SIGNAL_ID back into matching (audited)."""
+    """Put quarantined hash SIGNAL_ID back into matching (audited); the reports before this
+    review stop counting towards another quarantine."""
     ctx.registry(load_index=False).release_signal(signal_id)
     click.echo(f"Signal {signal_id} is active again.")

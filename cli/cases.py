@@ -1,4 +1,5 @@
-"""``takedown case show|list|withdraw``: operators inspecting and withdrawing cases."""
+"""``takedown case show|list|withdraw|unlock|reset-pin``: operators inspecting, withdrawing and
+unlocking cases."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from registry.service import CaseView
 
 @cli.group()
 def case() -> None:
-    """Inspect and withdraw cases."""
+    """Inspect, withdraw and unlock cases."""
 
 
 def _print(view: CaseView) -> None:
@@ -59,3 +60,37 @@ def withdraw(ctx: Context, number: str, yes: bool, as_json: bool) -> None:
                       err=True)
     view = ctx.registry(load_index=False).operator_withdraw_case(number)
     emit_json(view.to_json()) if as_json else _print(view)
+
+
+@case.command("unlock")
+@click.argument("number")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def unlock(ctx: Context, number: str, as_json: bool) -> None:
+    """Clear every wrong-PIN lockout of case NUMBER, on every device (audited)."""
+    cleared = ctx.registry(load_index=False).unlock_case(number)
+    if as_json:
+        emit_json({"case": number, "cleared": cleared})
+    else:
+        click.echo(f"Case {number}: {cleared} wrong-PIN counter(s) cleared.")
+
+
+@case.command("reset-pin")
+@click.argument("number")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def reset_pin(ctx: Context, number: str, yes: bool, as_json: bool) -> None:
+    """Give case NUMBER a new PIN, shown once (audited): only after checking, out of band, that
+    the person asking is the one the case belongs to. The old PIN stops working."""
+    if not yes:
+        click.confirm(f"Give case {number} a new PIN? The old PIN will stop working",
+                      abort=True, err=True)
+    pin = ctx.registry(load_index=False).reset_case_pin(number)
+    if as_json:
+        emit_json({"case": number, "pin": pin})
+    else:
+        click.echo(f"Case {number}: the new PIN is {pin} (shown once; the old one no longer "
+                   "works).")

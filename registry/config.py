@@ -64,10 +64,26 @@ class Settings:
         56, "Hamming distance (inclusive) at which two ORB descriptors may correspond.")
     max_queries: int = _setting(1000, "Most queries in one match request.")
     pin_kdf_n: int = _setting(2**15, "scrypt cost parameter N for case PINs (power of two).")
-    pin_max_failures: int = _setting(5, "Wrong PINs in a row before a case locks.")
-    pin_lockout_s: int = _setting(900, "Seconds a case stays locked after too many wrong PINs.")
+    pin_max_failures: int = _setting(
+        5, "Wrong PINs for one case from one client address before that address is locked "
+        "out of that case (others are not).")
+    pin_client_max_failures: int = _setting(
+        20, "Wrong PINs from one client address over all cases before it is locked out of "
+        "every case.")
+    pin_case_max_failures: int = _setting(
+        50, "Wrong PINs for one case from all addresses in a day after which each address "
+        "gets a single try at it per lockout.")
+    pin_lockout_s: int = _setting(
+        900, "Seconds a lockout lasts; each further wrong PIN from that address doubles it, up "
+        "to a day.")
     quarantine_after: int = _setting(
-        3, "A hash with this many 'not_violating' reports is quarantined for operator review.")
+        3, "Matches of a hash reported 'not_violating' before it can be quarantined.")
+    quarantine_platforms: int = _setting(
+        2, "Different platforms that must report a hash 'not_violating' before it is "
+        "quarantined.")
+    quarantine_rate: float = _setting(
+        0.5, "Share of a hash's decided matches (removed or not_violating) that must be "
+        "'not_violating' before it is quarantined.")
     rate_limit: str = _setting(
         "1200 per minute", "Requests per API key (Flask-Limiter syntax, e.g. '20 per second').")
     auth_failure_limit: str = _setting(
@@ -148,6 +164,11 @@ class Settings:
             raise ConfigError("TAKEDOWN_PROXY_HOPS must be 0 or more.")
         if self.pin_kdf_n < 2 or self.pin_kdf_n & (self.pin_kdf_n - 1):
             raise ConfigError("TAKEDOWN_PIN_KDF_N must be a power of two.")
+        if min(self.pin_max_failures, self.pin_client_max_failures, self.pin_case_max_failures,
+               self.pin_lockout_s, self.quarantine_after, self.quarantine_platforms) < 1:
+            raise ConfigError("PIN lockout and quarantine limits must be 1 or more.")
+        if not 0 < self.quarantine_rate <= 1:
+            raise ConfigError("TAKEDOWN_QUARANTINE_RATE must be above 0 and at most 1.")
 
     def local_thresholds(self) -> LocalThresholds:
         try:

@@ -387,8 +387,8 @@ class QueryResult:
 def confidence(tier: Tier, distance: int, thresholds: Thresholds | None,
                not_violating: int = 0) -> float:
     """A score in [0, 1] for routing to review: 1.0 for exact digests, decreasing with distance
-    inside the perceptual tiers (strong matches never fall below 0.75); each ``not_violating``
-    report from a platform on this hash halves it."""
+    inside the perceptual tiers (strong matches never fall below 0.75); each platform that
+    reported this hash ``not_violating`` since its last review halves it."""
     if tier is Tier.EXACT or thresholds is None:
         base = 1.0
     elif tier is Tier.STRONG:
@@ -446,8 +446,6 @@ class Case:
     number: str
     status: CaseStatus
     pin_hash: str
-    failed_attempts: int
-    locked_until: datetime | None
     created_at: datetime
     withdrawn_at: datetime | None
 

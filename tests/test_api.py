@@ -308,24 +308,26 @@ def test_only_the_platform_that_received_the_match_may_give_feedback(registry, c
     assert mine.status_code == 200
 
 
-def test_repeated_not_violating_lowers_confidence_then_quarantines(registry, client, key,
-                                                                   feed_key, settings):
+def test_not_violating_from_two_platforms_quarantines(registry, client, key, feed_key,
+                                                      settings):
+    """One platform's reports lower the confidence once and never switch a hash off; a second
+    platform's report that brings it to the rule's bar quarantines it for everyone."""
     submit(registry, 1)
     md5 = registered_signals(1).md5.hex
+    _, other = registry.add_platform("second-platform", [Scope.MATCH])
     feed_start = client.get("/api/v1/feed?limit=1000", headers=bearer(feed_key)).get_json()
     confidences = []
-    for n in range(settings.quarantine_after):
-        result = match(client, key, {"id": "q", "signals": {"md5": md5}}).get_json()
+    for _n, sender in enumerate([key] * (settings.quarantine_after + 1) + [other]):
+        result = match(client, sender, {"id": "q", "signals": {"md5": md5}}).get_json()
         (m,) = result["results"][0]["matches"]
         confidences.append(m["confidence"])
         response = client.post("/api/v1/feedback",
                                json={"match_id": m["match_id"], "outcome": "not_violating"},
-                               headers=bearer(key))
+                               headers=bearer(sender))
         assert response.status_code == 200
-        assert response.get_json()["quarantined"] is (n == settings.quarantine_after - 1)
-    assert confidences == sorted(confidences, reverse=True) and len(set(confidences)) == len(
-        confidences)
-    assert confidences[0] == 1.0 and confidences[1] < 1.0
+        assert response.get_json()["quarantined"] is (sender == other)
+    # Halved once for the one platform, however many of its matches it reported.
+    assert confidences == [1.0] + [0.5] * (settings.quarantine_after + 1)
     # Quarantined: the hash stops matching at once, for every platform...
     after = match(client, key, {"id": "q", "signals": {"md5": md5}}).get_json()
     assert after["results"][0] == {"id": "q", "matched": False, "matches": []}

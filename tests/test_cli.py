@@ -89,6 +89,49 @@ def test_case_withdraw_asks_for_confirmation(run, write_image):
     assert [c["case"] for c in listed] == [number]
 
 
+def test_case_unlock_and_reset_pin(run, write_image, tmp_path):
+    from registry.bootstrap import build_registry
+    from registry.config import Settings
+    from registry.errors import CaseLocked, WrongPin
+
+    a = write_image("a.jpg", photo(1))
+    receipt = lines(run("submit", "--json", str(a)).output)[0]
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), pin_kdf_n=FAST_KDF)
+    registry = build_registry(settings)
+    try:
+        for _ in range(settings.pin_max_failures):
+            with pytest.raises((WrongPin, CaseLocked)):
+                registry.case_status(receipt["case"], "1111-1111-1111", "198.51.100.7")
+        unlocked = run("case", "unlock", receipt["case"], "--json")
+        assert unlocked.exit_code == 0 and lines(unlocked.output)[0]["cleared"] == 1
+        assert registry.case_status(receipt["case"], receipt["pin"], "198.51.100.7")
+        declined = run("case", "reset-pin", receipt["case"], input="n\n")
+        assert declined.exit_code == 1
+        reset = lines(run("case", "reset-pin", receipt["case"], "--yes", "--json").output)[0]
+        assert reset["case"] == receipt["case"] and reset["pin"] != receipt["pin"]
+        with pytest.raises(WrongPin):
+            registry.case_status(receipt["case"], receipt["pin"])
+        assert registry.case_status(receipt["case"], reset["pin"]).number == receipt["case"]
+    finally:
+        registry.close()
+    missing = run("case", "unlock", "0000-0000-0000-0")
+    assert missing.exit_code != 0 and "Traceback" not in missing.output
+
+
+def test_quarantine_hold_list_and_release(run, write_image):
+    a = write_image("a.jpg", photo(1))
+    run("submit", "--json", str(a))
+    assert run("quarantine", "list", "--json").output.strip() == ""
+    held = run("quarantine", "hold", "1")
+    assert held.exit_code == 0, held.output
+    (record,) = lines(run("quarantine", "list", "--json").output)
+    assert record["id"] == 1
+    assert run("quarantine", "hold", "1").exit_code != 0  # already out of matching
+    assert run("quarantine", "release", "1").exit_code == 0
+    assert run("quarantine", "list", "--json").output.strip() == ""
+    assert run("quarantine", "list", "--reported").exit_code == 0
+
+
 def test_platform_commands(run):
     added = run("platform", "add", "example", "--scope", "match", "--scope", "feed", "--json")
     assert added.exit_code == 0

@@ -85,12 +85,13 @@ def test_korean_is_really_korean():
 def test_catalogues_compile_and_plural_forms_work():
     catalogues = load_catalogues()
     assert set(catalogues) == {"ko", "en"}
-    singular = ("Too many wrong PINs were entered, so this case is locked for %(num)d more "
-                "minute to protect it. Please try again later.")
-    plural = singular.replace("minute to", "minutes to")
+    singular = ("Too many wrong PINs were entered from this device or network, so it can try "
+                "this case again in %(num)d minute. The case is not locked: from another "
+                "device or network its PIN still works.")
+    plural = singular.replace("minute.", "minutes.")
     assert catalogues["ko"].ngettext(singular, plural, 1) == catalogues["ko"].ngettext(
         singular, plural, 7)
-    assert "분 동안" in catalogues["ko"].ngettext(singular, plural, 7)
+    assert "분 뒤에" in catalogues["ko"].ngettext(singular, plural, 7)
     assert catalogues["en"].ngettext(singular, plural, 7) == plural
 
 

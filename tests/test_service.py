@@ -9,7 +9,17 @@ import pytest
 from sqlalchemy import text
 
 from registry.bootstrap import build_registry
-from registry.domain import CaseNumber, CaseStatus, Query, Scope, Signal, SignalKind, Tier
+from registry.config import Settings
+from registry.domain import (
+    BankKind,
+    CaseNumber,
+    CaseStatus,
+    Query,
+    Scope,
+    Signal,
+    SignalKind,
+    Tier,
+)
 from registry.errors import (
     CaseLocked,
     CaseNotFound,
@@ -25,8 +35,9 @@ from registry.errors import (
     Unauthenticated,
     WrongPin,
 )
-from registry.service import SubmittedImage
-from tests.conftest import encode, photo
+from registry.hashing.canary import canary_image
+from registry.service import SubmittedImage, pins
+from tests.conftest import FAST_KDF, encode, photo
 
 
 def image(registry, seed, **kw):
@@ -75,23 +86,116 @@ def test_wrong_pin_and_unknown_case_answer_alike(registry):
         registry.case_status("not-a-case", receipt.pin)
 
 
-def test_lockout_after_repeated_failures_then_expiry(registry, settings):
+ATTACKER, VICTIM = "198.51.100.7", "203.0.113.9"
+WRONG = "1111-1111-1111"
+
+
+def lock_rows_expire(registry):
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with registry.store.engine.begin() as conn:
+        conn.execute(text("UPDATE pin_failures SET locked_until = :t"), {"t": past})
+
+
+def test_wrong_pins_lock_out_the_guessing_address_not_the_case(registry, settings):
     receipt = submit(registry, 1)
     for _ in range(settings.pin_max_failures - 1):
         with pytest.raises(WrongPin):
-            registry.case_status(receipt.number, "1111-1111-1111")
+            registry.case_status(receipt.number, WRONG, ATTACKER)
     with pytest.raises(CaseLocked) as locked:
-        registry.case_status(receipt.number, "1111-1111-1111")
+        registry.case_status(receipt.number, WRONG, ATTACKER)
     assert locked.value.retry_after_s > settings.pin_lockout_s - 5
-    # While locked even the right PIN is refused: guessing cannot continue in the background.
+    # While locked even the right PIN is refused from that address: guessing cannot go on...
     with pytest.raises(CaseLocked):
-        registry.case_status(receipt.number, receipt.pin)
-    past = datetime.now(UTC) - timedelta(seconds=1)
-    with registry.store.engine.begin() as conn:
-        conn.execute(text("UPDATE cases SET locked_until = :t"), {"t": past})
-    assert registry.case_status(receipt.number, receipt.pin).status is CaseStatus.ACTIVE
-    with registry.store.engine.connect() as conn:
-        assert conn.execute(text("SELECT failed_attempts FROM cases")).scalar() == 0
+        registry.case_status(receipt.number, receipt.pin, ATTACKER)
+    # ...but the case's owner, on another device, is not locked out of status or withdrawal.
+    assert registry.case_status(receipt.number, receipt.pin, VICTIM).status is CaseStatus.ACTIVE
+    # Each further wrong PIN after the lock ends doubles the next lock.
+    lock_rows_expire(registry)
+    with pytest.raises(CaseLocked) as doubled:
+        registry.case_status(receipt.number, WRONG, ATTACKER)
+    assert doubled.value.retry_after_s > 2 * settings.pin_lockout_s - 5
+    lock_rows_expire(registry)
+    assert registry.case_status(receipt.number, receipt.pin, ATTACKER).status is CaseStatus.ACTIVE
+    with registry.store.engine.connect() as conn:  # its counter for this case is forgiven
+        assert conn.execute(text("SELECT count(*) FROM pin_failures WHERE case_id IS NOT NULL")
+                            ).scalar() == 0
+    assert registry.withdraw_case(receipt.number, receipt.pin, VICTIM).status is (
+        CaseStatus.WITHDRAWN)
+
+
+def test_one_address_guessing_at_many_cases_is_locked_out_of_all(tmp_path):
+    s = Settings.from_env({}, data_dir=str(tmp_path / "d"), pin_kdf_n=FAST_KDF,
+                          pin_max_failures=10, pin_client_max_failures=4)
+    registry = build_registry(s)
+    try:
+        numbers = [submit(registry, n).number for n in range(1, 4)]
+        unknown = str(CaseNumber(CaseNumber.parse(numbers[0]).value ^ 1))
+        for number in [*numbers, unknown][:3]:
+            with pytest.raises(WrongPin):
+                registry.case_status(number, WRONG, ATTACKER)
+        with pytest.raises(CaseLocked):  # the 4th, at a number that does not even exist
+            registry.case_status(unknown, WRONG, ATTACKER)
+        fresh = submit(registry, 9)
+        with pytest.raises(CaseLocked):  # locked out of every case, right PIN or not
+            registry.case_status(fresh.number, fresh.pin, ATTACKER)
+        assert registry.case_status(fresh.number, fresh.pin, VICTIM).status is CaseStatus.ACTIVE
+    finally:
+        registry.close()
+
+
+def test_many_addresses_against_one_case_get_one_try_each_and_the_owner_gets_in(tmp_path):
+    s = Settings.from_env({}, data_dir=str(tmp_path / "d"), pin_kdf_n=FAST_KDF,
+                          pin_max_failures=3, pin_case_max_failures=6)
+    registry = build_registry(s)
+    try:
+        receipt = submit(registry, 1)
+        for n in range(3):  # 2 wrong each: no address reaches its own limit of 3
+            for _ in range(2):
+                with pytest.raises(WrongPin):
+                    registry.case_status(receipt.number, WRONG, f"192.0.2.{n}")
+        # 6 wrong PINs for this case in a day: a new address is locked after one.
+        with pytest.raises(CaseLocked):
+            registry.case_status(receipt.number, WRONG, "192.0.2.50")
+        with pytest.raises(CaseLocked):
+            registry.case_status(receipt.number, WRONG, "192.0.2.0")
+        view = registry.case_status(receipt.number, receipt.pin, VICTIM)
+        assert view.status is CaseStatus.ACTIVE
+    finally:
+        registry.close()
+
+
+def test_operator_unlocks_a_case_and_resets_its_pin(registry, settings):
+    receipt = submit(registry, 1)
+    for _ in range(settings.pin_max_failures):
+        with pytest.raises((WrongPin, CaseLocked)):
+            registry.case_status(receipt.number, WRONG, VICTIM)
+    with pytest.raises(CaseLocked):
+        registry.case_status(receipt.number, receipt.pin, VICTIM)
+    assert registry.unlock_case(receipt.number) == 1  # the one address counter of this case
+    assert registry.case_status(receipt.number, receipt.pin, VICTIM).status is CaseStatus.ACTIVE
+    new_pin = registry.reset_case_pin(receipt.number)
+    assert new_pin != receipt.pin
+    with pytest.raises(WrongPin):
+        registry.case_status(receipt.number, receipt.pin, VICTIM)
+    assert registry.case_status(receipt.number, new_pin, VICTIM).number == receipt.number
+    with registry.store.transaction(write=False) as tx:
+        events = [(e["action"], e["actor"]) for e in tx.audit.recent(20)]
+        assert tx.audit.verify()[1] is None
+    assert ("case_unlocked", "operator") in events and ("pin_reset", "operator") in events
+    with pytest.raises(CaseNotFound):
+        registry.unlock_case(str(CaseNumber(CaseNumber.parse(receipt.number).value ^ 1)))
+
+
+def test_client_keys_group_an_ipv6_64_and_store_no_address():
+    key = pins.client_key("2001:db8:1:2::1")
+    assert key == pins.client_key("2001:db8:1:2:ffff::9")
+    assert key != pins.client_key("2001:db8:1:3::1")
+    assert pins.client_key("198.51.100.7") != pins.client_key("198.51.100.8")
+    assert "198.51.100.7" not in pins.client_key("198.51.100.7") and len(key) == 32
+    assert pins.lock_after(4, 5, 900) is None
+    assert pins.lock_after(5, 5, 900) == timedelta(seconds=900)
+    assert pins.lock_after(7, 5, 900) == timedelta(seconds=3600)
+    assert pins.lock_after(40, 5, 900) == pins.MAX_LOCK
 
 
 def test_submission_validation(registry):
@@ -377,23 +481,65 @@ def test_postgresql_plans_use_the_indexes_after_a_bulk_import(pg_url, tmp_path):
     registry.close()
 
 
-def test_repeated_feedback_on_one_match_does_not_quarantine(registry, settings):
+def pdq_match(registry, platform, seed=1):
+    (result,) = registry.match([registry.query_of_image("q", image(registry, seed))],
+                               platform=platform)
+    return next(m for m in result.matches if m.signal is SignalKind.PDQ)
+
+
+def test_one_platform_alone_never_quarantines(registry, settings):
     submit(registry, 1)
     platform, _ = registry.add_platform("p", [Scope.MATCH])
-    query = registry.query_of_image("q", image(registry, 1))
-    (result,) = registry.match([query], platform=platform)
-    match_id = next(m.match_id for m in result.matches if m.signal is SignalKind.PDQ)
-    for _ in range(settings.quarantine_after + 1):
-        receipt = registry.record_feedback(platform, match_id, "not_violating")
-        assert not receipt.quarantined
-    assert registry.match([query], platform=platform)[0].matched
-    # Distinct matches of the same hash do add up.
-    for _ in range(settings.quarantine_after - 1):
-        (again,) = registry.match([query], platform=platform)
-        mid = next(m.match_id for m in again.matches if m.signal is SignalKind.PDQ)
-        last = registry.record_feedback(platform, mid, "not_violating")
-    assert last.quarantined
-    assert [s.signal.kind for s in registry.quarantined()] == [SignalKind.PDQ]
+    first = pdq_match(registry, platform)
+    for _ in range(settings.quarantine_after + 1):  # the same match again and again
+        assert not registry.record_feedback(platform, first.match_id, "not_violating").quarantined
+    for _ in range(3 * settings.quarantine_after):  # and many distinct matches
+        m = pdq_match(registry, platform)
+        assert not registry.record_feedback(platform, m.match_id, "not_violating").quarantined
+    assert registry.quarantined() == []
+    # Its confidence is halved once, for the one platform.
+    assert pdq_match(registry, platform).confidence == pytest.approx(first.confidence / 2)
+    assert [s.not_violating for s in registry.reported()] == [1]
+
+
+def test_quarantine_needs_platforms_and_a_rate_and_release_starts_over(registry, settings):
+    submit(registry, 1)
+    a, _ = registry.add_platform("a", [Scope.MATCH])
+    b, _ = registry.add_platform("b", [Scope.MATCH])
+    c, _ = registry.add_platform("c", [Scope.MATCH])
+    for _ in range(settings.quarantine_after + 2):  # c took five copies down
+        registry.record_feedback(c, pdq_match(registry, c).match_id, "removed")
+    for sender in (a, a, b, b):  # 4 not_violating from 2 platforms against 5 removed: 44%
+        assert not registry.record_feedback(
+            sender, pdq_match(registry, sender).match_id, "not_violating").quarantined
+    assert registry.record_feedback(  # 5 of 10 decided matches: the rate is reached
+        b, pdq_match(registry, b).match_id, "not_violating").quarantined
+    (held,) = registry.quarantined()
+    assert held.signal.kind is SignalKind.PDQ
+    registry.release_signal(held.id)
+    # The reports before the release no longer count: one more does not quarantine it again.
+    assert not registry.record_feedback(
+        a, pdq_match(registry, a).match_id, "not_violating").quarantined
+    assert registry.quarantined() == []
+    assert [(s.id, s.not_violating, s.removed) for s in registry.reported()] == [(held.id, 1, 0)]
+    # An operator may still decide on their own.
+    registry.hold_signal(held.id)
+    assert [s.id for s in registry.quarantined()] == [held.id]
+    with pytest.raises(InvalidInput):
+        registry.hold_signal(held.id)
+
+
+def test_the_canary_is_never_quarantined(registry, settings):
+    data = canary_image(0)
+    registry.register_bank("canary", BankKind.CANARY, [
+        SubmittedImage.from_image(registry.hash_image(data, registration=True))])
+    platforms = [registry.add_platform(f"p{n}", [Scope.MATCH])[0] for n in range(3)]
+    for platform in platforms * settings.quarantine_after:
+        (result,) = registry.match([registry.query_of_image("c", registry.hash_image(data))],
+                                   platform=platform)
+        for m in result.matches:
+            assert not registry.record_feedback(platform, m.match_id, "not_violating").quarantined
+    assert registry.quarantined() == []
 
 
 @pytest.mark.parametrize("cursor", ["-1", "1.5", "abc", "٣", "9" * 20, str(2**63)])

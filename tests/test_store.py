@@ -13,6 +13,7 @@ from registry.store.engine import head_revision
 from registry.store.models import Base
 
 TABLES = {"banks", "cases", "signals", "platforms", "matches", "feedback", "audit_events",
+          "pin_failures",
           "change_log", "alembic_version"}
 PDQ = Signal.parse("pdq", "87d785bddc8d3a2bfe17cf690fa52208565145aa3ae37a2f0740c64abb2d3249")
 

@@ -66,11 +66,13 @@ class Registry:
         """Raise the error that submitting these images would meet; registers nothing."""
         cases.validate_submission(images, self.settings)
 
-    def case_status(self, number: str, pin: str) -> CaseView:
-        return cases.status(self.store, self.settings, number, pin)
+    def case_status(self, number: str, pin: str, client: str = "") -> CaseView:
+        """The case's status if ``pin`` is its PIN; ``client`` is the address asking (wrong
+        PINs lock that address out, never the case: see ``registry.service.pins``)."""
+        return cases.status(self.store, self.settings, number, pin, client)
 
-    def withdraw_case(self, number: str, pin: str) -> CaseView:
-        view = cases.withdraw(self.store, self.settings, number, pin)
+    def withdraw_case(self, number: str, pin: str, client: str = "") -> CaseView:
+        view = cases.withdraw(self.store, self.settings, number, pin, client=client)
         self._catch_up()
         return view
 
@@ -78,6 +80,14 @@ class Registry:
         view = cases.withdraw(self.store, self.settings, number, None, actor="operator")
         self._catch_up()
         return view
+
+    def unlock_case(self, number: str) -> int:
+        """Operator: clear the case's wrong-PIN counters (audited); how many were cleared."""
+        return cases.unlock(self.store, number)
+
+    def reset_case_pin(self, number: str) -> str:
+        """Operator: a new PIN for the case (audited); the old one stops working."""
+        return cases.reset_pin(self.store, self.settings, number)
 
     def _catch_up(self) -> None:
         # A process that never loaded its index (a one-shot CLI command) has nothing to update.
@@ -112,9 +122,19 @@ class Registry:
         feedback.release(self.store, signal_id)
         self._catch_up()
 
+    def hold_signal(self, signal_id: int) -> None:
+        """Operator: quarantine an active hash by decision (audited)."""
+        feedback.hold(self.store, signal_id)
+        self._catch_up()
+
     def quarantined(self) -> list[RegisteredSignal]:
         with self.store.transaction(write=False) as tx:
             return tx.signals.quarantined()
+
+    def reported(self) -> list[RegisteredSignal]:
+        """Active hashes with not_violating reports since their last review."""
+        with self.store.transaction(write=False) as tx:
+            return tx.signals.reported()
 
     def read_feed(self, platform: Platform, cursor: str | None, limit: int) -> feed.FeedPage:
         return feed.read(self.store, platform, cursor, limit)

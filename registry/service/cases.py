@@ -29,7 +29,6 @@ from registry.store import Store, Transaction
 
 MAX_IMAGES_PER_CASE = 50
 MAX_SIGNALS_PER_IMAGE = 32
-_MAX_LOCK = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +150,16 @@ def _new_number(tx: Transaction) -> str:
             return number
 
 
-def status(store: Store, settings: Settings, number: str, pin: str) -> CaseView:
-    case = _authenticate(store, settings, number, pin)
+def status(store: Store, settings: Settings, number: str, pin: str, client: str = "") -> CaseView:
+    case = _authenticate(store, settings, number, pin, client)
     return _view(store, case)
 
 
 def withdraw(store: Store, settings: Settings, number: str, pin: str | None,
-             actor: str = "submitter") -> CaseView:
+             actor: str = "submitter", client: str = "") -> CaseView:
     """Withdraw with the PIN (submitter) or without it (``pin=None``: operator, audited)."""
-    case = _find(store, number) if pin is None else _authenticate(store, settings, number, pin)
+    case = (_find(store, number) if pin is None
+            else _authenticate(store, settings, number, pin, client))
     with store.transaction() as tx:
         fresh = tx.cases.get(case.number, for_update=True)
         assert fresh is not None
@@ -170,6 +170,27 @@ def withdraw(store: Store, settings: Settings, number: str, pin: str | None,
         tx.changes.append(ChangeAction.WITHDRAW, ids)
         tx.audit.record(actor, "case_withdrawn", fresh.number, {"signals": len(ids)})
     return _view(store, _find(store, number))
+
+
+def unlock(store: Store, number: str, actor: str = "operator") -> int:
+    """An operator clears every wrong-PIN counter of a case (audited); returns how many."""
+    case = _find(store, number)
+    with store.transaction() as tx:
+        cleared = tx.pin_failures.clear(case.id)
+        tx.audit.record(actor, "case_unlocked", case.number, {"counters": cleared})
+    return cleared
+
+
+def reset_pin(store: Store, settings: Settings, number: str, actor: str = "operator") -> str:
+    """An operator gives a case a new PIN (after checking who asks, out of band): the old PIN
+    stops working, every counter is cleared; the new PIN is returned once and stored hashed."""
+    case = _find(store, number)
+    pin = generate_pin()
+    with store.transaction() as tx:
+        tx.cases.set_pin_hash(case.id, pins.hash_pin(normalise_pin(pin), settings.pin_kdf_n))
+        tx.pin_failures.clear(case.id)
+        tx.audit.record(actor, "pin_reset", case.number)
+    return pin
 
 
 def show(store: Store, number: str) -> CaseView:
@@ -191,49 +212,79 @@ def _find(store: Store, number: str) -> Case:
     return case
 
 
-def _authenticate(store: Store, settings: Settings, number: str, pin: str) -> Case:
-    """Check the PIN in constant time; lock the case after repeated failures. An unknown case
-    number and a wrong PIN give the same answer in the same time."""
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _authenticate(store: Store, settings: Settings, number: str, pin: str,
+                  client_address: str) -> Case:
+    """Check the PIN in constant time under the per-client lockout (``pins``). An unknown case
+    number and a wrong PIN give the same answer in the same time, and count alike."""
     wrong = WrongPin("The case number or PIN is not right.")
+    client = pins.client_key(client_address)
     try:
         canonical = str(CaseNumber.parse(number))
     except InvalidInput:
         pins.check_pin(normalise_pin(pin), _dummy(settings))
         raise
+    now = _now()
     with store.transaction(write=False) as tx:
         case = tx.cases.get(canonical)
+        _, everywhere, _ = tx.pin_failures.get(None, client)
+        failed, here, _ = tx.pin_failures.get(case.id, client) if case else (0, None, now)
+    for until in (everywhere, here):
+        if until is not None and until > now:
+            raise _locked(until - now)
+    if case is not None and pins.check_pin(normalise_pin(pin), case.pin_hash):
+        if failed:  # this client's wrong guesses at this case are forgiven; no one else's
+            with store.transaction() as tx:
+                tx.pin_failures.clear(case.id, client)
+        return case
     if case is None:
         pins.check_pin(normalise_pin(pin), _dummy(settings))
-        raise wrong
-    now = datetime.now(UTC)
-    if case.locked_until is not None and case.locked_until > now:
-        raise _locked(case.locked_until - now)
-    if pins.check_pin(normalise_pin(pin), case.pin_hash):
-        if case.failed_attempts:
-            with store.transaction() as tx:
-                tx.cases.reset_failures(case.id)
-        return case
-    with store.transaction() as tx:
-        fresh = tx.cases.get(canonical, for_update=True)
-        assert fresh is not None
-        attempts = fresh.failed_attempts + 1
-        locked_until = None
-        if attempts >= settings.pin_max_failures:
-            # Each failure past the limit doubles the lock, up to a day.
-            factor = 2 ** min(attempts - settings.pin_max_failures, 10)
-            locked_until = now + min(timedelta(seconds=settings.pin_lockout_s * factor), _MAX_LOCK)
-        tx.cases.record_failure(case.id, attempts, locked_until)
-        tx.audit.record("submitter", "pin_failed", canonical, {"attempts": attempts})
-    if locked_until is not None:
-        raise _locked(locked_until - now)
+    locked_for = _record_failure(store, settings, case, canonical, client, now)
+    if locked_for is not None:
+        raise _locked(locked_for)
     raise wrong
+
+
+def _record_failure(store: Store, settings: Settings, case: Case | None, canonical: str,
+                    client: str, now: datetime) -> timedelta | None:
+    """Count a wrong PIN for this client (for the case, and over all cases); return how long the
+    client is now locked out, if it is."""
+    since = now - pins.WINDOW
+    locks: list[timedelta] = []
+    with store.transaction() as tx:
+        tx.pin_failures.purge(since, now)
+        targets: list[tuple[int | None, int]] = [(None, settings.pin_client_max_failures)]
+        if case is not None:
+            limit = settings.pin_max_failures
+            if tx.pin_failures.of_case_since(case.id, since) >= settings.pin_case_max_failures:
+                limit = 1  # under attack from many addresses: one try per client per lockout
+            targets.append((case.id, limit))
+        attempts = 0
+        for case_id, limit in targets:
+            failures, _, last = tx.pin_failures.get(case_id, client)
+            failures = 1 if last < since else failures + 1
+            lock = pins.lock_after(failures, limit, settings.pin_lockout_s)
+            tx.pin_failures.put(case_id, client, failures, now + lock if lock else None, now)
+            if lock is not None:
+                locks.append(lock)
+            if case_id is not None:
+                attempts = failures
+        if case is not None:  # guesses at numbers that do not exist are not audited per case
+            tx.audit.record("submitter", "pin_failed", canonical,
+                            {"attempts": attempts, "client": client[:8]})
+    return max(locks) if locks else None
 
 
 def _locked(remaining: timedelta) -> CaseLocked:
     seconds = max(1, int(remaining.total_seconds()) + 1)
     minutes = (seconds + 59) // 60
     return CaseLocked(
-        f"Too many wrong PINs: this case is locked for {minutes} more minute(s).", seconds)
+        f"Too many wrong PINs from this connection: it may try this case again in {minutes} "
+        "minute(s). The case itself is not locked: from another connection its PIN still "
+        "works.", seconds)
 
 
 _DUMMY: dict[int, str] = {}

@@ -1,5 +1,19 @@
-"""Platform feedback on matches: recorded per match, counted per registered hash; repeated
-``not_violating`` reports lower the hash's confidence and then quarantine it for review."""
+"""Platform feedback on matches: recorded per match, weighed per registered hash.
+
+Quarantine takes a hash out of matching for every platform, so no single platform can cause it
+(a platform reporting its own matches ``not_violating`` could otherwise switch off a victim's
+hash, or the canary, for everyone). A hash is quarantined only when, since an operator last
+reviewed it:
+
+- at least ``quarantine_after`` of its matches were reported ``not_violating``,
+- by at least ``quarantine_platforms`` different platforms,
+- and they are at least ``quarantine_rate`` of its decided matches (``removed`` counts against);
+
+the canary bank is never quarantined (its matches are benign by design). A quarantine waits
+for an operator: ``release`` puts the hash back and starts the count over (reports before the
+release no longer count), ``hold`` quarantines by the operator's own decision. Confidence falls
+by half per platform that reported ``not_violating``, not per report.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +22,7 @@ from dataclasses import dataclass
 from registry.config import Settings
 from registry.domain import ChangeAction, Outcome, Platform, SignalStatus
 from registry.errors import InvalidInput, MatchNotFound
-from registry.store import Store
+from registry.store import Store, Transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +44,15 @@ def parse_outcome(text: object) -> Outcome:
         raise InvalidInput(f"Unknown outcome {text!r}; outcomes are {known}.") from None
 
 
+def should_quarantine(not_violating: int, platforms: int, removed: int, settings: Settings
+                      ) -> bool:
+    """The rule above, on the counts since the last review."""
+    decided = not_violating + removed
+    return (not_violating >= settings.quarantine_after
+            and platforms >= settings.quarantine_platforms
+            and decided > 0 and not_violating / decided >= settings.quarantine_rate)
+
+
 def record(store: Store, settings: Settings, platform: Platform, match_id: str,
            outcome: Outcome) -> FeedbackReceipt:
     quarantined = False
@@ -41,26 +64,44 @@ def record(store: Store, settings: Settings, platform: Platform, match_id: str,
         _, signal_id = found
         repeated = tx.matches.has_feedback(match_id, outcome.value)
         tx.matches.add_feedback(match_id, platform.id, outcome.value)
-        # A match counts once per outcome: repeating a report does not add weight to it.
         if outcome is not Outcome.UNDER_REVIEW and not repeated:
-            count = tx.signals.count_feedback(signal_id, outcome.value)
-            if (outcome is Outcome.NOT_VIOLATING and count >= settings.quarantine_after
-                    and tx.signals.status_of(signal_id) is SignalStatus.ACTIVE):
-                tx.signals.set_status([signal_id], SignalStatus.QUARANTINED)
-                tx.changes.append(ChangeAction.WITHDRAW, [signal_id])
-                tx.audit.record("system", "signal_quarantined", str(signal_id),
-                                {"not_violating": count})
-                quarantined = True
+            quarantined = _weigh(tx, settings, signal_id)
         tx.audit.record(f"platform:{platform.name}", "feedback", match_id,
                         {"outcome": outcome.value})
     return FeedbackReceipt(match_id, outcome, quarantined)
 
 
+def _weigh(tx: Transaction, settings: Settings, signal_id: int) -> bool:
+    nv, platforms, removed, canary = tx.signals.feedback_since_review(signal_id)
+    tx.signals.set_feedback_counts(signal_id, removed, platforms)
+    if (canary or tx.signals.status_of(signal_id) is not SignalStatus.ACTIVE
+            or not should_quarantine(nv, platforms, removed, settings)):
+        return False
+    tx.signals.set_status([signal_id], SignalStatus.QUARANTINED)
+    tx.changes.append(ChangeAction.WITHDRAW, [signal_id])
+    tx.audit.record("system", "signal_quarantined", str(signal_id),
+                    {"not_violating": nv, "platforms": platforms, "removed": removed})
+    return True
+
+
 def release(store: Store, signal_id: int, actor: str = "operator") -> None:
-    """An operator reviewed a quarantined hash and puts it back into matching."""
+    """An operator reviewed a quarantined hash and puts it back into matching; the reports that
+    led to the quarantine stop counting."""
     with store.transaction() as tx:
         if tx.signals.status_of(signal_id) is not SignalStatus.QUARANTINED:
             raise InvalidInput(f"Signal {signal_id} is not quarantined.")
         tx.signals.set_status([signal_id], SignalStatus.ACTIVE)
+        tx.signals.mark_reviewed(signal_id)
         tx.changes.append(ChangeAction.ADD, [signal_id])
         tx.audit.record(actor, "signal_released", str(signal_id))
+
+
+def hold(store: Store, signal_id: int, actor: str = "operator") -> None:
+    """An operator quarantines an active hash by their own decision (e.g. one on the reported
+    list that the automatic rule has not reached)."""
+    with store.transaction() as tx:
+        if tx.signals.status_of(signal_id) is not SignalStatus.ACTIVE:
+            raise InvalidInput(f"Signal {signal_id} is not an active hash.")
+        tx.signals.set_status([signal_id], SignalStatus.QUARANTINED)
+        tx.changes.append(ChangeAction.WITHDRAW, [signal_id])
+        tx.audit.record(actor, "signal_quarantined", str(signal_id), {"by": "operator"})

@@ -53,11 +53,25 @@ class CaseRow(Base):
     number: Mapped[str] = mapped_column(String(20), unique=True)
     pin_hash: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16))
-    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PinFailureRow(Base):
+    """Wrong PINs from one client (a hashed address) for one case, or, with ``case_id`` NULL,
+    for every case together: the lockout holds per client, so a stranger's guesses never lock
+    the case's owner out."""
+
+    __tablename__ = "pin_failures"
+    __table_args__ = (Index("ix_pin_failures_case_id", "case_id"),
+                      Index("ix_pin_failures_client", "client"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    client: Mapped[str] = mapped_column(String(32))
+    failures: Mapped[int] = mapped_column(Integer)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class SignalRow(Base):
@@ -82,6 +96,8 @@ class SignalRow(Base):
     image_key: Mapped[str] = mapped_column(String(32), default="", server_default="")
     # Local signals only: the packed keypoints (``value`` is then their SHA-256).
     payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # When an operator last reviewed this hash: feedback before it no longer counts.
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class PlatformRow(Base):

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from registry.domain import (
@@ -32,6 +32,7 @@ from registry.store.models import (
     ChangeRow,
     FeedbackRow,
     MatchRow,
+    PinFailureRow,
     PlatformRow,
     SignalRow,
 )
@@ -56,6 +57,7 @@ class Transaction:
         self.session = session
         self.banks = BankRepository(session)
         self.cases = CaseRepository(session)
+        self.pin_failures = PinFailureRepository(session)
         self.signals = SignalRepository(session)
         self.platforms = PlatformRepository(session)
         self.changes = ChangeLog(session)
@@ -86,7 +88,7 @@ class CaseRepository:
     def add(self, number: str, pin_hash: str) -> int:
         ts = now()
         row = CaseRow(number=number, pin_hash=pin_hash, status=CaseStatus.ACTIVE.value,
-                      failed_attempts=0, created_at=ts, updated_at=ts)
+                      created_at=ts, updated_at=ts)
         self.s.add(row)
         self.s.flush()
         return row.id
@@ -105,13 +107,9 @@ class CaseRepository:
             stmt = stmt.where(CaseRow.status == status.value)
         return [_case(r) for r in self.s.scalars(stmt)]
 
-    def record_failure(self, case_id: int, attempts: int, locked_until: datetime | None) -> None:
+    def set_pin_hash(self, case_id: int, pin_hash: str) -> None:
         self.s.execute(update(CaseRow).where(CaseRow.id == case_id).values(
-            failed_attempts=attempts, locked_until=locked_until, updated_at=now()))
-
-    def reset_failures(self, case_id: int) -> None:
-        self.s.execute(update(CaseRow).where(CaseRow.id == case_id).values(
-            failed_attempts=0, locked_until=None))
+            pin_hash=pin_hash, updated_at=now()))
 
     def set_withdrawn(self, case_id: int) -> None:
         ts = now()
@@ -125,9 +123,60 @@ class CaseRepository:
 
 def _case(row: CaseRow) -> Case:
     return Case(id=row.id, number=row.number, status=CaseStatus(row.status),
-                pin_hash=row.pin_hash, failed_attempts=row.failed_attempts,
-                locked_until=_aware(row.locked_until), created_at=_aware(row.created_at) or now(),
+                pin_hash=row.pin_hash, created_at=_aware(row.created_at) or now(),
                 withdrawn_at=_aware(row.withdrawn_at))
+
+
+class PinFailureRepository:
+    """Wrong-PIN counters per (case, client) and per client (``case_id`` None)."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def _row(self, case_id: int | None, client: str, *, for_update: bool = False
+             ) -> PinFailureRow | None:
+        stmt = select(PinFailureRow).where(
+            PinFailureRow.client == client,
+            PinFailureRow.case_id.is_(None) if case_id is None
+            else PinFailureRow.case_id == case_id).order_by(PinFailureRow.id).limit(1)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return self.s.scalar(stmt)
+
+    def get(self, case_id: int | None, client: str) -> tuple[int, datetime | None, datetime]:
+        """``(failures, locked_until, last_failure_at)``; zeros when there is no record."""
+        row = self._row(case_id, client)
+        if row is None:
+            return 0, None, datetime.min.replace(tzinfo=UTC)
+        return row.failures, _aware(row.locked_until), _aware(row.last_failure_at) or now()
+
+    def put(self, case_id: int | None, client: str, failures: int,
+            locked_until: datetime | None, at: datetime) -> None:
+        row = self._row(case_id, client, for_update=True)
+        if row is None:
+            self.s.add(PinFailureRow(case_id=case_id, client=client, failures=failures,
+                                     locked_until=locked_until, last_failure_at=at))
+        else:
+            row.failures, row.locked_until, row.last_failure_at = failures, locked_until, at
+        self.s.flush()
+
+    def of_case_since(self, case_id: int, since: datetime) -> int:
+        """Wrong PINs for this case from every client whose last one came after ``since``."""
+        return int(self.s.scalar(select(func.coalesce(func.sum(PinFailureRow.failures), 0))
+                                 .where(PinFailureRow.case_id == case_id,
+                                        PinFailureRow.last_failure_at > since)) or 0)
+
+    def clear(self, case_id: int, client: str | None = None) -> int:
+        stmt = delete(PinFailureRow).where(PinFailureRow.case_id == case_id)
+        if client is not None:
+            stmt = stmt.where(PinFailureRow.client == client)
+        return int(self.s.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+
+    def purge(self, before: datetime, at: datetime) -> None:
+        """Forget counters whose last failure is older than ``before`` and that lock nothing."""
+        self.s.execute(delete(PinFailureRow).where(
+            PinFailureRow.last_failure_at < before,
+            (PinFailureRow.locked_until.is_(None)) | (PinFailureRow.locked_until < at)))
 
 
 class SignalRepository:
@@ -242,12 +291,46 @@ class SignalRepository:
             yield rows
             last = rows[-1][0]
 
-    def count_feedback(self, signal_id: int, outcome: str) -> int:
-        """Add one report of ``outcome`` to a signal's counters; return the new count."""
-        column = SignalRow.removed if outcome == "removed" else SignalRow.not_violating
-        self.s.execute(update(SignalRow).where(SignalRow.id == signal_id)
-                       .values({column: column + 1, SignalRow.updated_at: now()}))
-        return int(self.s.scalar(select(column).where(SignalRow.id == signal_id)) or 0)
+    def feedback_since_review(self, signal_id: int) -> tuple[int, int, int, bool]:
+        """Reports on this signal's matches since an operator last reviewed it: ``(matches
+        reported not_violating, platforms that reported not_violating, matches reported
+        removed, whether it sits in the canary bank)``; each match counts once per outcome."""
+        row = self.s.execute(select(SignalRow.reviewed_at, BankRow.kind)
+                             .join(BankRow, BankRow.id == SignalRow.bank_id)
+                             .where(SignalRow.id == signal_id)).one()
+        reviewed, bank_kind = row
+        stmt = (select(FeedbackRow.outcome, func.count(func.distinct(FeedbackRow.match_id)),
+                       func.count(func.distinct(FeedbackRow.platform_id)))
+                .join(MatchRow, MatchRow.id == FeedbackRow.match_id)
+                .where(MatchRow.signal_id == signal_id,
+                       FeedbackRow.outcome.in_(("not_violating", "removed")))
+                .group_by(FeedbackRow.outcome))
+        if reviewed is not None:
+            stmt = stmt.where(FeedbackRow.created_at > reviewed)
+        counts = {str(o): (int(m), int(p)) for o, m, p in self.s.execute(stmt)}
+        nv, platforms = counts.get("not_violating", (0, 0))
+        return nv, platforms, counts.get("removed", (0, 0))[0], bank_kind == BankKind.CANARY.value
+
+    def set_feedback_counts(self, signal_id: int, removed: int, not_violating: int) -> None:
+        """What matching reads: ``removed`` matches and ``not_violating`` platforms (each
+        platform halves a match's confidence once, however often it reports)."""
+        self.s.execute(update(SignalRow).where(SignalRow.id == signal_id).values(
+            removed=removed, not_violating=not_violating, updated_at=now()))
+
+    def mark_reviewed(self, signal_id: int) -> None:
+        """An operator reviewed this hash: the reports so far stop counting."""
+        ts = now()
+        self.s.execute(update(SignalRow).where(SignalRow.id == signal_id).values(
+            reviewed_at=ts, removed=0, not_violating=0, updated_at=ts))
+
+    def reported(self, limit: int = 1000) -> list[RegisteredSignal]:
+        """Active hashes with ``not_violating`` reports since their last review: the queue an
+        operator looks at before the automatic quarantine would act."""
+        ids = self.s.scalars(select(SignalRow.id).where(
+            SignalRow.status == SignalStatus.ACTIVE.value, SignalRow.not_violating > 0)
+            .order_by(SignalRow.not_violating.desc(), SignalRow.id).limit(limit))
+        found = self.get_many(list(ids))
+        return [found[i] for i in found]
 
     def quarantined(self, limit: int = 1000) -> list[RegisteredSignal]:
         ids = self.s.scalars(select(SignalRow.id).where(

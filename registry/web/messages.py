@@ -66,10 +66,12 @@ def case_error(err: RegistryError, example: str) -> str:
         # retry_after_s is rounded up by a second for clients; people read whole minutes.
         minutes = max(1, (err.retry_after_s - 1 + 59) // 60)
         return ngettext(
-            "Too many wrong PINs were entered, so this case is locked for %(num)d more minute "
-            "to protect it. Please try again later.",
-            "Too many wrong PINs were entered, so this case is locked for %(num)d more minutes "
-            "to protect it. Please try again later.", minutes)
+            "Too many wrong PINs were entered from this device or network, so it can try this "
+            "case again in %(num)d minute. The case is not locked: from another device or "
+            "network its PIN still works.",
+            "Too many wrong PINs were entered from this device or network, so it can try this "
+            "case again in %(num)d minutes. The case is not locked: from another device or "
+            "network its PIN still works.", minutes)
     if err.code == "storage_unavailable":
         return _(UNAVAILABLE)
     return _(CASE_ERRORS.get(err.code, CASE_ERRORS["wrong_pin"]), example=example)

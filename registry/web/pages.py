@@ -130,7 +130,7 @@ def case() -> str | tuple[str, int]:
         return render_template("case.html")
     number, pin = _credentials()
     try:
-        view = registry().case_status(number, pin)
+        view = registry().case_status(number, pin, _client())
     except RegistryError as err:
         return _case_form_error(err, number)
     return render_template("case_status.html", view=view, number=number, pin=pin)
@@ -143,18 +143,24 @@ def withdraw() -> str | tuple[str, int]:
     number, pin = _credentials()
     try:
         if request.form.get("confirm") != "yes":
-            view = registry().case_status(number, pin)
+            view = registry().case_status(number, pin, _client())
             return render_template("case_confirm.html", view=view, number=number, pin=pin)
-        view = registry().withdraw_case(number, pin)
+        view = registry().withdraw_case(number, pin, _client())
     except RegistryError as err:
         if err.code == "invalid_transition":
-            view = registry().case_status(number, pin)
+            view = registry().case_status(number, pin, _client())
             return render_template("case_status.html", view=view, number=number, pin=pin,
                                    notice=messages.case_error(err, EXAMPLE_CASE))
         return _case_form_error(err, number)
     return render_template("case_status.html", view=view, number=number, pin=pin,
                            notice=_("The case is withdrawn. Its hashes no longer match "
                                     "anything."))
+
+
+def _client() -> str:
+    """The address the request came from (after the trusted proxies, see ProxyFix in the app
+    factory): wrong PINs lock out this address, never the case."""
+    return request.remote_addr or ""
 
 
 def _credentials() -> tuple[str, str]:
