@@ -1,7 +1,7 @@
 """Schemathesis against the app, loaded from its own /api/openapi.json: every operation, with
 schema-valid (positive) and schema-violating (negative) requests, authenticated with a real key
-over a registry that holds data, answers without a 500 and as the document says (status codes,
-content types, headers, response bodies).
+over a registry that holds data (on SQLite, and on PostgreSQL where a server runs), answers
+without a 500 and as the document says (status codes, content types, headers, response bodies).
 
 Two of schemathesis' checks are left out on purpose: ``positive_data_acceptance`` (a hash can be
 well-formed hex and still be refused as degenerate, 422 ``degenerate_hash``, which a JSON schema
@@ -62,11 +62,14 @@ def registered(seed: int) -> SubmittedImage:
         compute_signals(encode(photo(seed), quality=90), DecodeOptions(), registration=True))
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    s = Settings.from_env({}, data_dir=str(tmp_path / "data"), pin_kdf_n=FAST_KDF,
-                          rate_limit="100000 per minute")
-    registry = build_registry(s)
+def build_api(data_dir: Path, **settings: Any) -> Api:
+    """A registry that holds data (active and withdrawn hashes, an image's own), a key with
+    both scopes, and the schema loaded from the app's own document. ``settings``: e.g. a
+    ``database_url`` (then the schema is migrated first)."""
+    s = Settings.from_env({}, data_dir=str(data_dir), pin_kdf_n=FAST_KDF,
+                          rate_limit="1000000 per minute",
+                          auth_failure_limit="1000000 per minute", **settings)
+    registry = build_registry(s, migrate=True)
     image = encode(photo(41), quality=90)
     receipt = registry.submit_case([registered(41)])
     registry.submit_case([registered(42)])
@@ -75,8 +78,18 @@ def api(tmp_path: Path) -> Iterator[Api]:
     _, key = registry.add_platform("fuzzer", [Scope.MATCH, Scope.FEED])
     app = create_app(registry)
     schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app)
-    yield Api(registry, schema, {"Authorization": f"Bearer {key}"}, image)
-    registry.close()
+    return Api(registry, schema, {"Authorization": f"Bearer {key}"}, image)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """The same API over SQLite and over PostgreSQL (skipped where no server runs): some input
+    only one of them refuses (PostgreSQL cannot hold a NUL character in text)."""
+    extra = {"database_url": request.getfixturevalue("pg_url")} \
+        if request.param == "postgres" else {}
+    built = build_api(tmp_path / "data", **extra)
+    yield built
+    built.registry.close()
 
 
 def test_the_document_lists_every_operation(api):
@@ -134,3 +147,13 @@ def test_real_answers_conform(api):
     page = api.case(feed, query={"limit": 1000}).call_and_validate(headers=api.headers,
                                                                   checks=CHECKS)
     assert {r["status"] for r in page.json()["records"]} == {"active", "withdrawn"}
+
+
+def test_a_match_id_with_a_nul_character_is_not_found(api):
+    """Regression (found by fuzzing on PostgreSQL): a match_id holding U+0000 reached the
+    database, which cannot compare text with a NUL in it: 500. No match id holds one."""
+    answer = api.case(api.schema["/api/v1/feedback"]["POST"],
+                      body={"match_id": "m_\x00", "outcome": "removed"},
+                      media_type="application/json").call_and_validate(
+        headers=api.headers, checks=CHECKS)
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "match_not_found"

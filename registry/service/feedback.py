@@ -57,7 +57,8 @@ def record(store: Store, settings: Settings, platform: Platform, match_id: str,
            outcome: Outcome) -> FeedbackReceipt:
     quarantined = False
     with store.transaction() as tx:
-        found = tx.matches.get(match_id)
+        # No match id holds a NUL (PostgreSQL cannot even compare text that does).
+        found = tx.matches.get(match_id) if "\x00" not in match_id else None
         # Another platform's match id answers exactly like an unknown one.
         if found is None or found[0] != platform.id:
             raise MatchNotFound("This API key received no match with that match_id.")
