@@ -69,7 +69,7 @@ from registry.service.feedback import parse_outcome
 from registry.web import create_app, csrf
 from registry.web.api import match_queries, parse_query
 from registry.web.submission import parse_submission
-from tests.conftest import FAST_KDF, encode, photo
+from tests.conftest import FAST_KDF, PG_ADMIN_URL, encode, photo, unavailable
 
 MAX_EXAMPLES = int(os.environ.get("TAKEDOWN_FUZZ_EXAMPLES", "20"))  # more in a deep run
 MODES = {"positive": GenerationMode.POSITIVE, "negative": GenerationMode.NEGATIVE}
@@ -307,7 +307,7 @@ def fresh_token(app: Any) -> tuple[str, str]:
 
 
 def build_site(data_dir: Path, **extra: Any) -> Site:
-    registry = build_registry(fuzz_settings(data_dir, **extra))
+    registry = build_registry(fuzz_settings(data_dir, **extra), migrate=True)
     image = SubmittedImage.from_image(
         registry.hash_image(encode(photo(61), quality=90), registration=True))
     receipt = registry.submit_case([image])
@@ -344,6 +344,37 @@ def page_body(registry: Registry, seed: int) -> dict[str, Any]:
 @cache
 def real_jpeg() -> bytes:
     return encode(photo(64, (320, 240)), quality=90)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for as long as the block runs (skipped without a server)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    name = f"takedown_test_{secrets.token_hex(6)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as e:
+        admin.dispose()
+        unavailable("PostgreSQL", str(e.orig).strip().splitlines()[0])
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The same site over PostgreSQL, which refuses some text SQLite holds (a NUL)."""
+    with postgres_database() as url:
+        built = build_site(tmp_path_factory.mktemp("web-fuzz-pg") / "data", database_url=url)
+        yield built
+        built.registry.close()
 
 
 # --- CSRF: most cases pass the gate, the rest are each refused -----------------------------
@@ -496,6 +527,14 @@ def test_lockouts_under_fuzzing_are_pages_too(tmp_path, path):
     finally:
         site.registry.close()
     assert seen["valid 429"] > 0, seen
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("method, path", sorted(POSTED_FORMS),
+                         ids=[f"{m} {p}" for m, p in sorted(POSTED_FORMS)])
+def test_the_forms_over_postgresql_too(pg_site, method, path, mode):
+    seen = fuzz_operation(pg_site, method, path, mode, MAX_EXAMPLES)
+    assert not any(k.endswith(" 500") for k in seen), seen
 
 
 def test_a_real_submission_through_the_fuzzed_operation_conforms(site):
