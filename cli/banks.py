@@ -1,4 +1,4 @@
-"""``takedown canary`` and ``takedown quarantine list|hold|release``."""
+"""``takedown canary``, ``takedown benign add`` and ``takedown quarantine list|hold|release``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,38 @@ def canary(ctx: Context, out: str, as_json: bool) -> None:
     else:
         click.echo(f"Wrote {len(written)} canary images to {folder}/; registered "
                    f"{len(new)} new ({registered} signals) in bank '{CANARY_BANK}'.")
+
+
+BENIGN_BANK = "benign"
+
+
+@cli.group()
+def benign() -> None:
+    """The benign bank: common images whose copies must never be matched."""
+
+
+@benign.command("add")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def benign_add(ctx: Context, files: tuple[str, ...], as_json: bool) -> None:
+    """Register FILES (pictures that caused false matches: a meme, a stock photo) in the
+    benign bank (audited): a query whose whole-picture hashes match one strongly gets no
+    whole-picture matches. Local matches stand; benign hashes are left out of the feed."""
+    registry = ctx.registry(load_index=False)
+    images = []
+    for name in files:
+        image = SubmittedImage.from_image(
+            registry.hash_image(Path(name).read_bytes(), registration=True))
+        images.append(SubmittedImage(tuple(s for s in image.signals if not s.kind.is_local),
+                                     image.pdq_quality, image.views))
+    registered = registry.register_bank(BENIGN_BANK, BankKind.BENIGN, images)
+    if as_json:
+        emit_json({"bank": BENIGN_BANK, "images": len(images), "signals": registered})
+    else:
+        click.echo(f"Registered {len(images)} image(s) ({registered} signals) in bank "
+                   f"'{BENIGN_BANK}'.")
 
 
 @cli.group()

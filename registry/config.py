@@ -32,7 +32,9 @@ class Settings:
         "", "SQLAlchemy URL of the system of record; empty means SQLite at DATA_DIR/registry.db."
     )
     redis_url: str = _setting("", "Redis URL for shared rate limits; empty means in-memory.")
-    secret_key: str = _setting("", "Secret for CSRF tokens; empty generates one per process.")
+    secret_key: str = _setting(
+        "", "Secret for CSRF tokens and for signing the audit chain's head; empty generates a "
+        "CSRF secret per process and leaves heads unsigned.")
     max_image_pixels: int = _setting(
         50_000_000, "Largest decoded image (width x height) accepted; stops decompression bombs."
     )

@@ -461,6 +461,7 @@ class RegisteredSignal:
     removed: int = 0
     not_violating: int = 0
     image_key: str = ""
+    bank_kind: BankKind = BankKind.SUBMISSIONS
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,6 +132,17 @@ def test_quarantine_hold_list_and_release(run, write_image):
     assert run("quarantine", "list", "--reported").exit_code == 0
 
 
+def test_benign_add_suppresses_matches_of_that_picture(run, write_image):
+    a = write_image("a.jpg", photo(1))
+    run("submit", "--json", str(a))
+    assert lines(run("match", "--json", str(a)).output)[0]["matched"] is True
+    added = run("benign", "add", "--json", str(a))
+    assert added.exit_code == 0, added.output
+    assert lines(added.output)[0]["bank"] == "benign"
+    after = lines(run("match", "--json", str(a)).output)[0]
+    assert {m["signal"] for m in after["matches"]} <= {"local"}
+
+
 def test_platform_commands(run):
     added = run("platform", "add", "example", "--scope", "match", "--scope", "feed", "--json")
     assert added.exit_code == 0

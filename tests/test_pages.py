@@ -409,6 +409,21 @@ def test_the_json_endpoint_refuses_other_media_types_and_broken_json(client):
     assert broken.status_code == 422 and broken.get_json()["error"]["code"] == "invalid_input"
 
 
+def test_the_json_endpoint_refuses_bare_digests_and_unknown_views(client, registry):
+    (good,) = signals_body(registry, 71)["images"]
+    digests_only = {"signals": {k: good["signals"][k] for k in ("md5", "sha256")}}
+    lone_pdq = {"signals": {"pdq": good["signals"]["pdq"]}, "pdq_quality": good["pdq_quality"]}
+    poster = dict(good, views=[*good["views"][:2],
+                               {"label": "poster", "pdq": good["views"][0]["pdq"],
+                                "quality": 90}])
+    for image in (digests_only, lone_pdq, poster):
+        response = post_signals(client, {"images": [image]})
+        assert response.status_code == 422, response.data
+        assert response.get_json()["error"]["code"] == "invalid_input"
+    assert registry.list_cases() == []
+    assert post_signals(client, {"images": [good]}).status_code == 201
+
+
 # --- submission: the no-JavaScript upload -----------------------------------------------------
 def test_upload_without_javascript_registers_and_shows_the_receipt_once(client, registry):
     response = submit_files(client, [(jpeg(31), "a.jpg"), (jpeg(32), "b.jpg")])
@@ -702,7 +717,7 @@ def test_an_unavailable_database_gives_the_apis_code_on_the_json_endpoint(client
                                                                           monkeypatch, caplog):
     body = signals_body(registry, 131)
 
-    def down(*args: object) -> None:
+    def down(*args: object, **kwargs: object) -> None:
         raise StorageUnavailable("database server db.internal refused the connection")
 
     monkeypatch.setattr(registry, "submit_case", down)

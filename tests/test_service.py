@@ -214,6 +214,77 @@ def test_submission_validation(registry):
         assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 0
 
 
+def test_web_submissions_carry_the_page_signals_and_known_views(registry):
+    good = SubmittedImage.from_image(registry.hash_image(encode(photo(1), quality=90),
+                                                          registration=True))
+    registry.validate_submission([good], strict=True)
+    by_kind = {s.kind: s for s in good.signals}
+    bare = SubmittedImage((by_kind[SignalKind.MD5], by_kind[SignalKind.SHA256]))
+    lone = SubmittedImage((by_kind[SignalKind.PDQ],), good.pdq_quality)
+    for images in ([bare], [lone]):
+        registry.validate_submission(images)  # an operator's own call may
+        with pytest.raises(InvalidInput, match="carries its pdq, md5 and sha256"):
+            registry.submit_case(images, strict=True)
+    (_label, view, quality) = good.views[1]
+    for views, problem in (((*good.views, ("mirror", view, quality)), "same view twice"),
+                           ((*good.views[:1], ("poster", view, quality)), "not a view")):
+        with pytest.raises(InvalidInput, match=problem):
+            registry.submit_case([SubmittedImage(good.signals, good.pdq_quality, views)],
+                                 strict=True)
+    with registry.store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 0
+
+
+def test_an_orientation_view_that_is_not_of_the_image_is_left_out(registry):
+    good = SubmittedImage.from_image(registry.hash_image(encode(photo(1), quality=90),
+                                                          registration=True))
+    other = SubmittedImage.from_image(registry.hash_image(encode(photo(2), quality=90),
+                                                           registration=True))
+    views = dict((label, (v, q)) for label, v, q in good.views)
+    foreign = {label: (v, q) for label, v, q in other.views}
+    # The image's own mirror is kept; another picture's hash passed off as its mirror is not,
+    # nor as its rot90; a crop cannot be checked and is kept as sent.
+    assert variants_agree(good, "mirror", *views["mirror"])
+    smuggled = tuple((label, *(foreign[label] if label in ("mirror", "rot90", "crop90-tl")
+                               else views[label])) for label in views)
+    receipt = registry.submit_case([SubmittedImage(good.signals, good.pdq_quality, smuggled)],
+                                   strict=True)
+    with registry.store.engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT label, value FROM signals WHERE kind = 'pdq'")
+                                   ).all())
+    assert "mirror" not in stored and "rot90" not in stored
+    assert stored["crop90-tl"] == foreign["crop90-tl"][0].hex and stored["flip-v"] == (
+        views["flip-v"][0].hex)
+    assert receipt.signals == len(good.rows(registry.settings.pdq_min_quality)) - 2
+
+
+def test_the_benign_bank_suppresses_whole_picture_matches_only(registry):
+    receipt = submit(registry, 1, 2)
+    common = registry.hash_image(encode(photo(1), quality=90), registration=True)
+    registry.register_bank("benign", BankKind.BENIGN, [SubmittedImage(
+        tuple(s for s in SubmittedImage.from_image(common).signals if not s.kind.is_local),
+        common.pdq_quality)])
+    platform, _ = registry.add_platform("p", [Scope.MATCH, Scope.FEED])
+    copy = registry.query_of_image("copy", image(registry, 1))
+    other = registry.query_of_image("other", image(registry, 2))
+    suppressed, kept = registry.match([copy, other], platform=platform)
+    assert {m.signal for m in suppressed.matches} <= {SignalKind.LOCAL}
+    assert all(m.bank != "benign" for r in (suppressed, kept) for m in r.matches)
+    assert {m.signal for m in kept.matches} >= {SignalKind.PDQ, SignalKind.MD5}
+    assert all(m.case == receipt.number for m in kept.matches)
+    with registry.store.transaction(write=False) as tx:
+        (event,) = [e for e in tx.audit.recent(5) if e["action"] == "match"][:1]
+    assert event["details"]["benign_suppressed"] == 1
+    banks = {r.bank for r in registry.read_feed(platform, None, 1000).records}
+    assert banks == {"submissions"}
+
+
+def variants_agree(image, label, view, _quality):
+    from registry.service.cases import view_agrees
+    main = next(s for s in image.signals if s.kind is SignalKind.PDQ)
+    return view_agrees(label, view, main)
+
+
 def test_match_tiers_exact_strong_weak_and_none(registry):
     receipt = submit(registry, 1)
     original = image(registry, 1)

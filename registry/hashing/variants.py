@@ -9,7 +9,9 @@ pipeline version.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps
 
 # The other six orientations of the dihedral group (the horizontal mirror is "mirror"): a copy
@@ -69,3 +71,48 @@ def registration_views(img: Image.Image) -> Iterator[tuple[str, Image.Image]]:
         yield label, crop_window(base, keep, fx, fy)
     for degrees in ROTATIONS:
         yield f"rot{degrees:+g}", rotated(base, degrees)
+
+
+# --- what a view's hash must agree with ---------------------------------------------------------
+# PDQ thresholds the 16 x 16 low-frequency DCT coefficients of a 64 x 64 summary of the picture
+# at their median; bit ``k`` is coefficient (k // 16, k % 16). Turning or flipping the picture
+# permutes and negates those coefficients exactly (a flip negates the odd frequencies along its
+# axis, a transpose swaps the two frequencies), and negating a coefficient near a median near
+# zero flips its bit. So an orientation's hash is predicted by the original's, bits permuted and
+# flipped: within a few bits for a real view (bench/view_consistency.py), ~128 for any other
+# hash. A submission's orientation views are checked against it; crops and small rotations
+# cannot be predicted without the picture (they sit as far from the original as an unrelated
+# image).
+_ROW, _COL = np.divmod(np.arange(256), 16)
+_SWAP = _COL * 16 + _ROW
+# label: (swap the two frequencies first, coefficients negated after that)
+DIHEDRAL: dict[str, tuple[bool, np.ndarray[Any, np.dtype[np.bool_]]]] = {
+    "mirror": (False, _COL % 2 == 1),
+    "flip-v": (False, _ROW % 2 == 1),
+    "rot180": (False, (_ROW + _COL) % 2 == 1),
+    "transpose": (True, np.zeros(256, dtype=bool)),
+    "rot90": (True, _ROW % 2 == 1),
+    "rot270": (True, _COL % 2 == 1),
+    "transverse": (True, (_ROW + _COL) % 2 == 1),
+}
+# Most bits a registered orientation view may differ from its prediction: the largest seen over
+# every evaluation photo is well below it, an unrelated hash sits ~128 away (sd ~8).
+DIHEDRAL_MAX_BITS = 64
+
+
+def predicted_pdq(label: str, pdq: bytes) -> bytes | None:
+    """The PDQ hash an orientation view ``label`` of a picture whose PDQ hash is ``pdq`` has,
+    up to a few bits; None for a view that cannot be predicted."""
+    if label not in DIHEDRAL:
+        return None
+    swap, negate = DIHEDRAL[label]
+    bits = np.unpackbits(np.frombuffer(pdq, dtype=np.uint8))
+    if swap:
+        bits = bits[_SWAP]
+    return np.packbits(bits ^ negate.astype(np.uint8)).tobytes()
+
+
+def view_labels() -> tuple[str, ...]:
+    """Every label a registration view may carry (besides ``full``), in the order it is made."""
+    return ("content", "mirror", *(label for label, _ in ORIENTATIONS),
+            *(label for label, *_ in CROPS), *(f"rot{d:+g}" for d in ROTATIONS))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from registry.config import Settings
 from registry.domain import (
@@ -22,7 +23,7 @@ from registry.domain import (
 )
 from registry.errors import RegistryError
 from registry.hashing import DecodeOptions, ImageSignals, compute_signals
-from registry.service import banks, cases, feed, feedback, matching, platforms
+from registry.service import audit, banks, cases, feed, feedback, matching, platforms
 from registry.service.cases import CaseReceipt, CaseView, SubmittedImage
 from registry.service.follower import Follower
 from registry.service.indexing import IndexKeeper, Progress, VerifyReport
@@ -37,12 +38,13 @@ class Registry:
         self.store = store
         self.keeper = keeper
         self.follower: Follower | None = None
+        self._anchored = 0
 
     def follow_changes(self) -> Follower:
         """Start this process's change-log follower (serving processes; idempotent)."""
         if self.follower is None:
             self.follower = Follower(self.store, self.keeper, self.settings.follow_poll_s,
-                                     self.settings.snapshot_every)
+                                     self.settings.snapshot_every, anchor=self.anchor_audit)
             self.follower.start()
         return self.follower
 
@@ -57,14 +59,18 @@ class Registry:
         return compute_signals(data, self.decode_options, registration=registration)
 
     # --- cases ---------------------------------------------------------------------------------
-    def submit_case(self, images: Sequence[SubmittedImage]) -> CaseReceipt:
-        receipt = cases.submit(self.store, self.settings, images)
+    def submit_case(self, images: Sequence[SubmittedImage], *, strict: bool = False
+                    ) -> CaseReceipt:
+        """Register the images as a new case. ``strict``: they come from anyone on the web and
+        are held to the submit page's shape (``cases.validate_submission``)."""
+        receipt = cases.submit(self.store, self.settings, images, strict=strict)
         self._catch_up()
         return receipt
 
-    def validate_submission(self, images: Sequence[SubmittedImage]) -> None:
+    def validate_submission(self, images: Sequence[SubmittedImage], *, strict: bool = False
+                            ) -> None:
         """Raise the error that submitting these images would meet; registers nothing."""
-        cases.validate_submission(images, self.settings)
+        cases.validate_submission(images, self.settings, strict=strict)
 
     def case_status(self, number: str, pin: str, client: str = "") -> CaseView:
         """The case's status if ``pin`` is its PIN; ``client`` is the address asking (wrong
@@ -161,6 +167,26 @@ class Registry:
     def authenticate(self, key: str | None, scope: Scope) -> Platform:
         return platforms.authenticate(self.store, key, scope)
 
+    # --- audit ----------------------------------------------------------------------------------
+    def audit_head(self) -> audit.Anchor | None:
+        """The audit chain's newest event, signed with the secret key (when one is set)."""
+        return audit.head(self.store, self.settings.secret_key)
+
+    def anchor_audit(self) -> None:
+        """Append the audit head to the data directory's anchor file, if it moved."""
+        self._anchored = audit.write_anchor(self.store, self.settings.secret_key,
+                                            Path(self.settings.data_dir), self._anchored)
+
+    def verify_audit(self, anchors: Sequence[audit.Anchor] = (), *, saved: bool = True
+                     ) -> audit.AuditReport:
+        """Walk the audit chain and check ``anchors`` (and, with ``saved``, the data directory's
+        anchor file) against it."""
+        found = list(anchors)
+        path = Path(self.settings.data_dir) / audit.ANCHOR_FILE
+        if saved and path.exists():
+            found += audit.read_anchors(path)
+        return audit.verify(self.store, self.settings.secret_key, found)
+
     # --- index ---------------------------------------------------------------------------------
     def rebuild_index(self, progress: Progress | None = None, snapshot: bool = True) -> int:
         count = self.keeper.rebuild(progress)
@@ -192,11 +218,12 @@ class Registry:
         """Readiness: database reachable, index loaded and caught up (a few entries behind is
         a commit landing right now; more, or a follower that stopped syncing, is not ready)."""
         db_ok = self.store.ping()
-        lag = None
+        lag, newest = None, None
         if db_ok:
             try:
                 with self.store.transaction(write=False) as tx:
                     lag = tx.changes.head() - self.keeper.indexes.position
+                    newest = tx.audit.head()
             except RegistryError:
                 db_ok = False
         out: dict[str, object] = {"database": db_ok, "index_loaded": self.keeper.loaded_at > 0,
@@ -211,6 +238,9 @@ class Registry:
                                None if age is None else round(age, 3),
                                "notifications": st.notifications, "errors": st.errors,
                                "last_error": st.last_error or None}
+        if newest is not None:  # the audit chain's signed head (registry.service.audit)
+            out["audit_head"] = audit.Anchor(
+                *newest, audit.sign(self.settings.secret_key, *newest)).to_json()
         out["ready"] = bool(db_ok and self.keeper.loaded_at and lag is not None
                             and lag <= self.settings.max_index_lag and following)
         return out

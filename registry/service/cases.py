@@ -23,7 +23,7 @@ from registry.domain import (
     normalise_pin,
 )
 from registry.errors import CaseLocked, CaseNotFound, InvalidInput, LowQualityHash, WrongPin
-from registry.hashing import PIPELINE_VERSION, ImageSignals
+from registry.hashing import PIPELINE_VERSION, ImageSignals, variants
 from registry.service import pins
 from registry.store import Store, Transaction
 
@@ -49,16 +49,29 @@ class SubmittedImage:
         return cls(image.signals(), image.pdq_quality, tuple(views))
 
     def rows(self, min_quality: int) -> list[tuple[Signal, str, int | None]]:
-        """``(signal, label, quality)`` of everything to store for this image."""
+        """``(signal, label, quality)`` of everything to store for this image. Views below the
+        quality floor, and orientation views whose hash does not follow from the image's own
+        (``variants.predicted_pdq``: not a view of this picture), are left out."""
         out: list[tuple[Signal, str, int | None]] = [
             (s, "full" if s.kind.perceptual or s.kind.is_local else "",
              self.pdq_quality if s.kind is SignalKind.PDQ else None) for s in self.signals]
         seen = {s.value for s in self.signals}
+        main = next((s for s in self.signals if s.kind is SignalKind.PDQ), None)
         for label, signal, quality in self.views:
+            if main is not None and not view_agrees(label, signal, main):
+                continue
             if quality >= min_quality and signal.value not in seen:
                 seen.add(signal.value)
                 out.append((signal, label, quality))
         return out
+
+
+def view_agrees(label: str, view: Signal, main: Signal) -> bool:
+    """Whether a view's PDQ hash can be the ``label`` view of the picture hashed ``main``
+    (always true for the views that cannot be predicted: crops, small rotations, content)."""
+    predicted = variants.predicted_pdq(label, main.value)
+    return predicted is None or (
+        view - Signal(SignalKind.PDQ, predicted) <= variants.DIHEDRAL_MAX_BITS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +104,16 @@ class CaseView:
         }
 
 
+VIEW_LABELS = frozenset(variants.view_labels())
+
+
 def validate_submission(images: Sequence[SubmittedImage], settings: Settings,
-                        max_images: int = MAX_IMAGES_PER_CASE) -> None:
+                        max_images: int = MAX_IMAGES_PER_CASE, *, strict: bool = False) -> None:
+    """The rules every registered image meets. ``strict`` (what anyone on the web sends) adds:
+    each image carries what the submit page always computes, a PDQ hash with its quality and
+    both digests (no bare digests, no lone hash), and its views carry the labels this registry
+    makes, each once (an orientation view that does not follow from the image's PDQ hash is
+    then left out, see ``SubmittedImage.rows``)."""
     if not images:
         raise InvalidInput("A case needs at least one image.")
     if len(images) > max_images:
@@ -103,6 +124,10 @@ def validate_submission(images: Sequence[SubmittedImage], settings: Settings,
             raise InvalidInput(f"Image {n} has no signals.")
         if len(set(kinds)) != len(kinds):
             raise InvalidInput(f"Image {n} has the same signal twice.")
+        if strict and not {SignalKind.PDQ, SignalKind.MD5, SignalKind.SHA256} <= set(kinds):
+            raise InvalidInput(
+                f"Image {n}: a case's image carries its pdq, md5 and sha256 signals (as the "
+                "submit page computes them); bare digests or a lone hash are not accepted.")
         if SignalKind.PDQ in kinds:
             if image.pdq_quality is None:
                 raise InvalidInput(f"Image {n}: a PDQ signal needs its quality score.")
@@ -120,14 +145,22 @@ def validate_submission(images: Sequence[SubmittedImage], settings: Settings,
         if len(image.signals) + len(image.views) > MAX_SIGNALS_PER_IMAGE:
             raise InvalidInput(
                 f"Image {n} has more than {MAX_SIGNALS_PER_IMAGE} signals and views.")
+        labels = [label for label, _, _ in image.views]
+        if len(set(labels)) != len(labels):
+            raise InvalidInput(f"Image {n} has the same view twice.")
         for label, view, _quality in image.views:
             if view.kind is not SignalKind.PDQ or not label or len(label) > 32:
                 raise InvalidInput(f"Image {n}: views are labelled PDQ hashes.")
+            if strict and label not in VIEW_LABELS:
+                raise InvalidInput(
+                    f"Image {n}: {label!r} is not a view this registry makes; views are "
+                    f"{', '.join(sorted(VIEW_LABELS))}.")
             view.check_not_degenerate()
 
 
-def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage]) -> CaseReceipt:
-    validate_submission(images, settings)
+def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage], *,
+           strict: bool = False) -> CaseReceipt:
+    validate_submission(images, settings, strict=strict)
     pin = generate_pin()
     pin_hash = pins.hash_pin(normalise_pin(pin), settings.pin_kdf_n)
     with store.transaction() as tx:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from registry.errors import RegistryError
@@ -36,7 +37,8 @@ class FollowerStatus:
 
 class Follower:
     def __init__(self, store: Store, keeper: IndexKeeper, poll_s: float = 0.5,
-                 snapshot_every: int = 0) -> None:
+                 snapshot_every: int = 0, anchor: Callable[[], None] | None = None,
+                 anchor_every_s: float = 60.0) -> None:
         self.store = store
         self.keeper = keeper
         self.poll_s = poll_s
@@ -48,6 +50,11 @@ class Follower:
         self._errors = 0
         self._last_error = ""
         self._snapshot_position = keeper.indexes.position
+        # Called every anchor_every_s (the audit chain's signed head, registry.service.audit).
+        self._anchor = anchor
+        self._anchor_every_s = anchor_every_s
+        self._anchored_at = 0.0
+        self._anchor_failing = False
 
     def start(self) -> None:
         if self._thread is None:
@@ -95,3 +102,12 @@ class Follower:
             self.keeper.save_snapshot(if_free=True)
             self.store.refresh_statistics()  # where autovacuum is off, keep the plans right
             self._snapshot_position = position
+        if self._anchor is not None and time.time() - self._anchored_at >= self._anchor_every_s:
+            self._anchored_at = time.time()
+            try:
+                self._anchor()
+                self._anchor_failing = False
+            except OSError as e:  # a read-only or full disk: serving goes on, said once
+                if not self._anchor_failing:
+                    log.warning("follower: cannot write the audit anchor: %s", e)
+                self._anchor_failing = True

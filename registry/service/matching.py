@@ -4,6 +4,12 @@ Perceptual signals are searched in the in-memory index up to the weak threshold;
 looked up in the database (exact, always current). Every hit is then re-read from the database
 and dropped unless still active, so a withdrawn hash is never returned even if this process'
 index has not caught up yet.
+
+A query whose whole-picture hashes (PDQ, pHash, digests) match a hash of the ``benign`` bank (a
+common image an operator found causing false matches) exactly or in the strong tier gets no
+whole-picture matches: it is a copy of that image, not of a victim's. Its local matches stand (a
+collage may put a benign picture beside a victim's, and the local signal is what finds the
+victim's there). Such queries are counted in the audit record of the request.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 
 from registry.config import Settings
 from registry.domain import (
+    BankKind,
     Match,
     Query,
     QueryResult,
@@ -82,6 +89,9 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         return [QueryResult(q.id) for q in queries]
     with store.transaction(write=False) as tx:
         registered = tx.signals.get_many(h.signal_id for h in hits)
+    benign = {h.query for h in hits if h.tier is not Tier.WEAK and h.kind is not SignalKind.LOCAL
+              and (reg := registered.get(h.signal_id)) is not None
+              and reg.bank_kind is BankKind.BENIGN and reg.status is SignalStatus.ACTIVE}
     per_query: list[list[Match]] = [[] for _ in queries]
     records = []
     # One match per query, signal kind and case (or, outside cases, registered image): the
@@ -89,7 +99,9 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
     seen: set[tuple[int, SignalKind, str | int]] = set()
     for h in sorted(hits, key=lambda h: h.order):
         reg = registered.get(h.signal_id)
-        if reg is None or reg.status is not SignalStatus.ACTIVE:
+        if (reg is None or reg.status is not SignalStatus.ACTIVE
+                or reg.bank_kind is BankKind.BENIGN  # suppresses; never a match itself
+                or (h.query in benign and h.kind is not SignalKind.LOCAL)):
             continue
         key = (h.query, h.kind, reg.case_number or reg.image_key or h.signal_id)
         if key in seen:
@@ -101,8 +113,11 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
                         queries[h.query].id))
     with store.transaction() as tx:
         tx.matches.add_many(records)
-        tx.audit.record(actor, "match", "", {"queries": len(queries),
-                                              "match_ids": [r[0] for r in records]})
+        details: dict[str, object] = {"queries": len(queries),
+                                      "match_ids": [r[0] for r in records]}
+        if benign:
+            details["benign_suppressed"] = len(benign)
+        tx.audit.record(actor, "match", "", details)
     return [QueryResult(q.id, tuple(ms)) for q, ms in zip(queries, per_query, strict=True)]
 
 

@@ -234,7 +234,7 @@ class SignalRepository:
 
     def get_many(self, ids: Iterable[int]) -> dict[int, RegisteredSignal]:
         out: dict[int, RegisteredSignal] = {}
-        banks = {r.id: r.name for r in self.s.scalars(select(BankRow))}
+        banks = {r.id: (r.name, BankKind(r.kind)) for r in self.s.scalars(select(BankRow))}
         cols = (SignalRow.id, SignalRow.kind, SignalRow.value, SignalRow.payload,
                 SignalRow.bank_id, SignalRow.status, SignalRow.label, SignalRow.removed,
                 SignalRow.not_violating, SignalRow.image_key, CaseRow.number)
@@ -245,9 +245,9 @@ class SignalRepository:
                  image_key, number) in self.s.execute(stmt):
                 out[sid] = RegisteredSignal(
                     id=sid, signal=loaded_signal(kind, value, payload),
-                    bank=banks[bank_id], status=SignalStatus(status), case_number=number,
+                    bank=banks[bank_id][0], status=SignalStatus(status), case_number=number,
                     label=label, removed=removed, not_violating=not_violating,
-                    image_key=image_key)
+                    image_key=image_key, bank_kind=banks[bank_id][1])
         return out
 
     def find_exact(self, kind: SignalKind, values: Iterable[str]) -> dict[str, list[int]]:
@@ -436,11 +436,14 @@ class ChangeLog:
 
     def feed(self, position: int, limit: int) -> list[FeedRecord]:
         """Change-log entries after ``position`` as feed records (adds are ``active``,
-        withdrawals and quarantines ``withdrawn``)."""
+        withdrawals and quarantines ``withdrawn``). The ``benign`` bank's hashes are not in it:
+        they suppress matches here, and a mirror reading them as takedowns would remove the
+        very images they protect."""
         stmt = (select(ChangeRow.seq, ChangeRow.action, ChangeRow.at, SignalRow, BankRow.name)
                 .join(SignalRow, SignalRow.id == ChangeRow.signal_id)
                 .join(BankRow, BankRow.id == SignalRow.bank_id)
-                .where(ChangeRow.seq > position).order_by(ChangeRow.seq).limit(limit))
+                .where(ChangeRow.seq > position, BankRow.kind != BankKind.BENIGN.value)
+                .order_by(ChangeRow.seq).limit(limit))
         return [FeedRecord(seq=int(seq),
                            status="active" if action == ChangeAction.ADD.value else "withdrawn",
                            signal_id=row.id,
@@ -481,6 +484,19 @@ class AuditLog:
         return [{"id": r.id, "at": (_aware(r.at) or now()).isoformat(), "actor": r.actor,
                  "action": r.action, "subject": r.subject, "details": json.loads(r.details)}
                 for r in rows]
+
+    def head(self) -> tuple[int, str] | None:
+        """``(id, digest)`` of the newest event."""
+        row = self.s.execute(select(AuditRow.id, AuditRow.digest)
+                             .order_by(AuditRow.id.desc()).limit(1)).first()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def digests(self, ids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for chunk in _chunks(sorted(set(ids)), 500):
+            out.update((int(i), str(d)) for i, d in self.s.execute(
+                select(AuditRow.id, AuditRow.digest).where(AuditRow.id.in_(chunk))))
+        return out
 
     def verify(self) -> tuple[int, int | None]:
         """(events checked, id of the first broken event or None)."""

@@ -71,13 +71,13 @@ def submit() -> str | tuple[str, int]:
         name = upload.filename or _("An image")
         try:
             image = _hash_upload(upload.read())
-            registry().validate_submission([image])  # so a refusal can name its file
+            registry().validate_submission([image], strict=True)  # so a refusal can name its file
             images.append(image)
         except RegistryError as err:
             return render_template(
                 "submit.html", error=messages.file_error(err, name, max_mb())), 422
     try:
-        receipt = registry().submit_case(images)
+        receipt = registry().submit_case(images, strict=True)
     except RegistryError as err:
         return render_template(
             "submit.html", error=messages.submission_error(err, None)), status_of(err)
@@ -105,7 +105,7 @@ def submit_signals() -> tuple[Response, int]:
     except RegistryError as err:
         return json_error(status_of(err), code_of(err), messages.submission_error(err, None))
     try:
-        receipt = registry().submit_case(images)
+        receipt = registry().submit_case(images, strict=True)
     except RegistryError as err:
         return json_error(status_of(err), code_of(err),
                            messages.submission_error(err, _culprit(images)))
@@ -116,7 +116,7 @@ def _culprit(images: list[SubmittedImage]) -> int | None:
     """Which image (1-based) a refused submission is about, when it is about one."""
     for n, image in enumerate(images, 1):
         try:
-            registry().validate_submission([image])
+            registry().validate_submission([image], strict=True)
         except RegistryError:
             return n
     return None

@@ -1,0 +1,74 @@
+"""``takedown audit verify|anchor``: check the audit chain, and keep its signed head."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cli.main import Context, cli, handle_errors
+from cli.output import emit_json
+from registry.errors import InvalidInput
+from registry.service.audit import Anchor, read_anchors
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+@click.option("--anchors", "anchor_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="A file of anchors (JSON lines, as 'takedown audit anchor' or /readyz's "
+                   "audit_head write them); repeatable.")
+@click.option("--head", "heads", multiple=True, metavar="ID:DIGEST",
+              help="An audit head seen earlier (e.g. in /readyz); repeatable.")
+@click.option("--no-saved", is_flag=True,
+              help="Leave out the anchors the serving processes saved in the data directory.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def verify(ctx: Context, anchor_files: tuple[str, ...], heads: tuple[str, ...], no_saved: bool,
+           as_json: bool) -> None:
+    """Walk the audit chain and name the first broken link; check every anchor (a head
+    published earlier) is still in it, so a cut-off tail or an emptied table shows. Exits 1 when
+    anything is wrong."""
+    anchors = [Anchor.parse(h, f"--head {h}") for h in heads]
+    for name in anchor_files:
+        anchors += read_anchors(Path(name))
+    report = ctx.registry(load_index=False).verify_audit(anchors, saved=not no_saved)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        if report.broken_at is not None:
+            click.echo(f"BROKEN: event {report.broken_at} does not follow from the one before "
+                       "it (edited, deleted or reordered events).", err=True)
+        for problem in report.problems:
+            click.echo(f"BROKEN: {problem}.", err=True)
+        if report.ok:
+            click.echo(f"Audit chain intact: {report.events} events, {report.anchors} "
+                       "anchor(s) checked.")
+    if not report.ok:
+        sys.exit(1)
+
+
+@audit.command("anchor")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Append the head to this file (JSON lines) as well as printing it.")
+@click.pass_obj
+@handle_errors
+def anchor(ctx: Context, out: str | None) -> None:
+    """Print the audit chain's head (newest event id and digest, signed with
+    TAKEDOWN_SECRET_KEY when set): keep it somewhere the database cannot reach, and give it to
+    'takedown audit verify --anchors' later."""
+    head = ctx.registry(load_index=False).audit_head()
+    if head is None:
+        raise InvalidInput("The audit log is empty.")
+    line = json.dumps(head.to_json(), separators=(",", ":"))
+    if out:
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    emit_json(head.to_json())
