@@ -8,11 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image, features
+import simplejpeg
+from PIL import Image, ImageOps, features
 
 from registry import errors
 from registry.hashing import DecodeOptions, compute_signals, decode_image
-from registry.hashing.decode import FORMATS
+from registry.hashing.decode import FORMATS, MAX_SCANS, MAX_SEGMENTS, to_rgb
 from tests.images import (
     blurred_checkerboard,
     encode,
@@ -420,9 +421,14 @@ def test_corrupt_marker_run_in_the_middle_of_a_jpeg():
     assert "corrupt" in e.message
 
 
+def cut_with_end_marker(data: bytes, at: int) -> bytes:
+    """The first ``at`` bytes and an end marker: what a repaired partial download looks like."""
+    return data[:at] + b"\xff\xd9"
+
+
 def truncated_with_end_marker() -> bytes:
     data = jpeg_bytes(photo_like(57, (400, 300)))
-    return data[: len(data) // 2] + b"\xff\xd9"
+    return cut_with_end_marker(data, len(data) // 2)
 
 
 def end_marker_in_the_middle() -> bytes:
@@ -432,28 +438,259 @@ def end_marker_in_the_middle() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a JPEG whose scan stops early at an EOI marker decodes without error "
-    "(libjpeg only warns 'Premature end of JPEG file' and fills the rest with grey), so "
-    "half an image is hashed",
-)
 @pytest.mark.parametrize(
     "make", [truncated_with_end_marker, end_marker_in_the_middle], ids=["cut+eoi", "eoi-mid"]
 )
-def test_jpeg_that_stops_early_is_refused(make):
-    expect(errors.TruncatedImage, "truncated_image", make())
+@pytest.mark.parametrize("options", [DEFAULT, FULL], ids=["draft512", "full"])
+def test_jpeg_that_stops_early_is_refused(make, options):
+    e = expect(errors.TruncatedImage, "truncated_image", make(), options)
+    assert "truncated" in e.message
 
 
-def test_half_grey_jpeg_is_what_gets_hashed_today():
-    """Documents the consequence of the bug above: the bottom half is filled with grey 128."""
+def test_half_grey_jpeg_is_no_longer_hashed():
+    """Regression: libjpeg decodes every block after an early end marker as zero coefficients
+    (exact grey 128) and only warns; Pillow swallows the warning, so half an image was hashed."""
+    data = truncated_with_end_marker()
+    alone = pillow_alone(data)  # what decode_image returned before the fix
+    assert (alone[-20:] == 128).all() and not (alone[:20] == 128).all()
+    expect(errors.TruncatedImage, "truncated_image", data, FULL)
+
+
+def scan_starts(data: bytes) -> list[int]:
+    """Where each scan header (SOS) of a JPEG written by Pillow begins."""
+    return [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+
+
+@pytest.fixture(scope="module")
+def progressive() -> bytes:
+    return jpeg_bytes(photo_like(63, (1100, 1030)), 90, progressive=True)
+
+
+@pytest.mark.parametrize("fraction", [0.03, 0.2, 0.5, 0.8, 0.95, 0.995])
+@pytest.mark.parametrize("options", [DEFAULT, FULL], ids=["draft512", "full"])
+def test_progressive_jpeg_cut_early_with_end_marker(progressive, fraction, options):
+    cut = cut_with_end_marker(progressive, int(len(progressive) * fraction))
+    expect(errors.TruncatedImage, "truncated_image", cut, options)
+
+
+def test_progressive_jpeg_cut_inside_its_last_scan(progressive):
+    # libjpeg's last scan refines the lowest bit of the luma AC coefficients: a cut there changes
+    # the picture little, but the file is still short of its data.
+    last = scan_starts(progressive)[-1]
+    assert len(progressive) - last > len(progressive) // 10
+    for at in (last + 40, (last + len(progressive)) // 2, len(progressive) - 40):
+        expect(errors.TruncatedImage, "truncated_image", cut_with_end_marker(progressive, at))
+
+
+def test_progressive_jpeg_cut_between_scans(progressive):
+    # Cut exactly before a scan, libjpeg has nothing to warn about: the scans it read are whole.
+    # The marker walk sees coefficients never sent.
+    starts = scan_starts(progressive)
+    assert len(starts) >= 8  # libjpeg's standard script: 10 scans
+    for at in starts[1:]:
+        e = expect(errors.TruncatedImage, "truncated_image", cut_with_end_marker(progressive, at))
+        assert "truncated" in e.message
+
+
+@pytest.fixture(scope="module")
+def flat_progressive() -> bytes:
+    return jpeg_bytes(Image.new("RGB", (2000, 1500), (90, 120, 200)), 90, progressive=True)
+
+
+def test_jpeg_with_too_many_scans_is_refused_before_decoding(flat_progressive):
+    # Each scan is a pass over every block: its last scan repeated (26 bytes each here) made
+    # this 3 MP JPEG of under 100 KB take seconds to decode.
+    last = flat_progressive[scan_starts(flat_progressive)[-1] : -2]
+    data = flat_progressive[:-2] + last * MAX_SCANS + b"\xff\xd9"
+    assert len(data) < 100_000
+    start = time.perf_counter()
+    e = expect(errors.ImageTooLarge, "image_too_large", data)
+    assert time.perf_counter() - start < 0.5 and str(MAX_SCANS) in e.message
+
+
+def test_jpeg_with_a_few_repeated_scans_still_decodes(flat_progressive):
+    # libjpeg warns 'Inconsistent progression sequence', a harmless warning: decoded in full.
+    last = flat_progressive[scan_starts(flat_progressive)[-1] : -2]
+    data = flat_progressive[:-2] + last * 5 + b"\xff\xd9"
+    assert np.array_equal(pixels(decode_image(data)), pillow_alone(data))
+
+
+def test_jpeg_with_too_many_marker_segments_is_refused(flat_progressive):
+    second = scan_starts(flat_progressive)[1]
+    comments = b"\xff\xfe\x00\x02" * MAX_SEGMENTS  # empty COM segments between two scans
+    data = flat_progressive[:second] + comments + flat_progressive[second:]
+    start = time.perf_counter()
+    expect(errors.ImageTooLarge, "image_too_large", data)
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.fixture(scope="module")
+def with_restarts() -> bytes:
+    data = jpeg_bytes(photo_like(64, (640, 480)), 90, restart_marker_blocks=6)
+    assert b"\xff\xdd" in data and data.count(b"\xff\xd3") > 10  # DRI, and RST markers
+    return data
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_jpeg_with_restart_markers_cut_early(with_restarts, fraction):
+    cut = cut_with_end_marker(with_restarts, int(len(with_restarts) * fraction))
+    expect(errors.TruncatedImage, "truncated_image", cut)
+
+
+def test_jpeg_with_a_wrong_restart_marker_is_damaged(with_restarts):
+    # libjpeg resynchronises at the next restart marker and leaves a grey gap where it lost one.
+    data = bytearray(with_restarts)
+    at = data.index(b"\xff\xd3", len(data) // 2)
+    data[at + 1] = 0xD5
+    e = expect(errors.TruncatedImage, "truncated_image", bytes(data))
+    assert "corrupt" in e.message
+
+
+def test_jpeg_with_a_bad_huffman_code_is_damaged():
+    data = bytearray(jpeg_bytes(photo_like(57, (400, 300))))
+    at = len(data) - 40  # all ones: no Huffman code of the standard tables is 16 ones
+    data[at : at + 16] = b"\xff\x00" * 8
+    e = expect(errors.TruncatedImage, "truncated_image", bytes(data))
+    assert "corrupt" in e.message
+
+
+def with_extraneous_byte(data: bytes) -> bytes:
+    """A stray byte before the first quantisation table, as some cameras write: libjpeg warns
+    'Corrupt JPEG data: 1 extraneous bytes before marker 0xdb', skips it and decodes in full."""
+    at = data.index(b"\xff\xdb")
+    return data[:at] + b"\x00" + data[at:]
+
+
+def test_jpeg_with_a_harmless_libjpeg_warning_still_decodes():
+    data = jpeg_bytes(photo_like(65, (400, 300)))
+    odd = with_extraneous_byte(data)
+    assert np.array_equal(pixels(decode_image(odd)), pillow_alone(data))
+
+
+def test_jpeg_with_a_harmless_warning_and_cut_early_is_refused():
+    # libjpeg-turbo reports only its first warning, so the harmless one hides the early end; the
+    # grey last block Pillow's decode then shows gives it away.
+    data = with_extraneous_byte(jpeg_bytes(photo_like(65, (400, 300))))
+    expect(errors.TruncatedImage, "truncated_image", cut_with_end_marker(data, len(data) // 2))
+
+
+def flat_grey_corner(seed: int, size: tuple[int, int]) -> Image.Image:
+    rgb = np.asarray(photo_like(seed, size)).copy()
+    width, height = size
+    rgb[height // 2 :, width // 2 :] = 128  # mid-grey: JPEG codes it as all-zero blocks
+    return Image.fromarray(rgb, "RGB")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"progressive": True}, {"subsampling": 0}],
+    ids=["baseline", "progressive", "444"],
+)
+@pytest.mark.parametrize("options", [DEFAULT, FULL], ids=["draft512", "full"])
+def test_real_picture_with_a_flat_grey_corner_is_not_refused(params, options):
+    data = jpeg_bytes(flat_grey_corner(66, (1200, 1040)), 90, **params)
+    decoded = pixels(decode_image(data, options))
+    # exactly what a cut file decodes to, so no look at the pixels alone could tell them apart
+    assert (decoded[-40:, -40:] == 128).all()
+    assert np.array_equal(decoded, pillow_alone(data, options))
+
+
+def test_flat_grey_corner_with_a_harmless_warning_is_refused_a_known_limit():
+    """The one case that refuses a whole picture: a libjpeg warning hides what follows it, and a
+    last block of exact mid-grey is then taken for data that never came."""
+    data = with_extraneous_byte(jpeg_bytes(flat_grey_corner(67, (400, 300))))
+    expect(errors.TruncatedImage, "truncated_image", data)
+
+
+# --- every kind of valid JPEG decodes exactly as Pillow decodes it ----------------------------
+def pillow_alone(data: bytes, options: DecodeOptions = DEFAULT) -> np.ndarray:
+    """What decode_image returned before it decoded JPEGs strictly: Pillow's own decode."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            decoded = pixels(decode_image(truncated_with_end_marker(), FULL))
-        except errors.TruncatedImage:
-            return  # fixed
-    assert (decoded[-20:] == 128).all()
+        img = Image.open(io.BytesIO(data))
+        if img.format == "JPEG" and options.draft_size > 0:
+            img.draft(img.mode, (options.draft_size, options.draft_size))
+        img.load()
+        return pixels(to_rgb(ImageOps.exif_transpose(img)))
+
+
+def ycck_jpeg(img: Image.Image) -> bytes:
+    """libjpeg-turbo writes CMYK as YCCK (Adobe transform 2); Pillow cannot."""
+    return simplejpeg.encode_jpeg(np.asarray(img.convert("CMYK")), 90, "CMYK", "420")
+
+
+VALID_JPEGS = {
+    "baseline-420": lambda img: jpeg_bytes(img, 90),
+    "baseline-444": lambda img: jpeg_bytes(img, 90, subsampling=0),
+    "baseline-422": lambda img: jpeg_bytes(img, 90, subsampling=1),
+    "quality-30": lambda img: jpeg_bytes(img, 30),
+    "optimized-tables": lambda img: jpeg_bytes(img, 85, optimize=True),
+    "progressive-420": lambda img: jpeg_bytes(img, 90, progressive=True),
+    "progressive-444": lambda img: jpeg_bytes(img, 90, progressive=True, subsampling=0),
+    "greyscale": lambda img: jpeg_bytes(img.convert("L"), 90),
+    "greyscale-progressive": lambda img: jpeg_bytes(img.convert("L"), 90, progressive=True),
+    "cmyk": lambda img: jpeg_bytes(img.convert("CMYK"), 90),
+    "ycck": ycck_jpeg,
+    "rgb-untransformed": lambda img: jpeg_bytes(img, 90, keep_rgb=True),
+    "restart-blocks": lambda img: jpeg_bytes(img, 90, restart_marker_blocks=3),
+    "restart-rows-progressive": lambda img: jpeg_bytes(
+        img, 90, restart_marker_rows=1, progressive=True
+    ),
+    "exif-orientation-6": lambda img: jpeg_bytes(img, 90, exif=exif_with_orientation(6)),
+    "mpo": lambda img: encode(img, "MPO", save_all=True, append_images=[rings(img.size)]),
+    "trailing-garbage": lambda img: jpeg_bytes(img, 90) + np.random.default_rng(1).bytes(3000),
+    "trailing-jpeg": lambda img: jpeg_bytes(img, 90) + jpeg_bytes(rings(img.size), 80),
+    "trailing-zeros": lambda img: jpeg_bytes(img, 90) + bytes(5000),
+}
+SCALES = {
+    "full": FULL,
+    "1/2": DEFAULT,
+    "1/4": DecodeOptions(draft_size=256),
+    "1/8": DecodeOptions(draft_size=128),
+}
+
+
+@pytest.fixture(scope="module")
+def valid_jpegs() -> dict[str, bytes]:
+    img = photo_like(68, (1101, 1031))  # odd sizes: partial blocks on the right and bottom
+    return {kind: make(img) for kind, make in VALID_JPEGS.items()}
+
+
+@pytest.mark.parametrize("scale", sorted(SCALES))
+@pytest.mark.parametrize("kind", sorted(VALID_JPEGS))
+def test_valid_jpeg_decodes_exactly_as_pillow_alone(valid_jpegs, kind, scale):
+    data = valid_jpegs[kind]
+    decoded = decode_image(data, SCALES[scale])
+    expected = pillow_alone(data, SCALES[scale])
+    assert decoded.mode == "RGB" and decoded.size == (expected.shape[1], expected.shape[0])
+    assert np.array_equal(pixels(decoded), expected)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (8, 8), (17, 9), (1030, 3), (3, 1030)])
+@pytest.mark.parametrize("scale", ["full", "1/8"])
+def test_tiny_and_thin_jpegs_decode_exactly_as_pillow_alone(size, scale):
+    options = DecodeOptions(draft_size=1) if scale == "1/8" else FULL
+    for params in ({}, {"progressive": True}):
+        data = jpeg_bytes(photo_like(69, size), 90, **params)
+        assert np.array_equal(pixels(decode_image(data, options)), pillow_alone(data, options))
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_JPEGS))
+def test_every_kind_of_jpeg_cut_early_is_refused(valid_jpegs, kind):
+    data = valid_jpegs[kind]
+    picture = data.index(b"\xff\xd9")  # the first picture's EOI; what follows is not hashed
+    for fraction in (0.3, 0.7):
+        cut = cut_with_end_marker(data, int(picture * fraction))
+        expect(errors.TruncatedImage, "truncated_image", cut)
+
+
+def test_trailing_data_after_the_end_marker_is_ignored(valid_jpegs):
+    # Cameras and phones append data after the picture's EOI (MPF pictures, maker trailers,
+    # motion-photo video); libjpeg and browsers stop at the EOI, and so do the hashes.
+    clean = compute_signals(valid_jpegs["baseline-420"])
+    for kind in ("trailing-garbage", "trailing-jpeg", "trailing-zeros"):
+        s = compute_signals(valid_jpegs[kind])
+        assert (s.pdq, s.phash) == (clean.pdq, clean.phash)
 
 
 def test_image_over_max_pixels():
