@@ -1,4 +1,10 @@
-"""Prometheus metrics, on a registry of the app's own (never the process-global one)."""
+"""Prometheus metrics, on a registry of the app's own (never the process-global one).
+
+Per platform (labelled with the platform's name, never its key): queries answered, queries
+that matched and matches by tier, so an operator can alert on a platform whose match rate
+departs from normal traffic (docs/deploy.md, "Abuse signals"). Canary matches are test traffic
+and are left out of the per-platform match counts.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,12 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from registry.domain import QueryResult, SignalKind
 from registry.service import Registry
+from registry.service.banks import CANARY_BANK
+
+# Platform names come only from operators (`takedown platform add`), so the label set is as
+# small as the platform list; the cap only guards a process against an unforeseen flood.
+MAX_PLATFORM_LABELS = 1000
+OTHER_PLATFORMS = "_other"  # no platform name can start with "_"
 
 
 class Metrics:
@@ -25,6 +37,17 @@ class Metrics:
         self.matches = Counter("takedown_matches", "Matches returned", ["tier", "bank"],
                                registry=r)
         self.queries = Counter("takedown_match_queries", "Queries answered", registry=r)
+        self.platform_queries = Counter(
+            "takedown_platform_queries", "Match queries answered, per platform", ["platform"],
+            registry=r)
+        self.platform_matched = Counter(
+            "takedown_platform_matched_queries",
+            "Match queries with at least one match outside the canary bank, per platform",
+            ["platform"], registry=r)
+        self.platform_matches = Counter(
+            "takedown_platform_matches", "Matches returned outside the canary bank, per "
+            "platform and tier", ["platform", "tier"], registry=r)
+        self._platform_labels: set[str] = set()
         self.rate_limited = Counter("takedown_rate_limited", "Requests refused with 429",
                                     registry=r)
         index_size = Gauge("takedown_index_hashes", "Hashes in the in-memory index", ["kind"],
@@ -38,6 +61,14 @@ class Metrics:
         index_age.set_function(lambda: time.time() - registry.keeper.loaded_at
                                if registry.keeper.loaded_at else 0.0)
         index_position.set_function(lambda: registry.keeper.indexes.position)
+
+    def platform_label(self, name: str) -> str:
+        if name in self._platform_labels:
+            return name
+        if len(self._platform_labels) >= MAX_PLATFORM_LABELS:
+            return OTHER_PLATFORMS
+        self._platform_labels.add(name)
+        return name
 
 
 def _size_of(registry: Registry, kind: SignalKind) -> Callable[[], float]:
@@ -71,6 +102,18 @@ def record_matches(results: Sequence[QueryResult]) -> None:
     for result in results:
         for m in result.matches:
             metrics.matches.labels(m.tier.value, m.bank).inc()
+    platform = g.get("platform")  # set by the API's authentication (registry.web.api)
+    if platform is None:
+        return
+    label = metrics.platform_label(platform.name)
+    metrics.platform_queries.labels(label).inc(len(results))
+    matched = 0
+    for result in results:
+        real = [m for m in result.matches if m.bank != CANARY_BANK]
+        matched += bool(real)
+        for m in real:
+            metrics.platform_matches.labels(label, m.tier.value).inc()
+    metrics.platform_matched.labels(label).inc(matched)
 
 
 def exposition() -> Response:
