@@ -11,8 +11,10 @@ for GET). Hypothesis examples are bounded so the run stays short.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -81,15 +83,21 @@ def build_api(data_dir: Path, **settings: Any) -> Api:
     return Api(registry, schema, {"Authorization": f"Bearer {key}"}, image)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Api]:
     """The same API over SQLite and over PostgreSQL (skipped where no server runs): some input
-    only one of them refuses (PostgreSQL cannot hold a NUL character in text)."""
-    extra = {"database_url": request.getfixturevalue("pg_url")} \
-        if request.param == "postgres" else {}
-    built = build_api(tmp_path / "data", **extra)
-    yield built
-    built.registry.close()
+    only one of them refuses (PostgreSQL cannot hold a NUL character in text). One per module:
+    what the requests leave behind accumulates, as on a server up for a while."""
+    from tests.test_web_fuzz import postgres_database
+
+    data_dir = tmp_path_factory.mktemp("api-fuzz") / "data"
+    with contextlib.ExitStack() as stack:
+        extra = {"database_url": stack.enter_context(postgres_database())} \
+            if request.param == "postgres" else {}
+        built = build_api(data_dir, **extra)
+        yield built
+        built.registry.close()
 
 
 def test_the_document_lists_every_operation(api):
@@ -100,22 +108,31 @@ def test_the_document_lists_every_operation(api):
     assert found == set(OPERATIONS)
 
 
+def fuzz_api(api: Api, method: str, path: str, mode: GenerationMode, examples: int,
+             on_failure: Callable[[BaseException], None] | None = None) -> Counter[str]:
+    """``examples`` generated requests to one operation: a count of ``"- <status>"`` (and
+    ``"failure"``). A failed check raises, unless ``on_failure`` takes it."""
+    from tests.test_web_fuzz import call_checked
+
+    operation = api.schema[path][method]
+    seen: Counter[str] = Counter()
+
+    @given(case=operation.as_strategy(mode))
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case: Any) -> None:
+        call_checked(case, seen, "-", on_failure, CHECKS, headers=api.headers)
+
+    run()
+    return seen
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                          ids=["positive", "negative"])
 @pytest.mark.parametrize("method, path", OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_generated_requests_get_documented_answers(api, method, path, mode):
-    operation = api.schema[path][method]
-    statuses: dict[int, int] = {}
-
-    @given(case=operation.as_strategy(mode))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    def run(case):
-        response = case.call_and_validate(headers=api.headers, checks=CHECKS)
-        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-
-    run()
-    assert 500 not in statuses and sum(statuses.values()) > 0
+    seen = fuzz_api(api, method, path, mode, MAX_EXAMPLES)
+    assert "- 500" not in seen and sum(seen.values()) > 0
 
 
 def test_real_answers_conform(api):
