@@ -61,7 +61,8 @@ def _save(img: Image.Image, fmt: str, **params: object) -> bytes | None:
 
 def seeds() -> dict[str, bytes]:
     """Small valid files of every mode in every accepted format, plus the shapes bugs hide in:
-    animations, EXIF orientations, ICC profiles, progressive and CMYK JPEGs, 16-bit PNGs."""
+    animations, EXIF orientations, ICC profiles, progressive and CMYK JPEGs, 16-bit PNGs, and
+    JPEGs that stop early."""
     from PIL import Image
 
     out: dict[str, bytes] = {}
@@ -98,6 +99,37 @@ def seeds() -> dict[str, bytes]:
                        ("lossless.webp", _save(rgb, "WEBP", lossless=True))):
         if data is not None:
             out[name] = data
+    out.update(_jpeg_edge_seeds(rgb))
+    return out
+
+
+def _jpeg_edge_seeds(rgb: Image.Image) -> dict[str, bytes]:
+    """JPEGs that stop early, whole or not: an end marker (EOI) after a cut, over the middle,
+    or at a scan boundary; restart markers; data after the EOI; stray bytes; YCCK; MPO."""
+    import simplejpeg
+    from PIL import Image
+
+    out: dict[str, bytes] = {}
+    base = _save(rgb, "JPEG")
+    progressive = _save(rgb, "JPEG", progressive=True)
+    restarts = _save(rgb, "JPEG", restart_marker_blocks=2)
+    mpo = _save(rgb, "MPO", save_all=True, append_images=[_picture(4, rgb.size)])
+    assert base and progressive and restarts and mpo
+    out["cut-eoi.jpeg"] = base[: len(base) // 2] + b"\xff\xd9"
+    out["eoi-mid.jpeg"] = base[: len(base) // 2] + b"\xff\xd9" + base[len(base) // 2 + 2 :]
+    out["progressive-cut-eoi.jpeg"] = progressive[: len(progressive) * 2 // 3] + b"\xff\xd9"
+    scans = [i for i in range(len(progressive) - 1) if progressive[i : i + 2] == b"\xff\xda"]
+    out["progressive-scan-cut.jpeg"] = progressive[: scans[len(scans) // 2]] + b"\xff\xd9"
+    out["restarts.jpeg"] = restarts
+    out["restarts-cut-eoi.jpeg"] = restarts[: len(restarts) // 2] + b"\xff\xd9"
+    out["trailing.jpeg"] = base + b"\x00" * 16 + base
+    at = base.index(b"\xff\xdb")
+    out["stray-byte.jpeg"] = base[:at] + b"\x00" + base[at:]
+    out["ycck.jpeg"] = simplejpeg.encode_jpeg(np.asarray(rgb.convert("CMYK")), 90, "CMYK", "420")
+    out["mpo.jpeg"] = mpo
+    grey = np.asarray(rgb).copy()
+    grey[16:, 24:] = 128
+    out["grey-corner.jpeg"] = _save(Image.fromarray(grey, "RGB"), "JPEG") or base
     return out
 
 
