@@ -43,9 +43,10 @@ one in ten a stored code with 1..16 bits flipped, plus one query for a case ackn
 in the run, which must match, and one for a withdrawn case, which must not); ``POST
 /api/v1/match/image`` (a registered photo, a re-encoded smaller copy of it, an unregistered
 photo: JPEG bytes made in memory); ``POST /submit/signals`` (JSON signals as the submit page's
-script sends them, 1-2 images of 4 signals and 15 views each, CSRF token and cookie from ``GET
-/submit``); ``POST /case`` (status, with the PIN) and ``POST /case/withdraw`` (``confirm=yes``),
-each with a case number and PIN this run's submissions got back.
+script sends them, 1-2 images of 4 signals and 21 views each, orientation views consistent
+with the image's hash, CSRF token and cookie from ``GET /submit``); ``POST /case`` (status,
+with the PIN) and ``POST /case/withdraw`` (``confirm=yes``), each with a case number and PIN
+this run's submissions got back.
 
     .venv/bin/python bench/soak.py                                  # 1M hashes, 10 min soak
     .venv/bin/python bench/soak.py --faults                         # ... then the faults
@@ -101,8 +102,6 @@ SECRET = "soak-bench-secret-" + "s" * 24
 MB = 1024 * 1024
 DEFAULT_WEIGHTS = {"match_batch": 12, "match_image": 4, "submit": 2, "case_status": 1,
                    "withdraw": 1}
-VIEW_LABELS = ["mirror", *(f"crop{k}-{p}" for k in (90, 80) for p in ("c", "tl", "tr", "bl", "br")),
-               "rot+4", "rot-4", "rot+8", "rot-8"]
 FAULTS = ("kill_worker", "restart_postgres", "redis_outage", "snapshot_readonly",
           "snapshot_full", "db_lock")
 
@@ -1126,17 +1125,32 @@ class LoadGenerator:
         return str(user.csrf)
 
     def new_image(self) -> tuple[dict[str, Any], str]:
+        """What the submit page sends for one picture: PDQ with its quality, pHash, both
+        digests, and a PDQ hash per registration view. Orientation views are the image's hash
+        transformed as the registry predicts them (``variants.predicted_pdq``) with a few bits
+        flipped, as real ones are (others would be left out); crops and small rotations are
+        codes of their own."""
+        from registry.hashing import variants
+
         bh, rng = self.bh, self.rng
-        codes = bh.random_codes(rng, 1 + len(VIEW_LABELS))
-        pdq = bytes(codes[0]).hex()
-        image = {"signals": {"pdq": pdq, "phash": bytes(bh.random_phashes(rng, 1)[0]).hex(),
+        labels = [label for label in variants.view_labels() if label != "content"]
+        codes = bh.random_codes(rng, 1 + len(labels))
+        main = bytes(codes[0])
+        views = []
+        for label, code in zip(labels, codes[1:], strict=True):
+            predicted = variants.predicted_pdq(label, main)
+            if predicted is not None:
+                bits = self.np.unpackbits(self.np.frombuffer(predicted, dtype=self.np.uint8))
+                bits[rng.choice(256, int(rng.integers(0, 9)), replace=False)] ^= 1
+                code = self.np.packbits(bits)
+            views.append({"label": label, "pdq": bytes(code).hex(),
+                          "quality": int(rng.integers(55, 101))})
+        image = {"signals": {"pdq": main.hex(),
+                             "phash": bytes(bh.random_phashes(rng, 1)[0]).hex(),
                              "md5": rng.bytes(16).hex(), "sha256": rng.bytes(32).hex()},
-                 "pdq_quality": int(rng.integers(70, 101)),
-                 "views": [{"label": label, "pdq": bytes(code).hex(),
-                            "quality": int(rng.integers(55, 101))}
-                           for label, code in zip(VIEW_LABELS, codes[1:], strict=True)],
+                 "pdq_quality": int(rng.integers(70, 101)), "views": views,
                  "pipeline_version": int(self.cfg["pipeline_version"])}
-        return image, pdq
+        return image, main.hex()
 
     def submit(self, user: Any) -> None:
         token = self.csrf(user)
@@ -1606,9 +1620,12 @@ def plot(path: Path, title: str, records: list[Record], rss: list[tuple[float, i
     per: dict[int, list[tuple[float, float]]] = {}
     for t, pid, kb, _anon in rss:
         per.setdefault(pid, []).append((t - t0, kb / 1024))
-    for pid, pts in sorted(per.items()):
-        axes[2].plot([t for t, _ in pts], [m for _, m in pts], label=f"worker {pid}")
-    axes[2].set_ylabel("RSS, MB")
+    for i, (pid, pts) in enumerate(sorted(per.items())):
+        xs, ys = [t for t, _ in pts], [m for _, m in pts]
+        axes[2].plot(xs, ys, color=f"C{i % 10}", alpha=0.3, lw=0.8)
+        floor = [min(m for t2, m in pts if t - 30 <= t2 <= t) for t in xs]  # trailing 30 s
+        axes[2].plot(xs, floor, color=f"C{i % 10}", lw=1.5, label=f"worker {pid} (floor)")
+    axes[2].set_ylabel("RSS, MB (faint: samples; solid: 30 s floor)")
     axes[2].set_xlabel("seconds")
     axes[2].legend(fontsize=7, ncol=4)
     for a, b, label in spans:
