@@ -12,11 +12,24 @@ from typing import IO, Any
 
 from apiflask import APIFlask
 from flask import Request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from registry.errors import InvalidJson
 from registry.service import Registry
 from registry.web import api, docs, errors, limits, metrics, ops, site
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, except that a document nested deeper than the decoder can recurse is
+    invalid JSON (a ValueError, as Werkzeug expects: 400 or the parser's own refusal), not a
+    RecursionError and a 500."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("The JSON document is nested too deeply.") from None
 
 
 class InMemoryRequest(Request):
@@ -36,6 +49,7 @@ def create_app(registry: Registry, test_config: dict[str, object] | None = None)
     app = APIFlask(__name__, title="Takedown Registry API", version="1",
                    spec_path="/api/openapi.json", docs_path=None)
     app.request_class = InMemoryRequest
+    app.json = JsonProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=registry.settings.max_upload_bytes + 64 * 1024,
         MAX_FORM_MEMORY_SIZE=registry.settings.max_upload_bytes + 64 * 1024,
