@@ -1387,6 +1387,7 @@ class FaultBench:
         self.last_records = records
         window = summarise(records, t_start, t_recovered + tail_s)
         during = summarise(records, t_start, t_healed)
+        before = summarise(records, None, t_start - 1e-6)
         log = self.server.log_since(log_offset)
         last_bad = max((r[0] for r in monitor.seen if r[0] >= t_healed and r[1] != 200),
                        default=None)
@@ -1410,6 +1411,7 @@ class FaultBench:
                              "errors_by_kind": during["errors_by_kind"]},
             "readyz_during_fault": monitor.between(t_start, t_healed),
             "readyz_after_fault": monitor.between(t_healed, t_end),
+            "errors_before_fault": before["errors_by_kind"],
             "whole_run": {"requests": len(records),
                           "status_500": sum(1 for r in records if r.status == 500),
                           "from": records[0].t if records else None, "to": t_end},
@@ -1766,7 +1768,10 @@ def main(argv: list[str] | None = None) -> int:
             cap_users = max(2, args.workers)
             report["probe"] = {"capacity_per_s": capacity, "given": True}
         target = args.load_share * capacity
-        users = max(2, math.ceil(cap_users * 1.5))
+        # Twice the users that reached capacity, each at its share of the target: a user
+        # whose request took longer than its interval starts the next at once but cannot
+        # catch up.
+        users = max(4, 2 * cap_users)
         load_kwargs = {"users": users, "rate_per_user": target / users, **common}
         report["load"] = {"target_per_s": round(target, 2), "users": users,
                           "rate_per_user": round(target / users, 4),
@@ -1867,7 +1872,9 @@ def soak(server: Gunicorn, info: dict[str, Any], data_dir: Path, db_url: str, wo
          f"{load_kwargs['users']} users at {load_kwargs['rate_per_user']:.2f}/s each, "
          f"{elapsed:.0f} s", records, rss.samples, t0, bin_s)
     child = run.summary()
-    return {"duration_s": round(elapsed, 1), "summary": summary, "ledger": checked,
+    return {"duration_s": round(elapsed, 1),
+            "target_per_s": round(load_kwargs["users"] * load_kwargs["rate_per_user"], 2),
+            "achieved_per_s": summary["answered_per_s"], "summary": summary, "ledger": checked,
             "memory": memory, "verdict": verdict, "caught_up": caught,
             "server_cpu_s": None if server_cpu is None else round(server_cpu, 1),
             "client_cpu_s": child.get("client_cpu_s"),
@@ -1892,8 +1899,10 @@ def judge(report: dict[str, Any]) -> dict[str, Any]:
     problems: dict[str, Any] = {}
     if unexpected:
         problems["unexpected_errors"] = unexpected
-    if report["status_500"]:
-        problems["status_500"] = report["status_500"]
+    if report["status_500"] or report["whole_run"]["status_500"]:
+        problems["status_500"] = report["whole_run"]["status_500"]
+    if report["errors_before_fault"]:
+        problems["errors_before_the_fault"] = report["errors_before_fault"]
     if report["timeouts"]:
         problems["timeouts"] = report["timeouts"]
     if report["missing"]:
