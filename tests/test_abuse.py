@@ -369,12 +369,31 @@ def served(tmp_path_factory) -> Iterator[abuse.Stack]:
         yield stack
 
 
-def _readyz_pids(port: int, tries: int = 40) -> set[int]:
-    seen = set()
-    for _ in range(tries):
-        _, body = _get(port, "/readyz")
-        seen.add(json.loads(body)["process"])
-    return seen
+def _answering_pid(port: int) -> int:
+    pid: int = json.loads(_get(port, "/readyz")[1])["process"]
+    return pid
+
+
+def on_each_worker(port: int, check) -> set[int]:  # type: ignore[no-untyped-def]
+    """Run ``check`` once with each gunicorn worker answering: an unfinished request keeps one
+    worker busy, so every other request goes to the other one (the held worker is whichever
+    accepted it: repeat until each has had its turn)."""
+    covered: set[int] = set()
+    for _ in range(40):
+        held = abuse.connect(port, abuse.ATTACK_ADDR)
+        try:
+            held.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no end of headers
+            time.sleep(0.1)  # let a worker accept it (nothing to await from outside)
+            pid = _answering_pid(port)
+            if pid not in covered:
+                check()
+                assert _answering_pid(port) == pid
+                covered.add(pid)
+        finally:
+            held.close()
+        if len(covered) == abuse.WORKERS:
+            return covered
+    pytest.fail(f"only workers {covered} answered")
 
 
 def _get(port: int, path: str, headers: dict[str, str] | None = None,
@@ -397,22 +416,30 @@ def test_every_worker_refuses_a_revoked_or_rotated_key_at_once(served):
     from registry.config import Settings
 
     port = served.upstream
-    assert len(_readyz_pids(port)) == abuse.WORKERS  # both workers answer
     operator = build_registry(Settings.from_env({}, data_dir=str(served.setup.data_dir)),
                               load_index=False)
     try:
         _, gone = operator.add_platform("to-revoke", [Scope.MATCH])
         _, old = operator.add_platform("to-rotate", [Scope.MATCH])
-        match = lambda key: _get(port, "/api/v1/match", method="POST",  # noqa: E731
-                                 body=json.dumps(MD5_QUERY).encode(),
-                                 headers={"Content-Type": "application/json", **bearer(key)})
-        assert {match(k)[0] for k in (gone, old) for _ in range(6)} == {200}
+
+        def match(key: str) -> tuple[int, bytes]:
+            return _get(port, "/api/v1/match", method="POST", body=json.dumps(MD5_QUERY).encode(),
+                        headers={"Content-Type": "application/json", **bearer(key)})
+
+        def accepted() -> None:
+            assert {match(k)[0] for k in (gone, old) for _ in range(3)} == {200}
+
+        on_each_worker(port, accepted)
         operator.revoke_platform("to-revoke")
         _, new = operator.rotate_platform_key("to-rotate")
-        answers = [match(k) for k in (gone, old) for _ in range(20)]
-        assert {status for status, _ in answers} == {401}
-        assert {json.loads(b)["error"]["code"] for _, b in answers} == {"unauthenticated"}
-        assert {match(new)[0] for _ in range(6)} == {200}
+
+        def refused() -> None:
+            answers = [match(k) for k in (gone, old) for _ in range(5)]
+            assert {status for status, _ in answers} == {401}
+            assert {json.loads(b)["error"]["code"] for _, b in answers} == {"unauthenticated"}
+            assert match(new)[0] == 200
+
+        on_each_worker(port, refused)
     finally:
         operator.close()
 
@@ -485,3 +512,27 @@ def test_the_bench_reads_the_nginx_block_that_deploy_md_documents():
         assert directive in site, directive
     assert "proxy_pass http://127.0.0.1:8000" in site and "listen 127.0.0.1:8080" in site
     assert len(changes) == 6, changes
+
+
+@needs_nginx
+def test_nginx_answers_503_in_the_api_error_shape_when_gunicorn_is_down(tmp_path):
+    dead, port = abuse.free_port(), abuse.free_port()  # nothing listens on ``dead``
+    site, _ = abuse.local_site(dead, port, tmp_path)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(abuse.nginx_conf(site, tmp_path))
+    proxy = abuse.nginx(conf)
+    proxy.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # nginx listens within moments; there is no event to wait for
+            try:
+                status, body = _get(port, "/api/v1/match", method="POST", body=b"{}",
+                                    headers={"Content-Type": "application/json"})
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proxy.alive(), "nginx did not start"
+                time.sleep(0.1)
+        assert status == 503
+        assert json.loads(body)["error"]["code"] == "unavailable"
+    finally:
+        proxy.stop()
