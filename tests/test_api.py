@@ -177,10 +177,15 @@ def test_match_takes_any_subset_of_signals_and_the_content_pdq(registry, client,
     original = registered_signals(1)
     response = match(client, key,
                      {"id": "phash-only", "signals": {"phash": original.phash.hex}},
-                     {"id": "content", "signals": {"pdq_content": original.pdq.hex}})
+                     {"id": "content", "signals": {"pdq_content": original.pdq.hex}},
+                     {"id": "phash+md5", "signals": {"phash": original.phash.hex,
+                                                      "md5": original.md5.hex}})
     assert response.status_code == 200
-    phash_only, content = response.get_json()["results"]
-    assert [m["signal"] for m in phash_only["matches"]] == ["phash"]
+    phash_only, content, both = response.get_json()["results"]
+    # pHash supports another signal; alone it matches nothing (it would be an oracle that
+    # spells out registered pHashes: tests/test_abuse.py).
+    assert phash_only == {"id": "phash-only", "matched": False, "matches": []}
+    assert sorted(m["signal"] for m in both["matches"]) == ["md5", "phash"]
     # pdq_content is searched as PDQ.
     assert [m["signal"] for m in content["matches"]] == ["pdq"]
 

@@ -10,6 +10,12 @@ common image an operator found causing false matches) exactly or in the strong t
 whole-picture matches: it is a copy of that image, not of a victim's. Its local matches stand (a
 collage may put a benign picture beside a victim's, and the local signal is what finds the
 victim's there). Such queries are counted in the audit record of the request.
+
+A pHash hit is returned only beside another signal of the same query matching the same
+registered image (PDQ, local or a digest): 64 bits matched up to 7 apart are a supporting
+signal, and alone they would be an oracle. A platform probing with random pHash values lands
+within 7 bits of one of a million registered ones ~66,000 times a day at its rate limit, and
+each such hit, with 64 one-bit variants in one request, spells the registered pHash out.
 """
 
 from __future__ import annotations
@@ -92,6 +98,12 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
     benign = {h.query for h in hits if h.tier is not Tier.WEAK and h.kind is not SignalKind.LOCAL
               and (reg := registered.get(h.signal_id)) is not None
               and reg.bank_kind is BankKind.BENIGN and reg.status is SignalStatus.ACTIVE}
+    def image_of(reg: RegisteredSignal) -> str | int:
+        return reg.image_key or reg.case_number or reg.id
+
+    corroborated = {(h.query, image_of(reg)) for h in hits if h.kind is not SignalKind.PHASH
+                    and (reg := registered.get(h.signal_id)) is not None
+                    and reg.status is SignalStatus.ACTIVE}
     per_query: list[list[Match]] = [[] for _ in queries]
     records = []
     # One match per query, signal kind and case (or, outside cases, registered image): the
@@ -101,7 +113,8 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         reg = registered.get(h.signal_id)
         if (reg is None or reg.status is not SignalStatus.ACTIVE
                 or reg.bank_kind is BankKind.BENIGN  # suppresses; never a match itself
-                or (h.query in benign and h.kind is not SignalKind.LOCAL)):
+                or (h.query in benign and h.kind is not SignalKind.LOCAL)
+                or (h.kind is SignalKind.PHASH and (h.query, image_of(reg)) not in corroborated)):
             continue
         key = (h.query, h.kind, reg.case_number or reg.image_key or h.signal_id)
         if key in seen:

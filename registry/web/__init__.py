@@ -45,6 +45,32 @@ class InMemoryRequest(Request):
         raise InvalidJson("The request body is not valid JSON.")
 
 
+class BoundedChunkedBody:
+    """WSGI middleware: a body sent without Content-Length (chunked) is read here, at most one
+    byte past the app's MAX_CONTENT_LENGTH, and handed on with its length. Werkzeug would stop
+    reading such a stream at the limit without a word and parse the truncated prefix; with the
+    length it refuses an oversized body with 413, as for any other. (Behind the documented nginx
+    every body arrives with its length.)"""
+
+    def __init__(self, app: Any, flask_app: APIFlask) -> None:
+        self.app, self.flask_app = app, flask_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            limit = int(self.flask_app.config["MAX_CONTENT_LENGTH"])
+            stream, parts, size = environ["wsgi.input"], [], 0
+            while size <= limit:
+                part = stream.read(min(64 * 1024, limit + 1 - size))
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+            environ["wsgi.input"] = io.BytesIO(b"".join(parts))
+            environ["CONTENT_LENGTH"] = str(size)  # Werkzeug ignores a length beside chunked
+            del environ["HTTP_TRANSFER_ENCODING"]
+        return self.app(environ, start_response)
+
+
 def create_app(registry: Registry, test_config: dict[str, object] | None = None) -> APIFlask:
     app = APIFlask(__name__, title="Takedown Registry API", version="1",
                    spec_path="/api/openapi.json", docs_path=None)
@@ -65,6 +91,7 @@ def create_app(registry: Registry, test_config: dict[str, object] | None = None)
         # Behind a TLS proxy every request comes from the proxy's address: without this, each
         # per-address limit (auth failures, /submit, /case) would be one limit for everyone.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    app.wsgi_app = BoundedChunkedBody(app.wsgi_app, app)  # type: ignore[method-assign]
     app.extensions["registry"] = registry
     errors.register(app)
     metrics.install(app, registry)

@@ -14,7 +14,7 @@ from flask import Response, current_app, g, jsonify, request
 from registry.domain import QUERY_SIGNALS, Query, QueryResult, Scope, Signal
 from registry.errors import InvalidInput, UnsupportedMediaType
 from registry.service import Registry
-from registry.web import schemas
+from registry.web import limits, schemas
 from registry.web.metrics import record_matches
 
 bp = APIBlueprint("api", __name__, url_prefix="/api/v1", tag="Platform API")
@@ -26,10 +26,7 @@ def registry() -> Registry:
     return found
 
 
-def bearer_key() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+bearer_key = limits.bearer_key
 
 
 _MEDIA = {"api.match": "application/json", "api.feedback": "application/json",

@@ -12,11 +12,20 @@ from flask_limiter import Limiter
 from registry.config import Settings
 
 
-def _key() -> str:
+def bearer_key() -> str | None:
+    """The API key of ``Authorization: Bearer KEY``, the scheme in any case and spacing (the
+    one parser of the header: the API's gate and the rate limits use it alike)."""
     header = request.headers.get("Authorization", "")
-    if header:
-        # Limits follow the key (hashed: the key itself never sits in the limiter's storage).
-        return "key:" + hashlib.sha256(header.encode()).hexdigest()[:32]
+    scheme, _, key = header.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def _key() -> str:
+    key = bearer_key()
+    if key:
+        # Limits follow the key as parsed, so 'bearer K' and 'Bearer  K' share K's budget
+        # (hashed: the key itself never sits in the limiter's storage).
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
     return "addr:" + (request.remote_addr or "unknown")
 
 
