@@ -55,6 +55,7 @@ class Follower:
         self._anchor_every_s = anchor_every_s
         self._anchored_at = 0.0
         self._anchor_failing = False
+        self._snapshot_failing = False
 
     def start(self) -> None:
         if self._thread is None:
@@ -99,7 +100,15 @@ class Follower:
         self.keeper.compact_pending()
         position = self.keeper.indexes.position
         if self.snapshot_every and position - self._snapshot_position >= self.snapshot_every:
-            self.keeper.save_snapshot(if_free=True)
+            try:
+                self.keeper.save_snapshot(if_free=True)
+                self._snapshot_failing = False
+            except OSError as e:
+                # A read-only or full snapshot folder costs a slower restart, not serving: the
+                # follower goes on following and tries again after the next snapshot_every.
+                if not self._snapshot_failing:
+                    log.warning("follower: cannot write the index snapshot: %s", e)
+                self._snapshot_failing = True
             self.store.refresh_statistics()  # where autovacuum is off, keep the plans right
             self._snapshot_position = position
         if self._anchor is not None and time.time() - self._anchored_at >= self._anchor_every_s:
