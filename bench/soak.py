@@ -718,8 +718,9 @@ def rss_report(samples: list[tuple[float, int, int, int]], t0: float, t1: float
                ) -> dict[str, Any]:
     """Per worker: first, last and peak RSS, and least-squares slopes (MB/min) over the second
     half of [t0, t1] (workers alive through it): of every RSS sample, and of the floor (the
-    lowest sample of each 30 s window), which transient peaks (an image being decoded, a
-    request's buffers) do not move. Growth that stays in the floor is memory kept."""
+    lowest sample of each of five windows, 30 s at least), which transient peaks (an image
+    being decoded, a request's buffers, freed memory the allocator keeps a while) do not move.
+    Growth that stays in the floor is memory kept."""
     import numpy as np
 
     mid = t0 + (t1 - t0) / 2
@@ -742,7 +743,8 @@ def rss_report(samples: list[tuple[float, int, int, int]], t0: float, t1: float
             minutes = (second[:, 0] - second[0, 0]) / 60
             entry["slope_mb_per_min"] = round(float(np.polyfit(minutes, second[:, 1] / 1024,
                                                                1)[0]), 3)
-            window = np.floor(minutes * 2)  # 30 s windows
+            window_min = max(0.5, (t1 - mid) / 60 / 5)
+            window = np.floor(minutes / window_min)
             floors = [(minutes[window == w].mean(), second[window == w, 1].min() / 1024,
                        second[window == w, 2].min() / 1024) for w in np.unique(window)]
             if len(floors) >= 3:
@@ -761,6 +763,7 @@ def rss_report(samples: list[tuple[float, int, int, int]], t0: float, t1: float
                 "mean": round(sum(values) / len(values), 3) if values else None}
 
     return {"workers": workers, "second_half_s": round(t1 - mid, 1),
+            "floor_window_s": round(max(30.0, (t1 - mid) / 5), 1),
             "slope_mb_per_min": stat("slope_mb_per_min"),
             "floor_slope_mb_per_min": stat("floor_slope_mb_per_min")}
 
@@ -1752,7 +1755,10 @@ def main(argv: list[str] | None = None) -> int:
             run = LoadRun(work / "probe", load_config(
                 server, info, data_dir, users=0, rate_per_user=0, duration_s=0, steps=steps,
                 step_s=args.probe_step_s, **common)).start()
-            run.wait(len(steps) * args.probe_step_s + 300)
+            try:
+                run.wait(len(steps) * args.probe_step_s + 300)
+            finally:
+                run.stop()
             probe = run.summary().get("probe") or []
             if not probe:
                 raise RuntimeError(f"capacity probe failed:\n{run.log_tail()}")
@@ -1836,7 +1842,10 @@ def soak(server: Gunicorn, info: dict[str, Any], data_dir: Path, db_url: str, wo
     with RssSampler(server, args.rss_every) as rss:
         t0 = time.time()
         run.start()
-        run.wait(args.duration + 300)
+        try:
+            run.wait(args.duration + 300)
+        finally:
+            run.stop()  # (already ended, unless interrupted)
         t1 = time.time()
     pids1 = server.worker_pids()
     server_cpu = bh.cpu_seconds(pids1) - cpu0 if pids1 == pids0 else None
