@@ -166,11 +166,32 @@ def test_real_answers_conform(api):
     assert {r["status"] for r in page.json()["records"]} == {"active", "withdrawn"}
 
 
-def test_a_match_id_with_a_nul_character_is_not_found(api):
-    """Regression (found by fuzzing on PostgreSQL): a match_id holding U+0000 reached the
-    database, which cannot compare text with a NUL in it: 500. No match id holds one."""
-    answer = api.case(api.schema["/api/v1/feedback"]["POST"],
-                      body={"match_id": "m_\x00", "outcome": "removed"},
-                      media_type="application/json").call_and_validate(
-        headers=api.headers, checks=CHECKS)
-    assert answer.status_code == 404 and answer.json()["error"]["code"] == "match_not_found"
+ODD_TEXT = {"nul": "a\\u0000b", "lone surrogate": "a\\ud800b", "lone low surrogate": "\\udfff"}
+
+
+@pytest.mark.parametrize("odd", sorted(ODD_TEXT))
+@pytest.mark.parametrize("where", ["query id", "match_id"])
+def test_text_no_database_can_hold_is_refused_as_invalid_json(api, where, odd):
+    """Regression (found by fuzzing): a query id or match_id holding U+0000 or a lone
+    surrogate (JSON allows both as escapes) reached the database, which cannot store or compare
+    it (SQLite: no UTF-8 for a surrogate; PostgreSQL: neither, nor NUL): 500. Such text is
+    refused with the JSON it came in, 400 invalid_json, on every backend alike."""
+    image = api.registry.hash_image(api.image)
+    text = ODD_TEXT[odd]
+    path, body = ("/api/v1/match", '{"queries": [{"id": "' + text + '", "signals": {"pdq": "'
+                  + image.pdq.hex + '"}}]}') if where == "query id" else (
+        "/api/v1/feedback", '{"match_id": "m_' + text + '", "outcome": "removed"}')
+    client = api.schema.app.test_client()
+    answer = client.post(path, data=body,
+                         headers={**api.headers, "Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.get_data()
+    assert answer.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_paired_surrogates_are_ordinary_text(api):
+    """An escaped pair (what json.dumps writes for an emoji) is one character, and works."""
+    image = api.registry.hash_image(api.image)
+    body = '{"queries": [{"id": "\\ud83d\\ude00", "signals": {"pdq": "' + image.pdq.hex + '"}}]}'
+    answer = api.schema.app.test_client().post(
+        "/api/v1/match", data=body, headers={**api.headers, "Content-Type": "application/json"})
+    assert answer.status_code == 200 and answer.get_json()["results"][0]["id"] == "\U0001f600"

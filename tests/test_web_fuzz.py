@@ -25,6 +25,7 @@ import base64
 import contextlib
 import dataclasses
 import inspect
+import json
 import os
 import re
 import secrets
@@ -57,6 +58,7 @@ from registry.domain import (
     LOCAL_KEYPOINT_BYTES,
     QUERY_SIGNALS,
     CaseNumber,
+    Scope,
     Signal,
     SignalKind,
     normalise_pin,
@@ -279,6 +281,8 @@ class Site:
     pin: str
     cookie: str
     token: str
+    key: str  # an API key with both scopes
+    pdq: str  # the registered image's PDQ hash: a query with it matches
 
 
 def fuzz_settings(data_dir: Path, **extra: Any) -> Settings:
@@ -317,7 +321,9 @@ def build_site(data_dir: Path, **extra: Any) -> Site:
     schema = schemathesis.openapi.from_dict(site_document(receipt.number, receipt.pin, labels))
     schema.app = app
     cookie, token = fresh_token(app)
-    return Site(registry, app, schema, receipt.number, receipt.pin, cookie, token)
+    _, key = registry.add_platform("site-fuzzer", [Scope.MATCH, Scope.FEED])
+    pdq = next(s.hex for s in image.signals if s.kind is SignalKind.PDQ)
+    return Site(registry, app, schema, receipt.number, receipt.pin, cookie, token, key, pdq)
 
 
 @pytest.fixture(scope="module")
@@ -610,7 +616,7 @@ header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max
 
 
 @st.composite
-def raw_requests(draw: Any) -> dict[str, Any]:
+def chaos_requests(draw: Any) -> dict[str, Any]:
     path = draw(st.sampled_from(PREFIXES)) + draw(segment)
     if not path.startswith("/"):
         path = "/" + path
@@ -634,14 +640,61 @@ def raw_requests(draw: Any) -> dict[str, Any]:
                                                                 "lang=en&lang=ko"]))}
 
 
+# Text no client should send but any can: lone surrogates (JSON's "\ud800"), NUL, controls.
+# (st.text never draws surrogates, whatever its alphabet: joined lists of characters do.)
+odd_text = st.lists(st.characters() | st.characters(categories=["Cs", "Cc"]), max_size=12).map(
+    "".join)
+odd_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | odd_text,
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                              odd_text, inner, max_size=3), max_leaves=10)
+PDQ, KEY, TOKEN = "@PDQ@", "@KEY@", "@TOKEN@"  # the site's own, filled in by send_raw
+JSON_ENDPOINTS = ["/api/v1/match", "/api/v1/feedback", "/submit/signals"]
+
+
+@st.composite
+def json_documents(draw: Any, path: str) -> bytes:
+    """A body for one of the JSON endpoints: near valid (a query that matches, a real-looking
+    image) with odd text where a client's own text goes, or anything at all."""
+    image = {"signals": {"pdq": PDQ, "md5": "0f" * 16, "sha256": "1e" * 32},
+             "pdq_quality": 90, "views": [{"label": draw(odd_text), "pdq": PDQ, "quality": 90}]}
+    near = {
+        "/api/v1/match": [{"queries": [{"id": draw(odd_text), "signals": {"pdq": PDQ}}]},
+                          {"queries": [{"id": "q", "signals": {draw(odd_text): PDQ}}]}],
+        "/api/v1/feedback": [{"match_id": draw(odd_text), "outcome": "removed"},
+                             {"match_id": "m_0", "outcome": draw(odd_text)}],
+        "/submit/signals": [{"images": [image]}, {"images": [{**image, "signals": {
+            **image["signals"], "local": draw(odd_text)}}]}],
+    }[path]
+    doc = draw(st.sampled_from(near)) if draw(st.integers(0, 3)) else draw(odd_values)
+    text = json.dumps(doc, ensure_ascii=draw(st.booleans()))
+    return text.encode("utf-8", "surrogatepass")  # not UTF-8 where a surrogate is raw
+
+
+@st.composite
+def json_requests(draw: Any) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json", "Accept": draw(st.sampled_from(ACCEPTS))}
+    if draw(st.integers(0, 9)):
+        headers["Authorization"] = f"Bearer {KEY}"
+        headers[csrf.HEADER] = TOKEN
+    path = draw(st.sampled_from(JSON_ENDPOINTS))
+    return {"method": "POST", "path": path, "headers": headers,
+            "data": draw(json_documents(path)),
+            "query_string": draw(st.sampled_from(["", "lang=en"]))}
+
+
+raw_requests = st.one_of(json_requests(), chaos_requests())
+
+
 def send_raw(site: Site, request: dict[str, Any]) -> Any:
     client = site.app.test_client()
     client.set_cookie(csrf.COOKIE, site.cookie)
     path, query = request["path"], request["query_string"]
     if query:
         path += ("&" if "?" in path else "?") + query
-    return client.open(path, method=request["method"], headers=request["headers"],
-                       data=request["data"])
+    fill = {KEY: site.key, TOKEN: site.token, PDQ: site.pdq}
+    headers = {k: fill.get(v, v).replace(KEY, site.key) for k, v in request["headers"].items()}
+    data = request["data"].replace(PDQ.encode(), site.pdq.encode())
+    return client.open(path, method=request["method"], headers=headers, data=data)
 
 
 def check_raw(method: str, response: Any) -> None:
@@ -660,7 +713,7 @@ def fuzz_raw(site: Site, examples: int, on_failure: OnFailure | None = None) -> 
     """``examples`` raw requests; a count of ``"<method> <status>"`` (and ``"failure"``)."""
     seen: Counter[str] = Counter()
 
-    @given(request=raw_requests())
+    @given(request=raw_requests)
     @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     def run(request: dict[str, Any]) -> None:
@@ -719,7 +772,7 @@ def test_deeply_nested_json_is_refused_not_a_server_error(tmp_path, site, depth,
 
 # --- the parsers, directly ----------------------------------------------------------------
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | odd_text,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
                                                                 max_size=4),
     max_leaves=20)

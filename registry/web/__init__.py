@@ -8,6 +8,8 @@ metrics are built per app, never at import time.
 from __future__ import annotations
 
 import io
+import json
+import re
 from typing import IO, Any
 
 from apiflask import APIFlask
@@ -20,16 +22,48 @@ from registry.service import Registry
 from registry.web import api, docs, errors, limits, metrics, ops, site
 
 
+class UnsupportedText(ValueError):
+    """JSON text this registry cannot hold: NUL or a lone surrogate, which JSON allows as
+    escapes; neither SQLite nor PostgreSQL can store or even compare such a string."""
+
+
+# Only these escapes produce such text (raw control characters are invalid JSON, and raw
+# surrogates invalid UTF-8), so a document without them is not walked.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_UNSUPPORTED = re.compile("[\x00\ud800-\udfff]")
+
+
+def _has_unsupported_text(doc: Any) -> bool:
+    stack = [doc]  # iterative: the document may be nested as deep as the decoder allows
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _UNSUPPORTED.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 class JsonProvider(DefaultJSONProvider):
-    """Flask's JSON, except that a document nested deeper than the decoder can recurse is
-    invalid JSON (a ValueError, as Werkzeug expects: 400 or the parser's own refusal), not a
-    RecursionError and a 500."""
+    """Flask's JSON, except that what would break further in is invalid JSON (a ValueError, as
+    Werkzeug expects: 400, or the parser's own refusal) instead of a 500: a document nested
+    deeper than the decoder can recurse, and text no database can hold (UnsupportedText)."""
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         try:
-            return super().loads(s, **kwargs)
+            doc = super().loads(s, **kwargs)
         except RecursionError:
             raise ValueError("The JSON document is nested too deeply.") from None
+        # As json.loads reads bytes (UTF-8, -16 or -32); it has just done so without error.
+        text = s if isinstance(s, str) else s.decode(json.detect_encoding(s), "surrogatepass")
+        if _SUSPECT_ESCAPE.search(text) and _has_unsupported_text(doc):
+            raise UnsupportedText("The request body holds a NUL character or a lone surrogate "
+                                  "(\\u0000, \\ud800 to \\udfff), which is not text.")
+        return doc
 
 
 class InMemoryRequest(Request):
@@ -42,6 +76,8 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        if isinstance(e, UnsupportedText):
+            raise InvalidJson(str(e))
         raise InvalidJson("The request body is not valid JSON.")
 
 
