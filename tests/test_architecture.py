@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry.config": {"registry.errors", "registry.domain"},
     "registry.hashing": {"registry.errors", "registry.domain", "registry.config",
                          "registry.hashing", "numpy", "PIL", "imagehash", "pdqhash", "scipy",
-                         "cv2"},
+                         "cv2", "simplejpeg"},
     "registry.index": {"registry.errors", "registry.domain", "registry.config", "registry.index",
                        "numpy", "faiss", "cv2"},
     "registry.store": {"registry.errors", "registry.domain", "registry.store", "sqlalchemy",
