@@ -419,8 +419,8 @@ def setup_registry(url: str, data_dir: Path, n: int, seed: int, image_size: tupl
                     Signal(SignalKind.MD5, md5), Signal(SignalKind.SHA256, sha256)), 100))
             registered += registry.register_bank("bench", BankKind.IMPORTED, images)
             if (start // batch) % 50 == 49:
-                print(f"setup: {registered:,} hashes registered "
-                      f"({registered / (time.perf_counter() - t0):,.0f}/s)", flush=True)
+                print(f"setup: {start + batch:,} images, {registered:,} signals registered "
+                      f"({registered / (time.perf_counter() - t0):,.0f} signals/s)", flush=True)
         register_s = time.perf_counter() - t0
         photo = bh.photo_jpeg(seed + 1, image_size)
         photo_signals = registry.register_bank("bench-images", BankKind.IMPORTED, [
@@ -1292,7 +1292,10 @@ def latency(seconds: list[float]) -> dict[str, Any]:
 
 def summarise(records: list[Record], t0: float | None = None, t1: float | None = None
               ) -> dict[str, Any]:
-    rows = [r for r in records if (t0 is None or r.t >= t0) and (t1 is None or r.t <= t1)]
+    """Requests in flight at some time in [t0, t1]: answered at or after t0, sent at or before
+    t1 (a request sent before a fault and answered during it is the fault's)."""
+    rows = [r for r in records
+            if (t0 is None or r.t + r.d >= t0) and (t1 is None or r.t <= t1)]
     per: dict[str, Any] = {}
     for name in sorted({r.name for r in rows}):
         mine = [r for r in rows if r.name == name]
@@ -1390,7 +1393,7 @@ class FaultBench:
         self.last_records = records
         window = summarise(records, t_start, t_recovered + tail_s)
         during = summarise(records, t_start, t_healed)
-        before = summarise(records, None, t_start - 1e-6)
+        before = summarise([r for r in records if r.t + r.d < t_start])
         log = self.server.log_since(log_offset)
         last_bad = max((r[0] for r in monitor.seen if r[0] >= t_healed and r[1] != 200),
                        default=None)
@@ -1683,6 +1686,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fault-snapshot-every", type=int, default=200,
                    help="TAKEDOWN_SNAPSHOT_EVERY of the fault server (snapshots during faults)")
     p.add_argument("--pg-down-s", type=float, default=3.0)
+    p.add_argument("--pg-tail-s", type=float, default=12.0,
+                   help="load and /readyz watched this long after PostgreSQL is back (the "
+                        "followers retry with a pause growing to 10 s)")
     p.add_argument("--redis-down-s", type=float, default=5.0)
     p.add_argument("--lock-s", type=float, default=5.0)
     p.add_argument("--snapshot-fault-s", type=float, default=15.0,
@@ -1799,7 +1805,8 @@ def main(argv: list[str] | None = None) -> int:
                             "snapshot_full": args.snapshot_fault_s}
             # The follower retries with a pause growing to 10 s: watch /readyz that long after.
             bench.tail_s = {"snapshot_readonly": args.snapshot_tail_s,
-                            "snapshot_full": args.snapshot_tail_s}
+                            "snapshot_full": args.snapshot_tail_s,
+                            "restart_postgres": args.pg_tail_s}
             chosen = [f for f in (args.only_faults.split(",") if args.only_faults else FAULTS)]
             try:
                 report["faults"] = faults(bench, chosen, out, args)

@@ -37,24 +37,22 @@ from tests.conftest import FAST_KDF, unavailable
 LOAD = {"users": 3, "rate_per_user": 2.0, "batch": 20, "image_size": (640, 480), "seed": 41,
         "weights": {"match_batch": 6, "match_image": 2, "submit": 3, "case_status": 1,
                     "withdraw": 2}}
-# Read-only long enough for the follower's retry pause to pass TAKEDOWN_MAX_SYNC_AGE_S (2 s
-# here): the xfail below must fail for as long as the bug is there.
+# Read-only long enough for a follower that backed off on the failed snapshot (the old bug) to
+# pass TAKEDOWN_MAX_SYNC_AGE_S (2 s here).
 HOLD_S = {"restart_postgres": 2.0, "redis_outage": 3.0, "snapshot_readonly": 8.0,
           "snapshot_full": 5.0, "db_lock": 5.0}
 TAIL_S = {"snapshot_readonly": 3.0, "snapshot_full": 3.0}
 
 
 class ReadinessDropped(AssertionError):
-    """/readyz answered 503 while the registry could serve (see the xfail reasons)."""
+    """/readyz answered 503 while the registry could serve."""
 
 
-SNAPSHOT_BUG = (
-    "registry/service/follower.py: Follower._sync lets an OSError from save_snapshot (snapshot "
-    "folder read-only or full) escape into _run, which counts it as a follower error, drops the "
-    "LISTEN connection and backs off (0.5 s doubling to 10 s) without advancing "
-    "_snapshot_position, so it fails again on every retry: the follower stops following and "
-    "/readyz turns 503 (sync age > TAKEDOWN_MAX_SYNC_AGE_S, or lag > TAKEDOWN_MAX_INDEX_LAG) on "
-    "every worker sharing the folder, while they can serve")
+# Until 95fef9a, Follower._sync let an OSError from save_snapshot (snapshot folder read-only or
+# full) escape into _run, which counted it as a follower error, dropped the LISTEN connection
+# and backed off (0.5 s doubling to 10 s) without advancing _snapshot_position, so it failed
+# again on every retry: /readyz turned 503 on every worker sharing the folder while they could
+# serve. These tests caught it (then as strict xfails) and keep it fixed.
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +84,7 @@ def _line(report: dict[str, object]) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", [
     "kill_worker", "restart_postgres", "redis_outage",
-    pytest.param("snapshot_readonly", marks=pytest.mark.xfail(
-        strict=True, raises=ReadinessDropped, reason=SNAPSHOT_BUG)),
-    "snapshot_full", "db_lock"])
+    "snapshot_readonly", "snapshot_full", "db_lock"])
 def test_a_fault_under_load_loses_nothing_acknowledged(bench: soak.FaultBench, fault: str
                                                        ) -> None:
     if fault == "snapshot_full" and not bench.snapshots.mounted:
@@ -112,19 +108,14 @@ def test_a_fault_under_load_loses_nothing_acknowledged(bench: soak.FaultBench, f
     assert problems == {}, problems
     if fault == "restart_postgres":
         assert report["readyz_during_fault"]["database_down_answers"] > 0
-    if dropped and fault == "snapshot_readonly":
+    if dropped:  # a read-only or full snapshot folder costs a slower restart, not readiness
         raise ReadinessDropped(f"/readyz 503 while serving: {dropped}")
-    # A full folder trips the same bug only for the worker that got the snapshot lock first
-    # (the others skip that turn), so whether /readyz drops there is down to timing: shown only.
-    if dropped:
-        print(f"{fault}: /readyz 503 while serving: {dropped}")
 
 
-@pytest.mark.xfail(strict=True, raises=ReadinessDropped, reason=SNAPSHOT_BUG)
 def test_a_snapshot_that_cannot_be_written_leaves_the_follower_following(tmp_path: Path
                                                                          ) -> None:
-    """The same bug without servers: SQLite, one process, a file where the snapshot folder
-    was (read-only and full folders raise OSError from save_snapshot the same way)."""
+    """The same without servers: SQLite, one process, a file where the snapshot folder was
+    (read-only and full folders raise OSError from save_snapshot the same way)."""
     settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), pin_kdf_n=FAST_KDF,
                                  snapshot_every=1, follow_poll_s=0.05, max_sync_age_s=2.0)
     registry = build_registry(settings)
