@@ -1810,10 +1810,13 @@ def main(argv: list[str] | None = None) -> int:
             chosen = [f for f in (args.only_faults.split(",") if args.only_faults else FAULTS)]
             try:
                 report["faults"] = faults(bench, chosen, out, args)
+                bench.server.stop()
+                # A fresh process from the snapshot the workers wrote through the faults (the
+                # tmpfs is still mounted) plus the log tail, against the database.
+                report["faults"]["index_verify"] = verify_index(
+                    db_url, bench.snapshots.path.parent, args.pin_kdf_n)
             finally:
                 bench.close()
-            report["faults"]["index_verify"] = verify_index(db_url, bench.snapshots.path.parent,
-                                                            args.pin_kdf_n)
     finally:
         report["elapsed_s"] = round(time.time() - started, 1)
         write(out, report)
