@@ -76,7 +76,7 @@ class Tally:
         for key, n in seen.items():
             label, _, status = key.rpartition(" ")
             statuses[status] += n
-            if label and label != "-" and status.isdigit():
+            if target == "site" and label and label != "-" and status.isdigit():
                 csrf[label if label == "valid" else "broken"] += n
                 if label == "valid" and int(status) != web.CSRF_FAILED:
                     csrf["valid, past the gate"] += n
