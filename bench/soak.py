@@ -1195,6 +1195,9 @@ class LoadGenerator:
         if not pool:
             return self.submit(user)
         case = self.pick.choice(pool)
+        # What the ledger said when the request left: a withdrawal acknowledged while this
+        # check is in flight may land after the server read the case.
+        withdrawn_when_sent = case in self.withdrawn
         resp, t0 = self._form(user, "/case?lang=en", "case_status",
                               {"case": case["case"], "pin": case["pin"]})
         if resp is None:
@@ -1205,7 +1208,7 @@ class LoadGenerator:
         check = ""
         if case["case"].encode() not in page:
             check = "case number not on the status page"
-        elif case in self.withdrawn and b"badge withdrawn" not in page:
+        elif withdrawn_when_sent and b"badge withdrawn" not in page:
             check = "acknowledged withdrawal shown as active"
         elif (case["case"] not in self.attempted and case not in self.withdrawn
               and b"badge active" not in page):
