@@ -3,6 +3,7 @@ PostgreSQL database when the server is reachable, and images generated in code."
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
@@ -42,9 +43,10 @@ def registry(settings: Settings) -> Iterator[Registry]:
     reg.close()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for as long as the block runs, dropped afterwards
+    (skipped, or failed under REQUIRE_SERVICES=1, without a server)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
@@ -56,13 +58,19 @@ def pg_url() -> Iterator[str]:
     except OperationalError as e:
         admin.dispose()
         unavailable("PostgreSQL", str(e.orig).strip().splitlines()[0])
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     try:
-        yield url
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with postgres_database() as url:
+        yield url
 
 
 def photo(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:

@@ -22,7 +22,6 @@ bench/webfuzz.py runs all of it long and counts the requests and statuses.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import inspect
 import json
@@ -73,7 +72,7 @@ from registry.service.feedback import parse_outcome
 from registry.web import create_app, csrf
 from registry.web.api import match_queries, parse_query
 from registry.web.submission import parse_submission
-from tests.conftest import FAST_KDF, PG_ADMIN_URL, encode, photo, unavailable
+from tests.conftest import FAST_KDF, encode, photo, postgres_database
 
 MAX_EXAMPLES = int(os.environ.get("TAKEDOWN_FUZZ_EXAMPLES", "20"))  # more in a deep run
 MODES = {"positive": GenerationMode.POSITIVE, "negative": GenerationMode.NEGATIVE}
@@ -351,28 +350,6 @@ def page_body(registry: Registry, seed: int) -> dict[str, Any]:
 @cache
 def real_jpeg() -> bytes:
     return encode(photo(64, (320, 240)), quality=90)
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for as long as the block runs (skipped without a server)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
-
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    name = f"takedown_test_{secrets.token_hex(6)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as e:
-        admin.dispose()
-        unavailable("PostgreSQL", str(e.orig).strip().splitlines()[0])
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
