@@ -15,14 +15,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry.errors import InvalidInput
 from registry.store import Store
 
-log = logging.getLogger("takedown.audit")
 ANCHOR_FILE = "audit-anchors.jsonl"
 
 
