@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
                          "registry.hashing", "numpy", "PIL", "imagehash", "pdqhash", "scipy",
                          "cv2", "simplejpeg"},
     "registry.index": {"registry.errors", "registry.domain", "registry.config", "registry.index",
-                       "numpy", "faiss", "cv2"},
+                       "numpy", "faiss", "cv2", "xxhash", "pymilvus"},
     "registry.store": {"registry.errors", "registry.domain", "registry.store", "sqlalchemy",
                        "alembic", "psycopg"},  # psycopg: the LISTEN connection (store.notify)
     "registry.service": {"registry.errors", "registry.domain", "registry.config",

@@ -38,9 +38,11 @@ def header_of(raw: bytes) -> tuple[dict[str, object], int]:
 
 
 def with_header(raw: bytes, header: dict[str, object]) -> bytes:
-    _, body_start = header_of(raw)
-    head = json.dumps(header).encode()
-    return framed(head) + raw[body_start:]
+    """``raw`` with another header in its place; the arrays stay where they were (the header's
+    room runs to the first 4096-byte boundary)."""
+    frame = framed(json.dumps(header).encode())
+    assert len(frame) <= 4096
+    return frame + raw[len(frame):]
 
 
 def framed(head: bytes) -> bytes:
@@ -180,7 +182,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"TRIDX", b"TRIDX\x03" + b"\x00" * 40, b"PK\x03\x04not a snapshot", b"TRIDX\x01\x00"],
+    [b"", b"TRIDX", b"TRIDX\x02" + b"\x00" * 40, b"PK\x03\x04not a snapshot", b"TRIDX\x01\x00"],
 )
 def test_wrong_magic_or_too_short(saved: Path, content: bytes) -> None:
     saved.write_bytes(content)
@@ -189,17 +191,31 @@ def test_wrong_magic_or_too_short(saved: Path, content: bytes) -> None:
     assert str(saved) in str(e.value)
 
 
+def array_spans(raw: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of every non-empty array in a snapshot's body."""
+    header, _ = header_of(raw)
+    spans = []
+    for m in header["sections"]:  # type: ignore[attr-defined]
+        for a in m["arrays"]:
+            n = int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize
+            if n:
+                spans.append((a["offset"], n))
+    return spans
+
+
 def test_flipped_byte_in_the_body_fails_the_checksum(saved: Path) -> None:
     raw = saved.read_bytes()
-    _, body_start = header_of(raw)
-    body_len = len(raw) - body_start
-    for offset in (0, 7, 8 * 50 + 3, body_len - 1):  # pdq ids, pdq codes, last phash code byte
-        damaged = bytearray(raw)
-        damaged[body_start + offset] ^= 0x10
-        saved.write_bytes(bytes(damaged))
-        with pytest.raises(SnapshotError, match="checksum") as e:
-            snapshot.load(saved)
-        assert "corrupt" in str(e.value) and str(saved) in str(e.value)
+    spans = array_spans(raw)
+    assert len(spans) == 4  # pdq ids and codes, phash ids and codes
+    for start, length in spans:
+        for at in (start, start + length // 2, start + length - 1):
+            damaged = bytearray(raw)
+            damaged[at] ^= 0x10
+            saved.write_bytes(bytes(damaged))
+            for mapped in (True, False):
+                with pytest.raises(SnapshotError, match="checksum") as e:
+                    snapshot.load_with_fingerprint(saved, mapped)
+                assert "corrupt" in str(e.value) and str(saved) in str(e.value)
 
 
 @pytest.mark.parametrize("keep", [12, 40, -1, -100])
@@ -219,9 +235,10 @@ def test_truncated_file(saved: Path, keep: int) -> None:
         b"42",
         b'"text"',
         b"{}",
-        b'{"format": 2, "position": 3}',
-        b'{"format": 2, "position": 3, "sections": [{"kind": "x"}]}',
-        b'{"format": 2, "position": "many", "sections": []}',
+        b'{"format": 3, "position": 3}',
+        b'{"format": 3, "position": 3, "sections": [{"kind": "x"}]}',
+        b'{"format": 3, "position": "many", "sections": []}',
+        b'{"format": 3, "position": 3, "sections": [], "size": "big"}',
     ],
 )
 def test_garbage_header(saved: Path, head: bytes) -> None:
@@ -243,29 +260,31 @@ def test_header_length_beyond_the_file(saved: Path) -> None:
 def test_unknown_format_version(saved: Path) -> None:
     raw = saved.read_bytes()
     header, _ = header_of(raw)
-    saved.write_bytes(with_header(raw, {**header, "format": 3}))
-    with pytest.raises(SnapshotError, match="format 3; want 2"):
+    saved.write_bytes(with_header(raw, {**header, "format": 4}))
+    with pytest.raises(SnapshotError, match="format 4; want 3"):
         snapshot.load(saved)
 
 
 def test_section_offset_beyond_the_body(saved: Path) -> None:
     raw = saved.read_bytes()
     header, _ = header_of(raw)
-    header["sections"][0]["offset"] = len(raw)  # type: ignore[index]
+    header["sections"][0]["arrays"][0]["offset"] = len(raw) // 4096 * 4096  # type: ignore[index]
     saved.write_bytes(with_header(raw, header))
     with pytest.raises(SnapshotError, match="corrupt"):
         snapshot.load(saved)
 
 
 @pytest.mark.parametrize(("field", "value"), [("count", -1), ("count", 2**62), ("bits", 0),
-                                              ("offset", -8)])
+                                              ("offset", -8), ("offset", 4097), ("shape", [2**62]),
+                                              ("dtype", "<f8"), ("layout", "tables")])
 def test_impossible_section_sizes_are_corrupt_not_a_crash(saved: Path, field: str,
                                                           value: int) -> None:
     """Sections are read into arrays allocated from the header's sizes: a header that passes its
     checksum but asks for a negative or absurd size is refused, not allocated."""
     raw = saved.read_bytes()
     header, _ = header_of(raw)
-    header["sections"][0][field] = value  # type: ignore[index]
+    section = header["sections"][0]  # type: ignore[index]
+    (section["arrays"][0] if field in ("offset", "shape", "dtype") else section)[field] = value
     saved.write_bytes(with_header(raw, header))
     with pytest.raises(SnapshotError, match="corrupt"):
         snapshot.load(saved)
@@ -382,3 +401,122 @@ def test_index_set_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert path.read_bytes() == before
     assert leftovers(tmp_path, "index.snap") == []
     assert IndexSet.load(path).position == 4242
+
+
+# --- multi-index tables, mapped ---------------------------------------------------------------
+def brute(ids: np.ndarray, codes: np.ndarray, queries: np.ndarray, radius: int
+          ) -> list[list[tuple[int, int]]]:
+    out = []
+    for q in queries:
+        d = np.unpackbits(codes ^ q, axis=1).sum(axis=1)
+        keep = np.flatnonzero(d <= radius)
+        out.append(sorted((int(d[i]), int(ids[i])) for i in keep))
+    return out
+
+
+def planted(rng: np.random.Generator, codes: np.ndarray, n: int, max_flip: int) -> np.ndarray:
+    queries = codes[rng.integers(0, len(codes), n)].copy()
+    for q in queries:
+        bits = rng.choice(codes.shape[1] * 8, int(rng.integers(0, max_flip + 1)), replace=False)
+        for b in bits:
+            q[b // 8] ^= np.uint8(1 << (b % 8))
+    return queries
+
+
+def test_multi_index_tables_are_written_once_and_mapped_as_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "index.snap"
+    original = filled_index_set(4)
+    original.save(path)
+    raw = path.read_bytes()
+    header, _ = header_of(raw)
+    layouts = {m["kind"]: m["layout"] for m in header["sections"]}  # type: ignore[attr-defined]
+    assert layouts == {"pdq": "tables", "phash": "tables", "local": "rows"}
+    assert all(a["offset"] % 4096 == 0 for m in header["sections"]  # type: ignore[attr-defined]
+               for a in m["arrays"])
+    assert header["size"] == len(raw)
+    mapped = IndexSet.load(path)
+    copied = IndexSet.load(path, mapped=False)
+    rng = np.random.default_rng(5)
+    for kind in (SignalKind.PDQ, SignalKind.PHASH):
+        ids, codes = original.indexes[kind].export()
+        queries = np.concatenate([planted(rng, codes, 40, 40), random_codes(rng, 10, kind.bits)])
+        for loaded, shared in ((mapped, True), (copied, False)):
+            index = loaded.indexes[kind]
+            assert isinstance(index, MultiIndex) and index.mapped is shared
+            assert index.stats["mapped"] == int(shared) and index.stats["delta"] == 0
+            radius = index.exact_radius
+            got = [sorted(zip(r.distances.tolist(), r.ids.tolist(), strict=True))
+                   for r in index.search(queries, radius)]
+            assert got == brute(ids, codes, queries, radius)
+    # a mapped index takes adds and removals in its own delta and tombstones, and compacts into
+    # private tables when asked: the mapping is never written to
+    pdq = mapped.indexes[SignalKind.PDQ]
+    assert isinstance(pdq, MultiIndex)
+    extra = random_codes(rng, 3, 256)
+    pdq.add(np.array([9001, 9002, 9003]), extra)
+    first_id = int(pdq.export()[0][0])
+    assert pdq.remove(np.array([first_id])) == 1
+    hits = pdq.search(extra, 0)
+    assert [r.ids.tolist() for r in hits] == [[9001], [9002], [9003]]
+    pdq.compact()
+    assert not pdq.mapped and first_id not in pdq.export()[0].tolist()
+    assert path.read_bytes() == raw
+
+
+def test_a_delta_is_folded_into_new_tables_when_saved(tmp_path: Path) -> None:
+    path = tmp_path / "index.snap"
+    s = filled_index_set(6)  # pdq has a delta and tombstones
+    pdq = s.indexes[SignalKind.PDQ]
+    assert isinstance(pdq, MultiIndex) and pdq.pending != (0, 0)
+    want = dict(zip(*(x.tolist() if i == 0 else list(map(bytes, x))
+                      for i, x in enumerate(pdq.export())), strict=True))
+    s.save(path)
+    assert pdq.pending != (0, 0)  # saving does not change the live index
+    loaded = IndexSet.load(path).indexes[SignalKind.PDQ]
+    assert loaded.stats["base"] == len(want) and loaded.stats["delta"] == 0
+    ids, codes = loaded.export()
+    assert dict(zip(ids.tolist(), map(bytes, codes), strict=True)) == want
+
+
+def rewrite_array(raw: bytes, kind: str, name: str, new: np.ndarray) -> bytes:
+    """The snapshot with one array replaced and its checksum made to match: damage a writer
+    could produce that the checksum cannot catch."""
+    import xxhash
+
+    header, _ = header_of(raw)
+    body = bytearray(raw)
+    for m in header["sections"]:  # type: ignore[attr-defined]
+        for a in m["arrays"]:
+            if m["kind"] == kind and a["name"] == name:
+                data = np.ascontiguousarray(new, dtype=a["dtype"]).tobytes()
+                body[a["offset"]:a["offset"] + len(data)] = data
+                a["xxh3"] = xxhash.xxh3_64_intdigest(data)
+    return with_header(bytes(body), header)
+
+
+def test_tables_that_pass_their_checksum_but_do_not_fit_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.snap"
+    filled_index_set(7).save(path)
+    raw = path.read_bytes()
+    _, sections = snapshot.load(path)
+    tables = next(s for s in sections if s.kind == "pdq")
+    assert isinstance(tables, snapshot.TablesSection)
+    for damage in ("offset past the blob", "positions go backwards"):
+        dirs = tables.dirs.copy()
+        if damage == "offset past the blob":
+            dirs[3, -1] = tables.blob.shape[1]
+        else:
+            dirs[0, 2 * 100] = dirs[0, 2 * 101] + 1
+        path.write_bytes(rewrite_array(raw, "pdq", "dirs", dirs))
+        with pytest.raises(SnapshotError, match="inconsistent tables"):
+            IndexSet.load(path)
+
+
+def test_a_snapshot_grown_or_cut_by_a_page_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index.snap"
+    filled_index_set(8).save(path)
+    raw = path.read_bytes()
+    for damaged in (raw + b"\0" * 4096, raw[:-4096]):
+        path.write_bytes(damaged)
+        with pytest.raises(SnapshotError, match="corrupt"):
+            IndexSet.load(path)

@@ -95,6 +95,14 @@ class IdColumn:
             self.offset = 0
             self.values = np.ascontiguousarray(arr)
 
+    @classmethod
+    def of_values(cls, offset: int, values: npt.NDArray[np.uint32] | Ids) -> IdColumn:
+        """A column over existing values (a snapshot's, possibly a read-only mapping)."""
+        column = cls.__new__(cls)
+        column.offset = int(offset)
+        column.values = values
+        return column
+
     @property
     def nbytes(self) -> int:
         return int(self.values.nbytes)

@@ -16,10 +16,10 @@ import numpy as np
 from registry.domain import ChangeAction, Signal, SignalKind
 from registry.errors import InvalidHash, SnapshotError
 from registry.index import snapshot
-from registry.index.base import Codes, Ids, SearchResult
+from registry.index.base import Codes, IdColumn, Ids, SearchResult
 from registry.index.flat import FlatIndex
 from registry.index.local import Keypoints, LocalIndex, Verified
-from registry.index.multi import MultiIndex
+from registry.index.multi import CompactionPlan, MultiIndex
 from registry.index.sampled import SampledIndex
 
 PERCEPTUAL = (SignalKind.PDQ, SignalKind.PHASH)
@@ -63,6 +63,23 @@ class IndexOptions:
         # milliseconds at 64M descriptors (bench/local_scale.py).
         return LocalIndex(SampledIndex(256, self.compact_ratio, auto_compact=self.auto_compact))
 
+    def of_section(self, kind: SignalKind, section: snapshot.AnySection
+                   ) -> FlatIndex | MultiIndex:
+        """The index a snapshot section holds: a multi-index's tables are used as they are."""
+        if isinstance(section, snapshot.TablesSection):
+            if self.kind == "flat":
+                ids = IdColumn.of_values(section.id_offset, section.id_values).full()
+                return self.of_arrays(kind, ids, np.array(section.codes))
+            try:
+                index = MultiIndex.from_section(section, self.exact_radius[kind],
+                                                self.compact_ratio, self._extra(kind))
+            except ValueError as e:
+                raise SnapshotError(f"The snapshot's {kind.value} tables are unusable: {e}."
+                                    ) from None
+            index.auto_compact = self.auto_compact
+            return index
+        return self.of_arrays(kind, section.ids, section.codes)
+
     def of_arrays(self, kind: SignalKind, ids: Ids, codes: Codes
                   ) -> FlatIndex | MultiIndex:
         if self.kind == "flat":
@@ -71,6 +88,32 @@ class IndexOptions:
                                        self.compact_ratio, self._extra(kind))
         index.auto_compact = self.auto_compact
         return index
+
+
+@dataclass
+class SnapshotPlan:
+    """A snapshot frozen by :meth:`IndexSet.snapshot_plan`, built into sections later."""
+
+    position: int
+    parts: list[tuple[str, CompactionPlan | MultiIndex | snapshot.Section]]
+    indexes: Mapping[SignalKind, FlatIndex | MultiIndex]
+
+    def sections(self) -> list[snapshot.AnySection]:
+        """The slow part, with no lock held: a multi-index with a delta or tombstones gets new
+        tables (the C build releases the GIL), one without is written as it is."""
+        out: list[snapshot.AnySection] = []
+        for name, part in self.parts:
+            if isinstance(part, CompactionPlan):
+                index = self.indexes[SignalKind(name)]
+                assert isinstance(index, MultiIndex)
+                index.build(part)
+                assert part.tables is not None
+                out.append(part.tables.section(name))
+            elif isinstance(part, MultiIndex):
+                out.append(part.base_section(name))
+            else:
+                out.append(part)
+        return out
 
 
 class IndexSet:
@@ -86,16 +129,21 @@ class IndexSet:
     def __len__(self) -> int:
         return sum(len(i) for i in self.indexes.values()) + len(self.local)
 
-    def apply(self, changes: Iterable[tuple[int, ChangeAction, int, Signal]]) -> int:
+    def apply(self, changes: Iterable[tuple[int, ChangeAction, int, Signal]],
+              kinds: Iterable[SignalKind] = INDEXED) -> int:
         """Apply change-log entries ``(seq, action, signal_id, signal)`` in order; entries at or
-        below the current position are skipped, so replaying a tail twice is harmless."""
+        below the current position are skipped, so replaying a tail twice is harmless. Entries
+        of kinds not in ``kinds`` only advance the position."""
         applied = 0
         pending = self.position  # the position advances only once its entries are applied
         adds: dict[SignalKind, tuple[list[int], list[bytes]]] = {}
+        wanted = set(kinds)
         for seq, action, signal_id, signal in changes:
             if seq <= pending:
                 continue
-            if signal.kind is SignalKind.LOCAL:
+            if signal.kind not in wanted:
+                pass
+            elif signal.kind is SignalKind.LOCAL:
                 if action is ChangeAction.ADD:
                     ids, codes = adds.setdefault(signal.kind, ([], []))
                     ids.append(signal_id)
@@ -138,23 +186,38 @@ class IndexSet:
                      ) -> list[Verified]:
         return self.local.search(query, radius, min_inliers)
 
-    def sections(self) -> list[snapshot.Section]:
-        """Copies of every kind's live (ids, codes): what a snapshot holds (local signals as
-        their packed bytes, padded to one width)."""
-        out = []
+    def snapshot_plan(self) -> SnapshotPlan:
+        """What a snapshot of this set holds, taken cheaply (call under the lock guarding the
+        set): each multi-index's frozen base plus copies of its delta and tombstones, the other
+        kinds' live rows. :meth:`SnapshotPlan.sections` then does the slow part without it."""
+        parts: list[tuple[str, CompactionPlan | MultiIndex | snapshot.Section]] = []
         for kind, index in self.indexes.items():
-            ids, codes = index.export()
-            out.append(snapshot.Section(kind.value, kind.bits, ids, codes))
+            if isinstance(index, MultiIndex):
+                delta, dead = index.pending
+                parts.append((kind.value, index.begin_compaction() if delta or dead else index))
+            else:
+                ids, codes = index.export()
+                parts.append((kind.value, snapshot.Section(kind.value, kind.bits, ids, codes)))
         ids, codes = self.local.export()
-        out.append(snapshot.Section(SignalKind.LOCAL.value, self.local.bits, ids, codes))
-        return out
+        parts.append((SignalKind.LOCAL.value,
+                      snapshot.Section(SignalKind.LOCAL.value, self.local.bits, ids, codes)))
+        return SnapshotPlan(self.position, parts, self.indexes)
+
+    def sections(self) -> list[snapshot.AnySection]:
+        """Every kind's index as snapshot sections (multi-indexes as their tables)."""
+        return self.snapshot_plan().sections()
 
     def save(self, path: Path, fingerprint: str = "") -> None:
         snapshot.save(path, self.position, self.sections(), fingerprint)
 
     @classmethod
-    def load(cls, path: Path, options: IndexOptions | None = None) -> IndexSet:
-        position, sections, fingerprint = snapshot.load_with_fingerprint(path)
+    def load(cls, path: Path, options: IndexOptions | None = None, *, mapped: bool = True,
+             kinds: Iterable[SignalKind] = INDEXED) -> IndexSet:
+        """The set a snapshot holds. Multi-index tables are used as they are: with ``mapped``
+        (the default) they stay in the file's shared mapping and nothing is built. Only
+        ``kinds`` are loaded (the others stay empty)."""
+        position, sections, fingerprint = snapshot.load_with_fingerprint(path, mapped)
+        wanted = set(kinds)
         out = cls(options)
         out.fingerprint = fingerprint
         for s in sections:
@@ -162,7 +225,10 @@ class IndexSet:
                 kind = SignalKind(s.kind)
             except ValueError:
                 raise SnapshotError(f"{path} holds an unknown signal kind {s.kind!r}.") from None
-            if kind is SignalKind.LOCAL and s.bits == out.local.bits:
+            if kind is SignalKind.LOCAL and s.bits == out.local.bits \
+                    and isinstance(s, snapshot.Section):
+                if kind not in wanted:
+                    continue
                 try:
                     out.local.add(s.ids, [LocalIndex.blob_of_row(r) for r in s.codes])
                 except (ValueError, InvalidHash) as e:
@@ -170,7 +236,8 @@ class IndexSet:
                 continue
             if kind not in out.indexes or kind.bits != s.bits:
                 raise SnapshotError(f"{path} holds {s.kind} codes of {s.bits} bits.")
-            out.indexes[kind] = out.options.of_arrays(kind, s.ids, s.codes)
+            if kind in wanted:
+                out.indexes[kind] = out.options.of_section(kind, s)
         out.position = position
         return out
 

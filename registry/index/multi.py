@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from registry.index import _mih
+from registry.index import _mih, snapshot
 from registry.index.base import (
     Codes,
     IdColumn,
@@ -95,6 +95,30 @@ class _Tables:
         # The kernel releases the GIL: chunks build in parallel.
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             list(pool.map(build, range(self.chunks)))
+
+    @classmethod
+    def of_section(cls, section: snapshot.TablesSection) -> _Tables:
+        """Tables over a snapshot's arrays as they are (with a mapped snapshot, read-only views
+        of the file shared by every process mapping it): nothing is built or copied."""
+        tables = cls.__new__(cls)
+        tables.nbytes = section.bits // 8
+        tables.chunks = section.bits // CHUNK_BITS
+        tables.codes = section.codes
+        tables.ids = IdColumn.of_values(section.id_offset, section.id_values)
+        tables.dirs = section.dirs.reshape(section.dirs.shape[0], -1)
+        tables.blob = section.blob.reshape(section.blob.shape[0], -1)
+        if tables.blob.shape != (tables.chunks, _mih.blob_bytes(len(section.codes))):
+            raise ValueError("the tables do not fit their codes")
+        return tables
+
+    def section(self, kind: str) -> snapshot.TablesSection:
+        return snapshot.TablesSection(kind, self.nbytes * 8, self.codes, self.ids.offset,
+                                      self.ids.values, self.dirs, self.blob)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the tables are views of a mapped snapshot (shared) rather than private."""
+        return not self.codes.flags.writeable
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -227,6 +251,7 @@ class MultiIndex:
     def stats(self) -> dict[str, int]:
         return {
             "live": len(self),
+            "mapped": int(self._base.mapped),
             "base": len(self._base),
             "delta": int(self._delta.ntotal),
             "tombstones": self._dead_rows,
@@ -245,6 +270,20 @@ class MultiIndex:
     @property
     def memory_bytes(self) -> int:
         return sum(self.memory_parts.values())
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the base is shared through a mapped snapshot (see ``snapshot.py``)."""
+        return self._base.mapped
+
+    def base_section(self, kind: str) -> snapshot.TablesSection:
+        """The base's tables as a snapshot section (the delta and tombstones are not in it)."""
+        return self._base.section(kind)
+
+    @property
+    def pending(self) -> tuple[int, int]:
+        """Rows in the delta and tombstoned rows: what the next base folds in."""
+        return int(self._delta.ntotal), self._dead_rows
 
     def compact(self) -> None:
         """Fold delta and tombstones into a rebuilt base, inline."""
@@ -290,6 +329,14 @@ class MultiIndex:
                               + np.isin(self._delta_ids, dead).sum()) if len(dead) else 0
         self._generation += 1
         return True
+
+    @classmethod
+    def from_section(cls, section: snapshot.TablesSection, exact_radius: int,
+                     compact_ratio: float = 0.1, extra_probes: int = 0) -> MultiIndex:
+        """An index whose base is a snapshot's tables as they are (see ``_Tables.of_section``)."""
+        index = cls(section.bits, exact_radius, compact_ratio, extra_probes=extra_probes)
+        index._base = _Tables.of_section(section)
+        return index
 
     @classmethod
     def from_arrays(cls, bits: int, ids: Ids, codes: Codes, exact_radius: int,

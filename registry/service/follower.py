@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from registry.domain import SignalKind
 from registry.errors import RegistryError
+from registry.index.catalog import INDEXED, PERCEPTUAL
 from registry.service.indexing import IndexKeeper
 from registry.store import Store
 from registry.store.notify import Listener
@@ -97,20 +99,31 @@ class Follower:
     def _sync(self) -> None:
         self.keeper.sync()
         self._last_sync_at = time.time()
-        self.keeper.compact_pending()
+        # A snapshot written by another process of this machine (its compaction or periodic
+        # save): map it and drop this process' own delta, tombstones and old tables.
+        self.keeper.adopt_snapshot()
         position = self.keeper.indexes.position
-        if self.snapshot_every and position - self._snapshot_position >= self.snapshot_every:
+        due = self.snapshot_every and position - self._snapshot_position >= self.snapshot_every
+        if due or self.keeper.needs_compaction():
+            # PDQ and pHash compact by writing a new shared snapshot (one writer per machine;
+            # the others find the lock taken and map the result when it lands).
             try:
-                self.keeper.save_snapshot(if_free=True)
+                if (self.keeper.save_snapshot(if_free=True) is not None
+                        and not self.keeper.adopt_snapshot()):
+                    self.keeper.compact_pending(PERCEPTUAL)  # its own file refused: say so, go on
                 self._snapshot_failing = False
             except OSError as e:
-                # A read-only or full snapshot folder costs a slower restart, not serving: the
-                # follower goes on following and tries again after the next snapshot_every.
+                # A read-only or full snapshot folder costs memory and a slower restart, not
+                # serving: this process compacts in its own memory instead (below) and tries
+                # again after the next snapshot_every.
                 if not self._snapshot_failing:
                     log.warning("follower: cannot write the index snapshot: %s", e)
                 self._snapshot_failing = True
-            self.store.refresh_statistics()  # where autovacuum is off, keep the plans right
-            self._snapshot_position = position
+            if due:
+                self.store.refresh_statistics()  # where autovacuum is off, keep the plans right
+                self._snapshot_position = position
+        self.keeper.compact_pending(
+            INDEXED if self._snapshot_failing else (SignalKind.LOCAL,))
         if self._anchor is not None and time.time() - self._anchored_at >= self._anchor_every_s:
             self._anchored_at = time.time()
             try:

@@ -3,12 +3,13 @@ snapshot. The index is a cache of the database; the database is always right."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -19,7 +20,7 @@ from registry.domain import SignalKind
 from registry.errors import SnapshotError
 from registry.index import snapshot
 from registry.index.base import Ids, SearchResult
-from registry.index.catalog import PERCEPTUAL, IndexOptions, IndexSet
+from registry.index.catalog import INDEXED, PERCEPTUAL, IndexOptions, IndexSet
 from registry.index.local import Keypoints, Verified
 from registry.index.multi import MultiIndex
 from registry.index.sampled import SampledIndex
@@ -72,36 +73,117 @@ class IndexKeeper:
         self.lock = threading.RLock()
         self.loaded_at = 0.0
         self.loaded_from = "empty"
+        self._adopted: tuple[int, int, int, int] | None = None  # the snapshot file mapped last
+        self.adopted = 0  # snapshots switched to after loading
 
     # --- loading -------------------------------------------------------------------------
     def load(self) -> str:
-        """Snapshot + log tail when a good snapshot exists, else a rebuild from the database."""
+        """Snapshot + log tail when a good snapshot exists, else a rebuild from the database.
+
+        The snapshot is mapped, not copied: every process of a machine serving from the same
+        file shares one copy of its tables. When none is usable the processes starting together
+        take the snapshot lock in turn: the first rebuilds and writes one, the others map it."""
         try:
-            indexes = IndexSet.load(self.snapshot_path, self.options)
-            with self.store.transaction(write=False) as tx:
-                head, first = tx.changes.head(), tx.changes.first()
-                fingerprint = tx.changes.fingerprint(indexes.position)
-            if indexes.position > head:
-                raise SnapshotError("The snapshot is newer than the database's change log.")
-            if indexes.fingerprint and fingerprint and fingerprint != indexes.fingerprint:
-                raise SnapshotError(
-                    f"The snapshot's change {indexes.position} is not the database's: the "
-                    "database was restored or replaced since it was written.")
-            if first > indexes.position + 1:
-                raise SnapshotError(
-                    f"The snapshot is at change {indexes.position} but the log now starts at "
-                    f"{first}: the entries between were pruned.")
-            with self.lock:
-                self.indexes = indexes
-            self.loaded_from = "snapshot"
-        except SnapshotError as e:
-            log.info("index: %s; rebuilding from the database", e.message)
-            self.rebuild()
-            self.loaded_from = "database"
-            self._try_save()
+            self._load_snapshot()
+        except SnapshotError as first:
+            with self._writer(blocking=True):
+                try:  # another process may have written one while this one waited
+                    self._load_snapshot()
+                except SnapshotError as e:
+                    log.info("index: %s; rebuilding from the database",
+                             (e if e.message != first.message else first).message)
+                    self.rebuild()
+                    self.loaded_from = "database"
+                    if self._try_save(locked=True) and self.adopt_snapshot():
+                        self.adopted -= 1  # share the file just written: part of loading
         self.sync()
         self.loaded_at = time.time()
         return self.loaded_from
+
+    def _load_snapshot(self) -> None:
+        identity = snapshot.file_identity(self.snapshot_path)
+        indexes = IndexSet.load(self.snapshot_path, self.options)
+        self._check_history(indexes)
+        with self.lock:
+            self.indexes = indexes
+        self._adopted = identity
+        self.loaded_from = "snapshot"
+
+    def _check_history(self, indexes: IndexSet) -> None:
+        """Refuse a snapshot this database's change log cannot continue from."""
+        with self.store.transaction(write=False) as tx:
+            head, first = tx.changes.head(), tx.changes.first()
+            fingerprint = tx.changes.fingerprint(indexes.position)
+        if indexes.position > head:
+            raise SnapshotError("The snapshot is newer than the database's change log.")
+        if indexes.fingerprint and fingerprint and fingerprint != indexes.fingerprint:
+            raise SnapshotError(
+                f"The snapshot's change {indexes.position} is not the database's: the "
+                "database was restored or replaced since it was written.")
+        if first > indexes.position + 1:
+            raise SnapshotError(
+                f"The snapshot is at change {indexes.position} but the log now starts at "
+                f"{first}: the entries between were pruned.")
+
+    @contextlib.contextmanager
+    def _writer(self, blocking: bool) -> Iterator[bool]:
+        """The machine-wide snapshot writer lock (a ``flock`` beside the snapshot): yields
+        whether this process holds it. Where the lock file cannot be made (a read-only folder)
+        there is no snapshot to write either: it yields False."""
+        lock_path = self.snapshot_path.with_name(self.snapshot_path.name + ".lock")
+        try:
+            self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+            lock_file = open(lock_path, "a+b")  # noqa: SIM115
+        except OSError:
+            yield False
+            return
+        with lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+    def adopt_snapshot(self) -> bool:
+        """Switch this process' PDQ and pHash indexes to a snapshot another process (or this
+        one) wrote since the last one it mapped: map the new file, replay the change log from
+        its position to this index's onto it, swap it in. Searches go on against the old
+        indexes meanwhile; the old mapping goes when the last search using it ends. The local
+        index stays this process' own. A bad file is logged and skipped (the old indexes go on
+        serving), never swapped in. Returns whether a snapshot was adopted."""
+        identity = snapshot.file_identity(self.snapshot_path)
+        if identity is None or identity == self._adopted:
+            return False
+        try:
+            fresh = IndexSet.load(self.snapshot_path, self.options, kinds=PERCEPTUAL)
+            self._check_history(fresh)
+        except SnapshotError as e:
+            log.warning("index: not switching to the new snapshot: %s", e.message)
+            self._adopted = identity  # the next write makes a new file; this one stays refused
+            return False
+        except OSError as e:  # unreadable or gone: try again on the next one
+            log.warning("index: cannot read the new snapshot: %s", e)
+            return False
+        if fresh.position > self.indexes.position:
+            return False  # written past this process' position: adopt it once caught up
+        self._replay(fresh, self.indexes.position)
+        with self.lock:
+            self._replay(fresh, self.indexes.position)  # what arrived meanwhile (little)
+            for kind in PERCEPTUAL:
+                self.indexes.indexes[kind] = fresh.indexes[kind]
+        self._adopted = identity
+        self.adopted += 1
+        return True
+
+    def _replay(self, fresh: IndexSet, upto: int) -> None:
+        """Apply the change log onto ``fresh``'s PDQ and pHash indexes up to ``upto``."""
+        while fresh.position < upto:
+            with self.store.transaction(write=False) as tx:
+                changes = [c for c in tx.changes.since(fresh.position) if c.seq <= upto]
+            if not changes:  # pruned or rolled back under us: the next rebuild sorts it out
+                raise SnapshotError(f"The change log has no entries after {fresh.position}.")
+            fresh.apply(((c.seq, c.action, c.signal_id, c.signal) for c in changes), PERCEPTUAL)
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """A fresh index from every active signal, consistent with one change-log position."""
@@ -162,11 +244,20 @@ class IndexKeeper:
                 if isinstance(index, MultiIndex | SampledIndex):
                     index.auto_compact = False
 
-    def compact_pending(self) -> int:
-        """Rebuild every multi-index whose delta or tombstones passed their bound; searches
-        go on against the old base meanwhile. Returns how many were swapped in."""
+    def needs_compaction(self, kinds: Iterable[SignalKind] = PERCEPTUAL) -> bool:
+        """Whether some multi-index of ``kinds`` passed its delta or tombstone bound."""
+        with self.lock:
+            return any(isinstance(i, MultiIndex | SampledIndex) and i.needs_compaction
+                       for i in (self._inner(k) for k in kinds))
+
+    def compact_pending(self, kinds: Iterable[SignalKind] = INDEXED) -> int:
+        """Rebuild, in this process' own memory, every index of ``kinds`` whose delta or
+        tombstones passed their bound; searches go on against the old base meanwhile. Returns
+        how many were swapped in. (A serving process folds PDQ and pHash into a new shared
+        snapshot instead, see :meth:`save_snapshot`; this is for the local index and for when
+        no snapshot can be written.)"""
         done = 0
-        for kind in (*PERCEPTUAL, SignalKind.LOCAL):
+        for kind in kinds:
             with self.lock:
                 index = self._inner(kind)
             if isinstance(index, MultiIndex | SampledIndex):
@@ -187,30 +278,38 @@ class IndexKeeper:
             return self.indexes.local.inner
         return self.indexes.indexes.get(kind)
 
-    def _try_save(self) -> None:
+    def _try_save(self, locked: bool = False) -> bool:
         # A snapshot only speeds up the next start; failing to write one must not stop this one.
         try:
-            self.save_snapshot()
+            return self.save_snapshot(locked=locked) is not None
         except OSError as e:
             log.warning("index: could not write a snapshot to %s: %s", self.snapshot_path, e)
+            return False
 
-    def save_snapshot(self, *, if_free: bool = False) -> Path | None:
-        """Write a snapshot: copies are taken under the lock, the file is written outside it
-        (searches go on). With ``if_free``, skip it when another process is writing one (every
-        worker follows the same log; one snapshot at a time is enough)."""
-        self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.snapshot_path.with_name(self.snapshot_path.name + ".lock")
-        with open(lock_path, "a+b") as lock_file:
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | (fcntl.LOCK_NB if if_free else 0))
-            except BlockingIOError:
-                return None
-            with self.lock:
-                position = self.indexes.position
-                sections = self.indexes.sections()
-            with self.store.transaction(write=False) as tx:
-                fingerprint = tx.changes.fingerprint(position)
-            snapshot.save(self.snapshot_path, position, sections, fingerprint)
+    def save_snapshot(self, *, if_free: bool = False, locked: bool = False) -> Path | None:
+        """Write a snapshot, PDQ and pHash as new multi-index tables folding in their deltas and
+        tombstones: what is frozen is taken under the lock, the tables are built and the file
+        written outside it (searches go on). Every serving process of the machine then maps it
+        (:meth:`adopt_snapshot`): one build and one copy per machine. With ``if_free``, skip it
+        when another process is writing one (returns None); ``locked``: the caller holds the
+        writer lock already."""
+        if locked:
+            return self._save()
+        with self._writer(blocking=not if_free) as got:
+            if not got:
+                if if_free:
+                    return None
+                self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)  # raises the cause
+                raise OSError(f"cannot lock {self.snapshot_path}")
+            return self._save()
+
+    def _save(self) -> Path:
+        with self.lock:
+            plan = self.indexes.snapshot_plan()
+        sections = plan.sections()
+        with self.store.transaction(write=False) as tx:
+            fingerprint = tx.changes.fingerprint(plan.position)
+        snapshot.save(self.snapshot_path, plan.position, sections, fingerprint)
         return self.snapshot_path
 
     # --- queries -------------------------------------------------------------------------
