@@ -89,6 +89,13 @@ class _Tables:
         self.dirs = np.empty((self.chunks, 2 * (CHUNK_VALUES + 1)), dtype=np.uint32)
         self.blob = np.empty((self.chunks, _mih.blob_bytes(n)), dtype=np.uint8)
 
+        if n == 0:
+            # What the build writes for no rows (all zeros), as untouched zero pages: an empty
+            # index (every process has several) costs no resident memory.
+            self.dirs = np.zeros((self.chunks, 2 * (CHUNK_VALUES + 1)), dtype=np.uint32)
+            self.blob = np.zeros((self.chunks, _mih.blob_bytes(0)), dtype=np.uint8)
+            return
+
         def build(c: int) -> None:
             _mih.build(self.codes, self.nbytes, c, self.dirs[c], self.blob[c])
 

@@ -302,11 +302,12 @@ def _section(path: Path, kind: str, bits: int, layout: str, id_offset: int,
     dirs, blob, n = arrays["dirs"], arrays["blob"], len(arrays["codes"])
     # The kernels trust these offsets: a directory that passes its checksum but does not
     # describe ``n`` rows inside its blob (a foreign writer's) is refused, not searched.
-    pos, off = dirs[:, 0::2].astype(np.int64), dirs[:, 1::2].astype(np.int64)
-    if n and (np.any(np.diff(pos, axis=1) < 0) or np.any(np.diff(off, axis=1) < 0)
-              or np.any(pos[:, 0] != 0) or np.any(pos[:, -1] != n)
-              or np.any(off[:, -1] + 8 > blob.shape[1])):
-        raise SnapshotError(f"{path} is corrupt: section {kind} has inconsistent tables.")
+    # Checked a chunk at a time, so the temporaries stay small (a few hundred KiB).
+    for chunk in dirs if n else ():
+        pos, off = chunk[0::2], chunk[1::2]
+        if (pos[0] != 0 or pos[-1] != n or int(off[-1]) + 8 > blob.shape[1]
+                or np.any(pos[1:] < pos[:-1]) or np.any(off[1:] < off[:-1])):
+            raise SnapshotError(f"{path} is corrupt: section {kind} has inconsistent tables.")
     if arrays["ids"].dtype == np.dtype("<i8") and id_offset != 0:
         raise SnapshotError(f"{path} is corrupt: section {kind} has an id offset with int64 ids.")
     return TablesSection(kind, bits, arrays["codes"], id_offset, arrays["ids"], dirs, blob)
