@@ -46,7 +46,10 @@ def index_options(settings: Settings) -> IndexOptions:
     return IndexOptions(
         kind=settings.index,
         exact_radius={k: settings.thresholds(k).strong for k in (SignalKind.PDQ, SignalKind.PHASH)},
-        compact_ratio=settings.compact_ratio, extra_probes=settings.index_extra_probes)
+        compact_ratio=settings.compact_ratio, extra_probes=settings.index_extra_probes,
+        milvus_uri=settings.resolved_milvus_uri if settings.index == "milvus" else "",
+        milvus_token=settings.milvus_token, milvus_collection=settings.milvus_collection,
+        milvus_index_type=settings.milvus_index_type)
 
 
 def upgrade_database(settings: Settings) -> str:

@@ -101,7 +101,18 @@ class Settings:
         "one nginx); per-address limits use that address. 0 trusts no forwarded header.")
     index: str = _setting(
         "multi", "Index kind: 'multi' (multi-index hashing: exact to the strong threshold, "
-        "measured recall beyond it) or 'flat' (exhaustive scans: exact everywhere, slower).")
+        "measured recall beyond it), 'flat' (exhaustive scans: exact everywhere, slower) or "
+        "'milvus' (PDQ and pHash in a Milvus collection: beyond one machine's memory).")
+    milvus_uri: str = _setting(
+        "", "With TAKEDOWN_INDEX=milvus: the Milvus server (http://host:19530), or a file "
+        "ending in .db for Milvus Lite (one process only). Empty: DATA_DIR/index/milvus.db.")
+    milvus_token: str = _setting("", "With TAKEDOWN_INDEX=milvus: the server's credentials.")
+    milvus_collection: str = _setting(
+        "takedown", "With TAKEDOWN_INDEX=milvus: collection name prefix (one per kind, "
+        "e.g. takedown_pdq).")
+    milvus_index_type: str = _setting(
+        "BIN_FLAT", "With TAKEDOWN_INDEX=milvus: 'BIN_FLAT' (exact) or 'BIN_IVF_FLAT' "
+        "(approximate; a Milvus server only).")
     index_extra_probes: int = _setting(
         1, "PDQ chunks the multi-index probes one bit deeper than exactness needs: more recall "
         "in the weak tier for more work per query (docs/performance.md).")
@@ -142,8 +153,10 @@ class Settings:
                     f"The {kind.value} weak threshold must be below {kind.bits // 2}.")
         if not 0 <= self.index_extra_probes <= 16:
             raise ConfigError("TAKEDOWN_INDEX_EXTRA_PROBES must be between 0 and 16.")
-        if self.index not in ("multi", "flat"):
-            raise ConfigError("TAKEDOWN_INDEX must be 'multi' or 'flat'.")
+        if self.index not in ("multi", "flat", "milvus"):
+            raise ConfigError("TAKEDOWN_INDEX must be 'multi', 'flat' or 'milvus'.")
+        if self.milvus_index_type not in ("BIN_FLAT", "BIN_IVF_FLAT"):
+            raise ConfigError("TAKEDOWN_MILVUS_INDEX_TYPE must be 'BIN_FLAT' or 'BIN_IVF_FLAT'.")
         if self.follow_poll_s <= 0 or self.max_sync_age_s <= 0:
             raise ConfigError(
                 "TAKEDOWN_FOLLOW_POLL_S and TAKEDOWN_MAX_SYNC_AGE_S must be positive.")
@@ -197,6 +210,10 @@ class Settings:
     @property
     def snapshot_dir(self) -> Path:
         return Path(self.data_dir) / "index"
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str(self.snapshot_dir / "milvus.db")
 
 
 def _convert(name: str, type_name: object, raw: str) -> Any:

@@ -43,6 +43,9 @@ class HashIndex(Protocol):
         """Every live (id, code), for snapshots and verification."""
         ...
 
+    @property
+    def stats(self) -> dict[str, int]: ...
+
 
 def check_codes(codes: Codes, bits: int) -> Codes:
     arr = np.ascontiguousarray(codes, dtype=np.uint8)

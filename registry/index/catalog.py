@@ -16,7 +16,7 @@ import numpy as np
 from registry.domain import ChangeAction, Signal, SignalKind
 from registry.errors import InvalidHash, SnapshotError
 from registry.index import snapshot
-from registry.index.base import Codes, IdColumn, Ids, SearchResult
+from registry.index.base import Codes, HashIndex, IdColumn, Ids, SearchResult
 from registry.index.flat import FlatIndex
 from registry.index.local import Keypoints, LocalIndex, Verified
 from registry.index.multi import CompactionPlan, MultiIndex
@@ -46,8 +46,37 @@ class IndexOptions:
     auto_compact: bool = True
     # PDQ chunks probed one bit deeper than exactness needs (more weak-tier recall, more work).
     extra_probes: int = 1
+    # kind "milvus": PDQ and pHash live in Milvus collections (registry.index.milvus).
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    milvus_collection: str = "takedown"
+    milvus_index_type: str = "BIN_FLAT"
+
+    @property
+    def external(self) -> bool:
+        """Whether PDQ and pHash live outside this process (a shared, persistent engine)."""
+        return self.kind == "milvus"
+
+    def open_external(self) -> dict[SignalKind, HashIndex]:
+        """The engine-backed index of each perceptual kind (kind ``milvus``), connected."""
+        if not self.external:
+            return {}
+        from registry.index.milvus import MilvusIndex  # pymilvus only where it is used
+
+        opened: dict[SignalKind, HashIndex] = {}
+        try:
+            for kind in PERCEPTUAL:
+                opened[kind] = MilvusIndex(kind.bits, self.milvus_uri,
+                                           f"{self.milvus_collection}_{kind.value}",
+                                           self.milvus_index_type, token=self.milvus_token)
+        except BaseException:
+            close_all(opened)
+            raise
+        return opened
 
     def new(self, kind: SignalKind) -> FlatIndex | MultiIndex:
+        if self.external:
+            raise ValueError("an engine-backed kind is opened once (open_external), not made")
         if self.kind == "flat":
             return FlatIndex(kind.bits, self.compact_ratio)
         return MultiIndex(kind.bits, self.exact_radius[kind], self.compact_ratio,
@@ -96,7 +125,7 @@ class SnapshotPlan:
 
     position: int
     parts: list[tuple[str, CompactionPlan | MultiIndex | snapshot.Section]]
-    indexes: Mapping[SignalKind, FlatIndex | MultiIndex]
+    indexes: Mapping[SignalKind, object]
 
     def sections(self) -> list[snapshot.AnySection]:
         """The slow part, with no lock held: a multi-index with a delta or tombstones gets new
@@ -116,28 +145,49 @@ class SnapshotPlan:
         return out
 
 
+def close_all(indexes: Mapping[SignalKind, HashIndex]) -> None:
+    for index in indexes.values():
+        close = getattr(index, "close", None)
+        if close is not None:
+            close()
+
+
 class IndexSet:
-    def __init__(self, options: IndexOptions | None = None) -> None:
+    """``external``: engine-backed indexes (kind ``milvus``) the set uses but does not own or
+    feed: they keep their own change-log position (see ``IndexKeeper``), so :meth:`apply`
+    leaves their kinds alone and snapshots leave them out."""
+
+    def __init__(self, options: IndexOptions | None = None,
+                 external: Mapping[SignalKind, HashIndex] | None = None) -> None:
         self.position = 0
         self.fingerprint = ""  # of the change-log entry at ``position``, when loaded
         self.options = options or IndexOptions()
-        self.indexes: dict[SignalKind, FlatIndex | MultiIndex] = {
-            k: self.options.new(k) for k in PERCEPTUAL
+        if self.options.external and external is None:
+            external = self.options.open_external()
+        self.external: dict[SignalKind, HashIndex] = dict(external or {})
+        self.indexes: dict[SignalKind, FlatIndex | MultiIndex | HashIndex] = {
+            k: self.external[k] if k in self.external else self.options.new(k)
+            for k in PERCEPTUAL
         }
         self.local = self.options.new_local()
+
+    @property
+    def own_kinds(self) -> tuple[SignalKind, ...]:
+        """The kinds this set's :meth:`apply` feeds (all but the external ones)."""
+        return tuple(k for k in INDEXED if k not in self.external)
 
     def __len__(self) -> int:
         return sum(len(i) for i in self.indexes.values()) + len(self.local)
 
     def apply(self, changes: Iterable[tuple[int, ChangeAction, int, Signal]],
-              kinds: Iterable[SignalKind] = INDEXED) -> int:
+              kinds: Iterable[SignalKind] | None = None) -> int:
         """Apply change-log entries ``(seq, action, signal_id, signal)`` in order; entries at or
         below the current position are skipped, so replaying a tail twice is harmless. Entries
         of kinds not in ``kinds`` only advance the position."""
         applied = 0
         pending = self.position  # the position advances only once its entries are applied
         adds: dict[SignalKind, tuple[list[int], list[bytes]]] = {}
-        wanted = set(kinds)
+        wanted = set(self.own_kinds if kinds is None else kinds) - set(self.external)
         for seq, action, signal_id, signal in changes:
             if seq <= pending:
                 continue
@@ -192,6 +242,8 @@ class IndexSet:
         kinds' live rows. :meth:`SnapshotPlan.sections` then does the slow part without it."""
         parts: list[tuple[str, CompactionPlan | MultiIndex | snapshot.Section]] = []
         for kind, index in self.indexes.items():
+            if kind in self.external:
+                continue  # the engine keeps its own data
             if isinstance(index, MultiIndex):
                 delta, dead = index.pending
                 parts.append((kind.value, index.begin_compaction() if delta or dead else index))
@@ -212,13 +264,14 @@ class IndexSet:
 
     @classmethod
     def load(cls, path: Path, options: IndexOptions | None = None, *, mapped: bool = True,
-             kinds: Iterable[SignalKind] = INDEXED) -> IndexSet:
+             kinds: Iterable[SignalKind] = INDEXED,
+             external: Mapping[SignalKind, HashIndex] | None = None) -> IndexSet:
         """The set a snapshot holds. Multi-index tables are used as they are: with ``mapped``
         (the default) they stay in the file's shared mapping and nothing is built. Only
-        ``kinds`` are loaded (the others stay empty)."""
+        ``kinds`` are loaded (the others stay empty, external ones as they are)."""
         position, sections, fingerprint = snapshot.load_with_fingerprint(path, mapped)
-        wanted = set(kinds)
-        out = cls(options)
+        out = cls(options, external)
+        wanted = set(kinds) - set(out.external)
         out.fingerprint = fingerprint
         for s in sections:
             try:
@@ -236,7 +289,7 @@ class IndexSet:
                 continue
             if kind not in out.indexes or kind.bits != s.bits:
                 raise SnapshotError(f"{path} holds {s.kind} codes of {s.bits} bits.")
-            if kind in wanted:
+            if kind in wanted and not out.options.external:
                 out.indexes[kind] = out.options.of_section(kind, s)
         out.position = position
         return out

@@ -248,4 +248,5 @@ class Registry:
     def close(self) -> None:
         if self.follower is not None:
             self.follower.stop()
+        self.keeper.close()
         self.store.close()

@@ -16,15 +16,17 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from registry.domain import SignalKind
+from registry.domain import ChangeAction, SignalKind
 from registry.errors import SnapshotError
 from registry.index import snapshot
-from registry.index.base import Ids, SearchResult
-from registry.index.catalog import INDEXED, PERCEPTUAL, IndexOptions, IndexSet
+from registry.index.base import HashIndex, Ids, SearchResult
+from registry.index.catalog import INDEXED, PERCEPTUAL, IndexOptions, IndexSet, close_all
+from registry.index.flat import FlatIndex
 from registry.index.local import Keypoints, Verified
 from registry.index.multi import MultiIndex
 from registry.index.sampled import SampledIndex
 from registry.store import Store
+from registry.store.engine import HeldLock
 
 PlanT = TypeVar("PlanT")
 
@@ -69,8 +71,12 @@ class IndexKeeper:
         self.store = store
         self.snapshot_path = snapshot_path
         self.options = options or IndexOptions()
-        self.indexes = IndexSet(self.options)
+        # Engine-backed kinds (TAKEDOWN_INDEX=milvus): opened once, fed by one process.
+        self.external = self.options.open_external()
+        self.indexes = IndexSet(self.options, self.external)
         self.lock = threading.RLock()
+        self._writer_lock: HeldLock | None = None
+        self._writer_checked = self._writer_tried = -1e9
         self.loaded_at = 0.0
         self.loaded_from = "empty"
         self._adopted: tuple[int, int, int, int] | None = None  # the snapshot file mapped last
@@ -96,13 +102,15 @@ class IndexKeeper:
                     self.loaded_from = "database"
                     if self._try_save(locked=True) and self.adopt_snapshot():
                         self.adopted -= 1  # share the file just written: part of loading
+        if self.external and self.loaded_from == "snapshot":
+            self._prepare_external()  # a rebuild filled it already
         self.sync()
         self.loaded_at = time.time()
         return self.loaded_from
 
     def _load_snapshot(self) -> None:
         identity = snapshot.file_identity(self.snapshot_path)
-        indexes = IndexSet.load(self.snapshot_path, self.options)
+        indexes = IndexSet.load(self.snapshot_path, self.options, external=self.external)
         self._check_history(indexes)
         with self.lock:
             self.indexes = indexes
@@ -145,6 +153,103 @@ class IndexKeeper:
                 return
             yield True
 
+    # --- engine-backed kinds (TAKEDOWN_INDEX=milvus) --------------------------------------
+    def external_writer(self) -> bool:
+        """Whether this process feeds the engine: exactly one process of all that share the
+        database does (a PostgreSQL session advisory lock, a file lock on SQLite), and whoever
+        holds it when that one stops takes over within a few seconds. The others only search
+        (every hit is re-checked against the database, so none is ever stale)."""
+        if not self.external:
+            return False
+        now = time.monotonic()
+        if self._writer_lock is not None:
+            if now - self._writer_checked < 1.0:
+                return True
+            self._writer_checked = now
+            if self._writer_lock.held():
+                return True
+            self._writer_lock = None
+            log.warning("index: lost the engine writer lock; another process takes over")
+        if now - self._writer_tried < 2.0:
+            return False
+        self._writer_tried = self._writer_checked = now
+        self._writer_lock = self.store.try_lock(
+            f"takedown-index-writer:{self.options.milvus_collection}")
+        if self._writer_lock is not None:
+            log.info("index: this process feeds the %s engine", self.options.kind)
+        return self._writer_lock is not None
+
+    def _prepare_external(self) -> None:
+        """As the writer: refill an engine whose recorded position this database's change log
+        cannot continue from (empty, newer, another history, pruned past it)."""
+        if not self.external_writer():
+            return
+        with self.store.transaction(write=False) as tx:
+            head, first = tx.changes.head(), tx.changes.first()
+            fingerprints = {k: tx.changes.fingerprint(i.position()[0])  # type: ignore[attr-defined]
+                            for k, i in self.external.items()}
+        for kind, index in self.external.items():
+            seq, fingerprint = index.position()  # type: ignore[attr-defined]
+            reason = ("it has never been filled" if seq == 0 and head > 0
+                      else "it is newer than the database's change log" if seq > head
+                      else "its change-log position is not this database's"
+                      if fingerprint and fingerprints[kind] and fingerprint != fingerprints[kind]
+                      else "the change log was pruned past its position" if first > seq + 1
+                      else "")
+            if reason:
+                log.info("index: refilling %s from the database: %s", index.collection,  # type: ignore[attr-defined]
+                         reason)
+                self._fill_external({kind})
+
+    def _fill_external(self, kinds: set[SignalKind]) -> None:
+        """Empty the engine's collections of ``kinds`` and load every active signal into them,
+        at one change-log position (searches meanwhile see a partial collection)."""
+        with self.store.transaction(write=False) as tx:
+            position = tx.changes.head()
+            fingerprint = tx.changes.fingerprint(position)
+            for kind in kinds:
+                self.external[kind].reset()  # type: ignore[attr-defined]
+            for batch in tx.signals.active([k for k in PERCEPTUAL if k in kinds]):
+                for kind in kinds:
+                    rows = [(i, v) for i, k, v in batch if k == kind.value]
+                    if rows:
+                        codes = np.frombuffer(bytes.fromhex("".join(v for _, v in rows)),
+                                              dtype=np.uint8).reshape(-1, kind.bits // 8)
+                        self.external[kind].add(np.array([i for i, _ in rows], np.int64), codes)
+        for kind in kinds:
+            self.external[kind].set_position(position, fingerprint)  # type: ignore[attr-defined]
+
+    def _feed_external(self) -> int:
+        """As the writer: apply the change log to the engine from the position it recorded,
+        recording the new one after each batch (a replay after a crash is harmless)."""
+        if not self.external_writer():
+            return 0
+        positions = {k: i.position()[0] for k, i in self.external.items()}  # type: ignore[attr-defined]
+        applied = 0
+        while True:
+            start = min(positions.values())
+            with self.store.transaction(write=False) as tx:
+                changes = tx.changes.since(start)
+                if not changes:
+                    return applied
+                last = changes[-1].seq
+                fingerprint = tx.changes.fingerprint(last)
+            for kind, index in self.external.items():
+                adds: tuple[list[int], list[bytes]] = ([], [])
+                for c in changes:
+                    if c.seq <= positions[kind] or c.signal.kind is not kind:
+                        continue
+                    if c.action is ChangeAction.ADD:
+                        adds[0].append(c.signal_id)
+                        adds[1].append(c.signal.value)
+                        continue
+                    _flush(index, kind, adds)
+                    index.remove(np.array([c.signal_id], dtype=np.int64))
+                _flush(index, kind, adds)
+                index.set_position(last, fingerprint)  # type: ignore[attr-defined]
+                positions[kind] = last
+            applied += len(changes)
+
     def adopt_snapshot(self) -> bool:
         """Switch this process' PDQ and pHash indexes to a snapshot another process (or this
         one) wrote since the last one it mapped: map the new file, replay the change log from
@@ -153,7 +258,7 @@ class IndexKeeper:
         index stays this process' own. A bad file is logged and skipped (the old indexes go on
         serving), never swapped in. Returns whether a snapshot was adopted."""
         identity = snapshot.file_identity(self.snapshot_path)
-        if identity is None or identity == self._adopted:
+        if identity is None or identity == self._adopted or self.external:
             return False
         try:
             fresh = IndexSet.load(self.snapshot_path, self.options, kinds=PERCEPTUAL)
@@ -187,7 +292,9 @@ class IndexKeeper:
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """A fresh index from every active signal, consistent with one change-log position."""
-        fresh = IndexSet(self.options)
+        fresh = IndexSet(self.options, self.external)
+        if self.external and self.external_writer():
+            self._fill_external(set(self.external))
         # One build of the local tables once every signal is in, not one per growth step.
         if isinstance(fresh.local.inner, MultiIndex | SampledIndex):
             fresh.local.inner.auto_compact = False
@@ -195,7 +302,8 @@ class IndexKeeper:
             position = tx.changes.head()
             parts: dict[SignalKind, tuple[list[Ids], list[bytes]]] = {
                 k: ([], []) for k in PERCEPTUAL}
-            for batch in tx.signals.active(PERCEPTUAL):
+            for batch in tx.signals.active([k for k in PERCEPTUAL if k not in self.external]
+                                           ) if len(self.external) < len(PERCEPTUAL) else ():
                 for kind_name in {k for _, k, _ in batch}:
                     kind = SignalKind(kind_name)
                     rows = [(i, v) for i, k, v in batch if k == kind_name]
@@ -214,8 +322,10 @@ class IndexKeeper:
         for kind, (ids, codes) in parts.items():
             if ids:
                 arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(-1, kind.bits // 8)
-                fresh.indexes[kind].add(np.concatenate(ids), arr)
-                fresh.indexes[kind].compact()
+                index = fresh.indexes[kind]
+                assert isinstance(index, MultiIndex | FlatIndex)
+                index.add(np.concatenate(ids), arr)
+                index.compact()
         fresh.position = position
         with self.lock:
             self.indexes = fresh
@@ -223,8 +333,9 @@ class IndexKeeper:
         return len(fresh)
 
     def sync(self) -> int:
-        """Apply the change-log entries written since the index's position."""
-        applied = 0
+        """Apply the change-log entries written since the index's position (and, in the process
+        that feeds an engine, since the engine's)."""
+        applied = self._feed_external() if self.external else 0
         while True:
             with self.store.transaction(write=False) as tx:
                 changes = tx.changes.since(self.indexes.position)
@@ -233,6 +344,13 @@ class IndexKeeper:
             with self.lock:
                 applied += self.indexes.apply(
                     (c.seq, c.action, c.signal_id, c.signal) for c in changes)
+
+    def close(self) -> None:
+        """Let go of the engine writer lock and the engine connections, if any."""
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
+        close_all(self.external)
 
     # --- background compaction (serving processes) ----------------------------------------
     def compact_in_background(self) -> None:
@@ -361,3 +479,11 @@ class IndexKeeper:
         out["loaded_from"] = self.loaded_from
         out["loaded_at"] = self.loaded_at
         return out
+
+
+def _flush(index: HashIndex, kind: SignalKind, adds: tuple[list[int], list[bytes]]) -> None:
+    if adds[0]:
+        codes = np.frombuffer(b"".join(adds[1]), dtype=np.uint8).reshape(-1, kind.bits // 8)
+        index.add(np.array(adds[0], dtype=np.int64), codes)
+        adds[0].clear()
+        adds[1].clear()

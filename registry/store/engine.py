@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import NullPool
 
 from registry.errors import ConfigError, StorageUnavailable
 from registry.store.models import Base
@@ -107,6 +111,7 @@ class Store:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pid = os.getpid()
+        self._lock_engine: Engine | None = None
 
     @property
     def dialect(self) -> str:
@@ -174,6 +179,43 @@ class Store:
         except OperationalError:
             return []
 
+    def try_lock(self, name: str) -> HeldLock | None:
+        """A lock held for as long as this process keeps it (or lives), taken only if free: on
+        PostgreSQL a session advisory lock on a connection of its own, so exactly one process
+        of every machine using this database holds it; on SQLite (one machine) a ``flock`` on
+        a file beside the database. None when another process holds it or the database is
+        unreachable."""
+        key = zlib.crc32(name.encode()) & 0x7FFFFFFF
+        if self.dialect == "postgresql":
+            if self._lock_engine is None:
+                # Unpooled: closing the connection (or losing it to the garbage collector) ends
+                # the session and its lock; a pooled one would keep both alive in the pool.
+                self._lock_engine = create_engine(self.engine.url, poolclass=NullPool)
+            try:
+                conn = self._lock_engine.connect()
+            except OperationalError:
+                return None
+            try:
+                if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                    conn.commit()
+                    return HeldLock(conn, None)
+            except OperationalError:
+                pass
+            conn.close()
+            return None
+        database = self.engine.url.database or ""
+        if not database or database == ":memory:":
+            return HeldLock(None, None)  # one process holds an in-memory database anyway
+        try:
+            handle = open(f"{database}.{name}.lock", "a+b")  # noqa: SIM115
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        except OSError:
+            return None
+        return HeldLock(None, handle)
+
     def ping(self) -> bool:
         try:
             with self.engine.connect() as conn:
@@ -184,3 +226,36 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._lock_engine is not None:
+            self._lock_engine.dispose()
+
+
+class HeldLock:
+    """What :meth:`Store.try_lock` took; :meth:`held` says whether it still is (a PostgreSQL
+    session lock goes with its connection), :meth:`release` lets it go."""
+
+    def __init__(self, conn: Connection | None, handle: IO[bytes] | None) -> None:
+        self._conn, self._handle = conn, handle
+        self._released = False
+
+    def held(self) -> bool:
+        if self._released:
+            return False
+        if self._conn is not None:
+            try:
+                self._conn.execute(text("SELECT 1"))
+                self._conn.commit()
+            except Exception:  # the connection is gone, and the session lock with it
+                self.release()
+                return False
+        return True
+
+    def release(self) -> None:
+        self._released = True
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()  # the session, and its advisory lock, end with it
+            self._conn = None
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
