@@ -409,6 +409,115 @@ def phase_memory(snapshot: Path, workers: int) -> dict[str, Any]:
     return out
 
 
+# --- phase 2c: a compaction while others serve -----------------------------------------------
+COMPACT_READER = """
+import sys, time, json
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+from registry.index.catalog import IndexSet, IndexOptions, single_thread
+from registry.domain import SignalKind
+from pathlib import Path
+single_thread()
+iset = IndexSet.load(Path(sys.argv[1]), IndexOptions())
+rng = np.random.default_rng(int(sys.argv[3]))
+print(json.dumps({"ready": True}), flush=True)
+stop = Path(sys.argv[4])
+times = []
+while not stop.exists():
+    q = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes()]
+    t = time.time()
+    iset.search(SignalKind.PDQ, q, 31)
+    times.append((t, time.time() - t))
+    time.sleep(0.002)
+print(json.dumps({"times": times}), flush=True)
+"""
+
+COMPACT_WRITER = """
+import sys, time, json, threading, os
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+from registry.index.catalog import IndexSet, IndexOptions, single_thread
+from registry.index import snapshot
+from registry.domain import SignalKind
+from pathlib import Path
+def anon():
+    for line in open('/proc/self/status'):
+        if line.startswith('RssAnon:'):
+            return int(line.split()[1]) * 1024
+single_thread()
+path = Path(sys.argv[1])
+iset = IndexSet.load(path, IndexOptions())
+index = iset.indexes[SignalKind.PDQ]
+n = len(index)
+rng = np.random.default_rng(7)
+index.add(np.arange(n + 1, n + 1 + int(sys.argv[3])), rng.integers(0, 256, (int(sys.argv[3]), 32),
+          dtype=np.uint8))
+index.remove(np.arange(1, 1 + int(sys.argv[3]) // 4))
+base = anon()
+peak = [base]
+done = threading.Event()
+def watch():
+    while not done.is_set():
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.02)
+threading.Thread(target=watch, daemon=True).start()
+t0 = time.time()
+plan = iset.snapshot_plan()
+sections = plan.sections()
+t1 = time.time()
+snapshot.save(path, iset.position + 1, sections)
+t2 = time.time()
+fresh = IndexSet.load(path, IndexOptions())
+t3 = time.time()
+done.set()
+print(json.dumps({"start": t0, "built": t1, "written": t2, "mapped": t3, "hashes": len(fresh),
+                  "peak_anon_growth": peak[0] - base, "file_bytes": path.stat().st_size}),
+      flush=True)
+"""
+
+
+def phase_compaction(snapshot: Path, readers: int, changes: int) -> dict[str, Any]:
+    """One process folds ``changes`` adds (and a quarter as many removals) into a new snapshot of
+    the same file while ``readers`` others map the old one and search: its time, the writer's
+    peak private memory, and the readers' search latency before and during it (they share the
+    machine's 2 cores with the build, which uses 2 threads)."""
+    work = snapshot.with_name("compaction.tridx")
+    work.write_bytes(snapshot.read_bytes())
+    stop = snapshot.with_name("stop")
+    stop.unlink(missing_ok=True)
+    procs = [subprocess.Popen([sys.executable, "-c", COMPACT_READER, str(work), str(ROOT), str(i),
+                               str(stop)], stdout=subprocess.PIPE, text=True)
+             for i in range(readers)]
+    try:
+        for p in procs:
+            p.stdout.readline()  # type: ignore[union-attr]
+        time.sleep(3.0)
+        writer = subprocess.run([sys.executable, "-c", COMPACT_WRITER, str(work), str(ROOT),
+                                 str(changes)], capture_output=True, text=True, check=True)
+        w = json.loads(writer.stdout.strip().splitlines()[-1])
+        time.sleep(1.0)
+    finally:
+        stop.touch()
+    times = [t for p in procs for t in json.loads(p.communicate(timeout=60)[0].strip()
+                                                     .splitlines()[-1])["times"]]
+    work.unlink(missing_ok=True)
+    stop.unlink(missing_ok=True)
+    before = [d for t, d in times if t < w["start"]]
+    during = [d for t, d in times if w["start"] <= t <= w["written"]]
+    n = w["hashes"]
+    return {"changes": changes, "removals": changes // 4, "readers": readers, "hashes": n,
+            "build_s": round(w["built"] - w["start"], 2),
+            "write_s": round(w["written"] - w["built"], 2),
+            "map_new_s": round(w["mapped"] - w["written"], 3),
+            "writer_peak_private_bytes_per_hash": round(w["peak_anon_growth"] / n, 1),
+            "reader_search_before": lat(before) | {"n": len(before)},
+            "reader_search_during": lat(during) | {"n": len(during),
+                                                   "max_ms": round(max(during) * 1e3, 2)}
+            if during else None,
+            "note": "readers keep their mapping of the old file (its inode lives on); the "
+                    "machine holds old and new file pages until the last reader switches"}
+
+
 # --- phase 3: visibility across gunicorn workers ---------------------------------------------
 def make_pg_database() -> str:
     from sqlalchemy import create_engine, text
@@ -669,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report["restart"], indent=1), flush=True)
         if "memory" not in args.skip and snapshot.exists():
             report["memory"] = phase_memory(snapshot, args.workers)
+            report["compaction"] = phase_compaction(snapshot, args.workers - 1, 40_000)
+            print(json.dumps(report["compaction"], indent=1), flush=True)
     finally:
         snapshot.unlink(missing_ok=True)
     if "visibility" not in args.skip:
