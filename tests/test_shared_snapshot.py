@@ -229,3 +229,25 @@ def test_a_foreign_or_truncated_snapshot_is_rebuilt_from_the_database(
         assert len(restarted.keeper.indexes.indexes[SignalKind.PDQ]) == 40
     finally:
         restarted.close()
+
+
+def test_without_a_usable_snapshot_folder_a_process_compacts_in_its_own_memory(
+        settings: Settings) -> None:
+    folder = Path(settings.snapshot_dir)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.write_text("not a folder")  # the snapshot folder cannot be made: no lock, no file
+    registry = build_registry(settings)
+    try:
+        assert registry.keeper.loaded_from == "database"
+        follower = registry.follow_changes()
+        images = pdq_images(np.random.default_rng(16), 5000)  # past the delta's 4096 bound
+        registry.register_bank("bulk", BankKind.IMPORTED, images)
+        index = registry.keeper.indexes.indexes[SignalKind.PDQ]
+        assert isinstance(index, MultiIndex)
+        wait_for(lambda: index.stats["delta"] == 0 and index.stats["base"] == 5000,
+                 what="the private compaction")
+        assert not index.mapped and follower.status.running
+        (result,) = registry.match([Query("q", (images[9].signals[0],))])
+        assert result.matched
+    finally:
+        registry.close()

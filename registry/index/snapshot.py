@@ -187,6 +187,8 @@ def load_with_fingerprint(path: Path, mapped: bool = True
             return _read(path, f, mapped)
     except FileNotFoundError:
         raise SnapshotError(f"No index snapshot at {path}.") from None
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        raise SnapshotError(f"Cannot read the index snapshot at {path}: {e.strerror}.") from None
 
 
 def file_identity(path: Path) -> tuple[int, int, int, int] | None:

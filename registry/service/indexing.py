@@ -92,15 +92,21 @@ class IndexKeeper:
         try:
             self._load_snapshot()
         except SnapshotError as first:
-            with self._writer(blocking=True):
+            with contextlib.ExitStack() as stack:
+                try:
+                    held = stack.enter_context(self._writer(blocking=True))
+                except OSError as e:  # no lock, so no snapshot to write: rebuild alone
+                    log.warning("index: cannot lock the snapshot folder: %s", e)
+                    held = False
                 try:  # another process may have written one while this one waited
+                    if not held:
+                        raise first
                     self._load_snapshot()
                 except SnapshotError as e:
-                    log.info("index: %s; rebuilding from the database",
-                             (e if e.message != first.message else first).message)
+                    log.info("index: %s; rebuilding from the database", e.message)
                     self.rebuild()
                     self.loaded_from = "database"
-                    if self._try_save(locked=True) and self.adopt_snapshot():
+                    if held and self._try_save(locked=True) and self.adopt_snapshot():
                         self.adopted -= 1  # share the file just written: part of loading
         if self.external and self.loaded_from == "snapshot":
             self._prepare_external()  # a rebuild filled it already
@@ -136,16 +142,12 @@ class IndexKeeper:
     @contextlib.contextmanager
     def _writer(self, blocking: bool) -> Iterator[bool]:
         """The machine-wide snapshot writer lock (a ``flock`` beside the snapshot): yields
-        whether this process holds it. Where the lock file cannot be made (a read-only folder)
-        there is no snapshot to write either: it yields False."""
+        whether this process holds it (False: another one does, and ``blocking`` is off).
+        Raises OSError when the lock file cannot be made (a read-only or missing folder):
+        there is no snapshot to write either."""
         lock_path = self.snapshot_path.with_name(self.snapshot_path.name + ".lock")
-        try:
-            self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
-            lock_file = open(lock_path, "a+b")  # noqa: SIM115
-        except OSError:
-            yield False
-            return
-        with lock_file:
+        self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+b") as lock_file:
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -413,13 +415,8 @@ class IndexKeeper:
         writer lock already."""
         if locked:
             return self._save()
-        with self._writer(blocking=not if_free) as got:
-            if not got:
-                if if_free:
-                    return None
-                self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)  # raises the cause
-                raise OSError(f"cannot lock {self.snapshot_path}")
-            return self._save()
+        with self._writer(blocking=not if_free) as got:  # OSError: cannot write one at all
+            return self._save() if got else None
 
     def _save(self) -> Path:
         with self.lock:
