@@ -180,3 +180,36 @@ def test_milvus_settings_are_checked() -> None:
         Settings.from_env({"TAKEDOWN_INDEX": "milvus", "TAKEDOWN_MILVUS_INDEX_TYPE": "HNSW"})
     s = Settings.from_env({"TAKEDOWN_INDEX": "milvus", "TAKEDOWN_DATA_DIR": "/srv/t"})
     assert s.resolved_milvus_uri == "/srv/t/index/milvus.db"
+
+
+def test_a_snapshot_written_beside_milvus_is_refused_by_an_in_process_index(
+        milvus_settings: Settings, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """A Milvus process's snapshot holds no PDQ or pHash tables: a `multi` process loading or
+    switching to it must rebuild or keep its own, never serve an empty index."""
+    multi_settings = replace(settings, data_dir=milvus_settings.data_dir)
+    serving = build_registry(multi_settings)
+    try:
+        registered = images(np.random.default_rng(25), 20)
+        serving.register_bank("b", BankKind.IMPORTED, registered)
+        serving.keeper.sync()
+        engine = build_registry(milvus_settings, load_index=False)
+        try:
+            assert engine.keeper.external == {}  # commands that never search never connect
+            engine.rebuild_index()  # fills Milvus, writes a snapshot of the local kind only
+        finally:
+            engine.close()
+        with caplog.at_level(logging.WARNING, logger="registry.service.indexing"):
+            assert serving.keeper.adopt_snapshot() is False
+        assert "external engine" in caplog.text
+        (result,) = serving.match([Query("q", (registered[5].signals[0],))])
+        assert result.matched
+    finally:
+        serving.close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="registry.service.indexing"):
+        restarted = build_registry(multi_settings)
+    try:
+        assert restarted.keeper.loaded_from == "database" and "external engine" in caplog.text
+        assert len(restarted.keeper.indexes.indexes[SignalKind.PDQ]) == 20
+    finally:
+        restarted.close()

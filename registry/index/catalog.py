@@ -126,6 +126,7 @@ class SnapshotPlan:
     position: int
     parts: list[tuple[str, CompactionPlan | MultiIndex | snapshot.Section]]
     indexes: Mapping[SignalKind, object]
+    left_out: list[str]  # kinds in an external engine
 
     def sections(self) -> list[snapshot.AnySection]:
         """The slow part, with no lock held: a multi-index with a delta or tombstones gets new
@@ -253,14 +254,15 @@ class IndexSet:
         ids, codes = self.local.export()
         parts.append((SignalKind.LOCAL.value,
                       snapshot.Section(SignalKind.LOCAL.value, self.local.bits, ids, codes)))
-        return SnapshotPlan(self.position, parts, self.indexes)
+        return SnapshotPlan(self.position, parts, self.indexes, [k.value for k in self.external])
 
     def sections(self) -> list[snapshot.AnySection]:
         """Every kind's index as snapshot sections (multi-indexes as their tables)."""
         return self.snapshot_plan().sections()
 
     def save(self, path: Path, fingerprint: str = "") -> None:
-        snapshot.save(path, self.position, self.sections(), fingerprint)
+        snapshot.save(path, self.position, self.sections(), fingerprint,
+                      [k.value for k in self.external])
 
     @classmethod
     def load(cls, path: Path, options: IndexOptions | None = None, *, mapped: bool = True,
@@ -269,9 +271,15 @@ class IndexSet:
         """The set a snapshot holds. Multi-index tables are used as they are: with ``mapped``
         (the default) they stay in the file's shared mapping and nothing is built. Only
         ``kinds`` are loaded (the others stay empty, external ones as they are)."""
-        position, sections, fingerprint = snapshot.load_with_fingerprint(path, mapped)
+        position, sections, fingerprint, left_out = snapshot.load_full(path, mapped)
         out = cls(options, external)
         wanted = set(kinds) - set(out.external)
+        missing = sorted({k.value for k in wanted} & set(left_out))
+        if missing:
+            raise SnapshotError(
+                f"{path} was written with {', '.join(missing)} in an external engine "
+                f"(TAKEDOWN_INDEX=milvus): it does not hold them for TAKEDOWN_INDEX="
+                f"{out.options.kind}.")
         out.fingerprint = fingerprint
         for s in sections:
             try:

@@ -129,16 +129,19 @@ def _header(position: int, fingerprint: str, sections: list[AnySection],
     return header, offset
 
 
-def save(path: Path, position: int, sections: list[AnySection], fingerprint: str = "") -> None:
+def save(path: Path, position: int, sections: list[AnySection], fingerprint: str = "",
+         left_out: list[str] | None = None) -> None:
     """``fingerprint`` identifies the change-log entry at ``position`` (see
     :meth:`registry.store.uow.ChangeLog.fingerprint`): a loader checks that the database it
-    replays the tail from has the same history."""
+    replays the tail from has the same history. ``left_out``: kinds whose index lives elsewhere
+    (an engine), so a loader that needs them can refuse the file instead of serving them empty."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = [_arrays_of(s) for s in sections]
     sums = [[_checksum(a) for _, a in arrs] for arrs in arrays]
     body_start = ALIGN
     while True:  # the header's own length decides where the arrays start
         header, _ = _header(position, fingerprint, sections, arrays, sums, body_start)
+        header["left_out"] = sorted(left_out or [])
         head = json.dumps(header).encode()
         if _PREFIX + len(head) <= body_start:
             break
@@ -177,6 +180,11 @@ def load(path: Path) -> tuple[int, list[AnySection]]:
 
 def load_with_fingerprint(path: Path, mapped: bool = True
                           ) -> tuple[int, list[AnySection], str]:
+    position, sections, fingerprint, _ = load_full(path, mapped)
+    return position, sections, fingerprint
+
+
+def load_full(path: Path, mapped: bool = True) -> tuple[int, list[AnySection], str, list[str]]:
     """:func:`load`, plus the change-log fingerprint the snapshot was written with.
 
     With ``mapped`` the arrays are read-only views of the file mapped into memory (shared with
@@ -202,7 +210,7 @@ def file_identity(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _read(path: Path, f: io.BufferedReader, mapped: bool
-          ) -> tuple[int, list[AnySection], str]:
+          ) -> tuple[int, list[AnySection], str, list[str]]:
     """Parse and verify an open snapshot file."""
     prefix = f.read(_PREFIX)
     if not prefix.startswith(MAGIC):
@@ -224,6 +232,7 @@ def _read(path: Path, f: io.BufferedReader, mapped: bool
                                 f"{int(header['size'])} (truncated or overwritten).")
         plans = [_section_plan(m, _PREFIX + head_len, file_size) for m in header["sections"]]
         position, fingerprint = int(header["position"]), str(header.get("fingerprint", ""))
+        left_out = [str(k) for k in header.get("left_out", [])]
     except SnapshotError:
         raise
     except (ValueError, KeyError, TypeError, OverflowError, AttributeError,
@@ -254,7 +263,7 @@ def _read(path: Path, f: io.BufferedReader, mapped: bool
                     f"{path} is corrupt: section {kind} ({name}) fails its checksum.")
             arrays[name] = arr
         sections.append(_section(path, kind, bits, layout, id_offset, arrays))
-    return position, sections, fingerprint
+    return position, sections, fingerprint, left_out
 
 
 _Entry = tuple[str, np.dtype[Any], tuple[int, ...], int, int, int]

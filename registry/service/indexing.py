@@ -71,9 +71,12 @@ class IndexKeeper:
         self.store = store
         self.snapshot_path = snapshot_path
         self.options = options or IndexOptions()
-        # Engine-backed kinds (TAKEDOWN_INDEX=milvus): opened once, fed by one process.
-        self.external = self.options.open_external()
-        self.indexes = IndexSet(self.options, self.external)
+        # Engine-backed kinds (TAKEDOWN_INDEX=milvus): opened once, when the index is first
+        # loaded or rebuilt (a CLI command that never searches never connects), fed by one
+        # process. Until then an empty in-process set stands in.
+        self.external: dict[SignalKind, HashIndex] = {}
+        self.indexes = IndexSet(dataclasses.replace(self.options, kind="multi")
+                                if self.options.external else self.options)
         self.lock = threading.RLock()
         self._writer_lock: HeldLock | None = None
         self._writer_checked = self._writer_tried = -1e9
@@ -89,6 +92,7 @@ class IndexKeeper:
         The snapshot is mapped, not copied: every process of a machine serving from the same
         file shares one copy of its tables. When none is usable the processes starting together
         take the snapshot lock in turn: the first rebuilds and writes one, the others map it."""
+        self._open_external()
         try:
             self._load_snapshot()
         except SnapshotError as first:
@@ -156,6 +160,12 @@ class IndexKeeper:
             yield True
 
     # --- engine-backed kinds (TAKEDOWN_INDEX=milvus) --------------------------------------
+    def _open_external(self) -> None:
+        if self.options.external and not self.external:
+            self.external = self.options.open_external()
+            with self.lock:
+                self.indexes = IndexSet(self.options, self.external)
+
     def external_writer(self) -> bool:
         """Whether this process feeds the engine: exactly one process of all that share the
         database does (a PostgreSQL session advisory lock, a file lock on SQLite), and whoever
@@ -294,6 +304,7 @@ class IndexKeeper:
 
     def rebuild(self, progress: Progress | None = None) -> int:
         """A fresh index from every active signal, consistent with one change-log position."""
+        self._open_external()
         fresh = IndexSet(self.options, self.external)
         if self.external and self.external_writer():
             self._fill_external(set(self.external))
@@ -353,6 +364,7 @@ class IndexKeeper:
             self._writer_lock.release()
             self._writer_lock = None
         close_all(self.external)
+        self.external = {}
 
     # --- background compaction (serving processes) ----------------------------------------
     def compact_in_background(self) -> None:
@@ -424,7 +436,7 @@ class IndexKeeper:
         sections = plan.sections()
         with self.store.transaction(write=False) as tx:
             fingerprint = tx.changes.fingerprint(plan.position)
-        snapshot.save(self.snapshot_path, plan.position, sections, fingerprint)
+        snapshot.save(self.snapshot_path, plan.position, sections, fingerprint, plan.left_out)
         return self.snapshot_path
 
     # --- queries -------------------------------------------------------------------------
