@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml setup.py registry/index/_mih.c
 	@# installed only as root, otherwise those tests skip with the reason.
 	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum)
+	@# The abuse tests run the documented nginx configuration in front of gunicorn; the package's
+	@# own service is not started (the tests start nginx with their own configuration).
+	test -x /usr/sbin/nginx || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+	   apt-get install -y -qq --no-install-recommends nginx && \
+	   (service nginx stop >/dev/null 2>&1 || true))
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
