@@ -72,6 +72,36 @@ def merge_hits(per_query: list[list[tuple[Ids, npt.NDArray[np.int32]]]], tombsto
     return results
 
 
+_NO_HITS = SearchResult(np.zeros(0, np.int64), np.zeros(0, np.int32))
+
+
+def hits_per_query(nq: int, qs: list[npt.NDArray[np.int64]], ids: list[Ids],
+                   dists: list[npt.NDArray[np.int32]], tombstones: Ids) -> list[SearchResult]:
+    """The hits of ``nq`` queries given as parallel flat arrays (the query each belongs to, its
+    id, its distance), tombstoned ids dropped, each query's sorted by distance then id; what
+    :func:`merge_hits` gives, in one sort for the whole batch."""
+    if not qs:
+        return [_NO_HITS] * nq
+    q = np.concatenate(qs) if len(qs) > 1 else qs[0]
+    hit_ids = np.concatenate(ids) if len(ids) > 1 else ids[0]
+    dist = np.concatenate(dists) if len(dists) > 1 else dists[0]
+    if len(tombstones) and len(hit_ids):
+        live = ~np.isin(hit_ids, tombstones)
+        q, hit_ids, dist = q[live], hit_ids[live], dist[live]
+    if not len(q):
+        return [_NO_HITS] * nq
+    order = np.lexsort((hit_ids, dist, q))
+    hit_ids = hit_ids[order].astype(np.int64, copy=False)
+    dist = dist[order].astype(np.int32, copy=False)
+    ends = np.cumsum(np.bincount(q, minlength=nq)).tolist()
+    out, start = [], 0
+    for end in ends:
+        out.append(SearchResult(hit_ids[start:end], dist[start:end]) if end > start
+                   else _NO_HITS)
+        start = end
+    return out
+
+
 def check_pair(ids: npt.ArrayLike, codes: Codes, bits: int) -> tuple[Ids, Codes]:
     """Validated ``(ids, codes)`` for ``add``: int64 ids, one per code of the right width."""
     codes = check_codes(codes, bits)
