@@ -79,6 +79,8 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 SETUP_VERSION = 2
+PHASES = ("batch", "batch_random", "batch_full", "batch_full_random", "single",
+          "single_concurrent", "image", "image_concurrent")
 REGISTER_BATCH = 2000  # images per Registry.register_bank call (imports take up to 10,000)
 NEAR_DUP_MAX_BITS = 16
 HOST = "127.0.0.1"
@@ -179,10 +181,13 @@ def setup_data(data_dir: Path, n: int, seed: int) -> dict[str, Any]:
     from registry.service import SubmittedImage
 
     marker = data_dir / "setup.json"
-    wanted = {"hashes": n, "seed": seed, "version": SETUP_VERSION}
+    wanted = {"hashes": n, "seed": seed, "version": SETUP_VERSION, "database": DATABASE_URL}
     if marker.exists():
         info: dict[str, Any] = json.loads(marker.read_text())
         if {k: info.get(k) for k in wanted} == wanted and (data_dir / "codes.npy").exists():
+            if DATABASE_URL and change_head(data_dir) != info.get("change_head"):
+                raise SystemExit(f"data: {DATABASE_URL} is not the database {data_dir} was set "
+                                 "up in (its change log differs); name a fresh database")
             info["reused"] = True
             print(f"data: reusing {data_dir} ({n:,} hashes registered earlier)", flush=True)
             return info
@@ -231,9 +236,10 @@ def setup_data(data_dir: Path, n: int, seed: int) -> dict[str, Any]:
         indexed = len(registry.keeper.indexes)
     finally:
         registry.close()
-    info = {**wanted, "registered_through": "Registry.register_bank (service layer), "
-                                            f"{REGISTER_BATCH} images per call, each with "
-                                            "PDQ, pHash, MD5 and SHA-256",
+    info = {**wanted, "change_head": change_head(data_dir),
+            "registered_through": "Registry.register_bank (service layer), "
+                                  f"{REGISTER_BATCH} images per call, each with PDQ, pHash, "
+                                  "MD5 and SHA-256",
             "register_s": round(register_s, 1), "registered": registered,
             "image_signals_registered": image_signals, "index_build_s": round(build_s, 1),
             "snapshot_s": round(snapshot_s, 2), "snapshot_bytes": Path(snapshot).stat().st_size,
@@ -246,6 +252,18 @@ def setup_data(data_dir: Path, n: int, seed: int) -> dict[str, Any]:
           f"({registered / register_s:,.0f}/s); index built in {build_s:.1f} s, snapshot "
           f"{info['snapshot_bytes'] / 1e6:.1f} MB in {snapshot_s:.2f} s", flush=True)
     return info
+
+
+def change_head(data_dir: Path) -> int:
+    """The database's change-log head: a reused PostgreSQL set-up must still be the same one."""
+    from registry.bootstrap import build_registry
+
+    registry = build_registry(bench_settings(data_dir), load_index=False)
+    try:
+        with registry.store.transaction(write=False) as tx:
+            return tx.changes.head()
+    finally:
+        registry.close()
 
 
 def new_key(data_dir: Path) -> str:
@@ -319,6 +337,30 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return total
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU time of the PostgreSQL server behind ``--database-url`` so far: its postmaster's own
+    and its reaped children's, plus its live backends' (from /proc, so only for a server on
+    this machine; it counts every client's work on that server, not only this benchmark's)."""
+    if not DATABASE_URL:
+        return None
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(DATABASE_URL, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            backend = int(conn.execute(sqlalchemy.text("select pg_backend_pid()")).scalar_one())
+        stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+        postmaster = int(stat[1])
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, sqlalchemy.exc.SQLAlchemyError):
+        return None
+    finally:
+        engine.dispose()
+    tick = os.sysconf("SC_CLK_TCK")
+    own = sum(int(f) for f in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    return own + cpu_seconds(worker_pids(postmaster))
 
 
 class Server:
@@ -447,6 +489,7 @@ def run_load(server: Server, bodies: list[tuple[str, bytes, dict[str, str]]], ch
                     errors.append(outcome.get("error", f"status {status}"))
 
     cpu0 = cpu_seconds(server.worker_pids())
+    pg0 = postgres_cpu_seconds()
     own0 = time.process_time()
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
@@ -456,11 +499,14 @@ def run_load(server: Server, bodies: list[tuple[str, bytes, dict[str, str]]], ch
         t.join(seconds + 600)
     elapsed = time.perf_counter() - t0
     server_cpu = cpu_seconds(server.worker_pids()) - cpu0
+    pg1 = postgres_cpu_seconds()
+    postgres_cpu = round(pg1 - pg0, 2) if pg0 is not None and pg1 is not None else None
     ok = [o for o in outcomes if o.get("ok")]
     return {"clients": clients, "requests": len(outcomes), "ok": len(ok), "errors": len(errors),
             "error_samples": errors[:5], "elapsed_s": round(elapsed, 3),
             "requests_per_s": round(len(ok) / elapsed, 2),
             "latency_ms": summary(latencies), "server_cpu_s": round(server_cpu, 2),
+            "postgres_cpu_s": postgres_cpu,
             "client_cpu_s": round(time.process_time() - own0, 2),
             "outcomes": ok}
 
@@ -601,6 +647,8 @@ def phase_batch(server: Server, key: str, codes: np.ndarray, rng: np.random.Gene
         "signals_per_query": per_query, "hashes": hashes,
         "hashes_per_s": round(hashes / out["elapsed_s"], 1),
         "server_cpu_ms_per_hash": round(out["server_cpu_s"] * 1000 / hashes, 3) if hashes else None,
+        "postgres_cpu_ms_per_hash": (round(out["postgres_cpu_s"] * 1000 / hashes, 3)
+                                     if hashes and out["postgres_cpu_s"] is not None else None),
         "near_dups_matched": f"{sum(o['near_dups_matched'] for o in oks)}/"
                              f"{sum(o['near_dups'] for o in oks)}",
         "randoms_matched": f"{sum(o['randoms_matched'] for o in oks)}/"
@@ -668,36 +716,38 @@ def _json_headers(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
 
+LABELS = {
+    "batch": "batched /match ({batch} queries, {clients} clients)",
+    "batch_random": "  same, random codes only (no matches)",
+    "batch_full": "batched, 4 signals per query (PDQ, pHash, MD5, SHA-256)",
+    "batch_full_random": "  same, random codes only (no matches)",
+    "single": "single-query /match (1 client)",
+    "single_concurrent": "single-query /match ({clients} clients)",
+    "image": "/match/image 2 MP JPEG (1 client)",
+    "image_concurrent": "/match/image 2 MP JPEG ({clients} clients)",
+}
+
+
 def print_table(report: dict[str, Any]) -> None:
     r = report["results"]
-    rows = [(f"batched /match ({r['batch']['batch']} queries, {r['batch']['clients']} clients)",
-             f"{r['batch']['hashes_per_s']:,.0f} hashes/s",
-             _lat(r["batch"]["latency_ms"]), r["batch"]["errors"]),
-            ("  same, random codes only (no matches)",
-             f"{r['batch_random']['hashes_per_s']:,.0f} hashes/s",
-             _lat(r["batch_random"]["latency_ms"]), r["batch_random"]["errors"]),
-            ("batched, 4 signals per query (PDQ, pHash, MD5, SHA-256)",
-             f"{r['batch_full']['hashes_per_s']:,.0f} hashes/s",
-             _lat(r["batch_full"]["latency_ms"]), r["batch_full"]["errors"]),
-            ("  same, random codes only (no matches)",
-             f"{r['batch_full_random']['hashes_per_s']:,.0f} hashes/s",
-             _lat(r["batch_full_random"]["latency_ms"]), r["batch_full_random"]["errors"]),
-            ("single-query /match (1 client)", f"{r['single']['requests_per_s']:,.1f} req/s",
-             _lat(r["single"]["latency_ms"]), r["single"]["errors"]),
-            (f"single-query /match ({r['single_concurrent']['clients']} clients)",
-             f"{r['single_concurrent']['requests_per_s']:,.1f} req/s",
-             _lat(r["single_concurrent"]["latency_ms"]), r["single_concurrent"]["errors"]),
-            ("/match/image 2 MP JPEG (1 client)", f"{r['image']['images_per_s']:,.1f} images/s",
-             _lat(r["image"]["latency_ms"]), r["image"]["errors"]),
-            (f"/match/image 2 MP JPEG ({r['image_concurrent']['clients']} clients)",
-             f"{r['image_concurrent']['images_per_s']:,.1f} images/s",
-             _lat(r["image_concurrent"]["latency_ms"]), r["image_concurrent"]["errors"])]
     print()
     print(f"{'phase':<46}{'throughput':>20}  {'latency p50 / p99 ms':>22}{'errors':>8}")
-    for name, rate, lat, errs in rows:
-        print(f"{name:<46}{rate:>20}  {lat:>22}{errs:>8}")
+    for name in PHASES:
+        if name not in r:
+            continue
+        d = r[name]
+        if "images_per_s" in d:
+            rate = f"{d['images_per_s']:,.1f} images/s"
+        elif name.startswith("single"):
+            rate = f"{d['requests_per_s']:,.1f} req/s"
+        else:
+            rate = f"{d['hashes_per_s']:,.0f} hashes/s"
+        label = LABELS[name].format(batch=d.get("batch"), clients=d.get("clients"))
+        print(f"{label:<46}{rate:>20}  {_lat(d['latency_ms']):>22}{d['errors']:>8}")
     print()
     for name in ("batch", "batch_random", "batch_full", "batch_full_random"):
+        if name not in r:
+            continue
         b = r[name]
         print(f"{name}: {b['hashes']:,} hashes ({b['signals_per_query']} per query, "
               f"{b['near_duplicate_share']:.0%} near copies) in {b['elapsed_s']:.1f} s; near "
@@ -710,6 +760,16 @@ def print_table(report: dict[str, Any]) -> None:
               "unprofiled):")
         for k, v in d["ms_per_request"].items():
             print(f"  {v:>9.2f} ms  {100 * d['share'][k]:5.1f}%  {k}")
+
+
+def _headline(phase: dict[str, Any]) -> str:
+    if "hashes_per_s" in phase and "server_cpu_ms_per_hash" in phase:
+        return (f"{phase['hashes_per_s']:,.0f} hashes/s, server CPU "
+                f"{phase['server_cpu_ms_per_hash']} ms per hash (PostgreSQL "
+                f"{phase.get('postgres_cpu_ms_per_hash')}, client {phase['client_cpu_s']} s)")
+    if "images_per_s" in phase:
+        return f"{phase['images_per_s']:,.1f} images/s, p50 {phase['latency_ms']['p50']} ms"
+    return f"{phase['requests_per_s']:,.1f} requests/s, p50 {phase['latency_ms']['p50']} ms"
 
 
 def _lat(lat: dict[str, Any]) -> str:
@@ -736,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single-seconds", type=float, default=60.0)
     p.add_argument("--images", type=int, default=40, help="sequential image requests")
     p.add_argument("--image-seconds", type=float, default=30.0)
+    p.add_argument("--phases", type=lambda v: v.split(","), default=list(PHASES),
+                   help=f"comma-separated phases to run, in order (default: {','.join(PHASES)})")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false")
     p.add_argument("--breakdown-repeats", type=int, default=2,
                    help="profiled batch requests (single-query requests: 50 times as many)")
@@ -744,6 +806,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 20k hashes, 5 s phases, 50 single queries, 6 images")
     args = p.parse_args(argv)
+    if unknown := set(args.phases) - set(PHASES):
+        p.error(f"unknown phases: {', '.join(sorted(unknown))}")
     if args.quick:
         args.hashes, args.seconds, args.single, args.single_seconds = 20_000, 5.0, 50, 10.0
         args.images, args.image_seconds, args.breakdown_repeats = 6, 10.0, 1
@@ -754,8 +818,6 @@ def main(argv: list[str] | None = None) -> int:
         args.data_dir = str(Path(tempfile.gettempdir())
                             / f"takedown-bench-http-{args.hashes}{suffix}")
     data_dir = Path(args.data_dir).resolve()
-    if DATABASE_URL and (data_dir / "setup.json").exists():
-        (data_dir / "setup.json").unlink()  # a fresh database needs a fresh set-up
 
     started = time.time()
     report: dict[str, Any] = {
@@ -796,29 +858,24 @@ def main(argv: list[str] | None = None) -> int:
         report["server"]["workers"] = server.worker_pids()
         print(f"server: gunicorn with {args.workers} workers ready in {ready_s:.1f} s "
               f"({server.url})", flush=True)
-        results["batch"] = phase_batch(server, key, codes, rng, args, 2, args.seconds)
-        print(f"batched: {results['batch']['hashes_per_s']:,.0f} hashes/s", flush=True)
-        results["batch_random"] = phase_batch(server, key, codes, rng, args, 0,
-                                              args.seconds / 2)
-        print(f"batched, random codes only: {results['batch_random']['hashes_per_s']:,.0f} "
-              "hashes/s", flush=True)
-        results["batch_full"] = phase_batch(server, key, codes, rng, args, 2, args.seconds,
-                                            phashes)
-        print(f"batched, 4 signals per query: {results['batch_full']['hashes_per_s']:,.0f} "
-              "hashes/s", flush=True)
-        results["batch_full_random"] = phase_batch(server, key, codes, rng, args, 0,
-                                                   args.seconds / 2, phashes)
-        print(f"batched, 4 signals per query, no matches: "
-              f"{results['batch_full_random']['hashes_per_s']:,.0f} hashes/s", flush=True)
-        results["single"] = phase_single(server, key, codes, rng, args, 1)
-        print(f"single: p50 {results['single']['latency_ms']['p50']} ms, "
-              f"p99 {results['single']['latency_ms']['p99']} ms", flush=True)
-        results["single_concurrent"] = phase_single(server, key, codes, rng, args, args.clients)
-        results["image"] = phase_image(server, key, data_dir, info, args, 1)
-        print(f"image: p50 {results['image']['latency_ms']['p50']} ms", flush=True)
-        results["image_concurrent"] = phase_image(server, key, data_dir, info, args,
-                                                  args.clients)
-        print(f"image: {results['image_concurrent']['images_per_s']} images/s", flush=True)
+        phases: dict[str, Callable[[], dict[str, Any]]] = {
+            "batch": lambda: phase_batch(server, key, codes, rng, args, 2, args.seconds),
+            "batch_random": lambda: phase_batch(server, key, codes, rng, args, 0,
+                                                args.seconds / 2),
+            "batch_full": lambda: phase_batch(server, key, codes, rng, args, 2, args.seconds,
+                                              phashes),
+            "batch_full_random": lambda: phase_batch(server, key, codes, rng, args, 0,
+                                                     args.seconds / 2, phashes),
+            "single": lambda: phase_single(server, key, codes, rng, args, 1),
+            "single_concurrent": lambda: phase_single(server, key, codes, rng, args,
+                                                      args.clients),
+            "image": lambda: phase_image(server, key, data_dir, info, args, 1),
+            "image_concurrent": lambda: phase_image(server, key, data_dir, info, args,
+                                                    args.clients),
+        }
+        for name in args.phases:
+            results[name] = phases[name]()
+            print(f"{name}: {_headline(results[name])}", flush=True)
     finally:
         server.stop()
     report["results"] = results
