@@ -236,11 +236,23 @@ static inline const uint32_t *dir_entry(const uint32_t *dirs, uint32_t c, uint32
     return dirs + (size_t)c * 2 * (CHUNK_VALUES + 1) + 2 * (size_t)v;
 }
 
-/* One query: returns 0, or -1 on allocation failure. Hits are unique rows. */
-POPCOUNT_CLONES
-static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint32_t *dirs,
-                      const uint8_t *blob, Py_ssize_t blob_len, const uint8_t *q, int radius,
-                      const uint8_t *probes, cand_t *cand, hits_t *hits, Py_ssize_t *examined) {
+/* Grows cand->buf to hold at least ``need`` rows; -1 on allocation failure. */
+static int cand_reserve(cand_t *cand, Py_ssize_t need) {
+    if (need <= cand->cap) return 0;
+    Py_ssize_t cap = cand->cap ? cand->cap : 4096;
+    while (cap < need) cap *= 2;
+    uint32_t *b = realloc(cand->buf, cap * sizeof(uint32_t));
+    if (!b) return -1;
+    cand->buf = b;
+    cand->cap = cap;
+    return 0;
+}
+
+/* The candidate rows of one query (every row of every probed bucket, with repeats when a row
+ * is in several) into cand->buf; returns how many, or -1 on allocation failure. */
+static Py_ssize_t gather(Py_ssize_t n, int nbytes, const uint32_t *dirs, const uint8_t *blob,
+                         Py_ssize_t blob_len, const uint8_t *q, const uint8_t *probes,
+                         cand_t *cand) {
     /* Every probed (chunk, value), gathered first so that their directory entries and then
      * their buckets can be prefetched together instead of missing the cache one by one. */
     uint32_t values[PROBES_PER_CHUNK];
@@ -264,15 +276,7 @@ static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint
         const uint32_t *d = dir_entry(dirs, probe_c[k], probe_v[k]);
         uint32_t rows = d[2] - d[0];
         if (!rows) continue;
-        Py_ssize_t need = count + rows;
-        if (need > cand->cap) {
-            Py_ssize_t cap = cand->cap ? cand->cap : 4096;
-            while (cap < need) cap *= 2;
-            uint32_t *b = realloc(cand->buf, cap * sizeof(uint32_t));
-            if (!b) return -1;
-            cand->buf = b;
-            cand->cap = cap;
-        }
+        if (cand_reserve(cand, count + rows) < 0) return -1;
         /* Decode the bucket: its i-th set bit, at bit b, is row ((b - i) << 16) | low[i]. */
         const uint8_t *bucket = blob + (size_t)probe_c[k] * blob_len + d[1];
         const uint8_t *low = bucket + (rows + h + 7) / 8;
@@ -288,8 +292,41 @@ static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint
             word &= word - 1;
             out[i] = ((uint32_t)(bit - i) << 16) | (uint32_t)low[2 * i] | ((uint32_t)low[2 * i + 1] << 8);
         }
-        count = need;
+        count += rows;
     }
+    return count;
+}
+
+/* Sorts hits[first:] by row and keeps each row once (a code close to the query is usually
+ * found through several chunks). Returns 0, or -1 on allocation failure. */
+static int unique_rows(hits_t *hits, Py_ssize_t first) {
+    Py_ssize_t found = hits->len - first;
+    if (found <= 1) return 0;
+    uint64_t *pairs = malloc(found * sizeof(uint64_t));
+    if (!pairs) return -1;
+    for (Py_ssize_t i = 0; i < found; i++)
+        pairs[i] = ((uint64_t)hits->rows[first + i] << 32) | (uint32_t)hits->dist[first + i];
+    qsort(pairs, found, sizeof(uint64_t), cmp_u64);
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < found; i++) {
+        uint32_t row = (uint32_t)(pairs[i] >> 32);
+        if (kept && hits->rows[first + kept - 1] == row) continue;
+        hits->rows[first + kept] = row;
+        hits->dist[first + kept] = (int32_t)(uint32_t)pairs[i];
+        kept++;
+    }
+    hits->len = first + kept;
+    free(pairs);
+    return 0;
+}
+
+/* One query: returns 0, or -1 on allocation failure. Hits are unique rows, ascending. */
+POPCOUNT_CLONES
+static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint32_t *dirs,
+                      const uint8_t *blob, Py_ssize_t blob_len, const uint8_t *q, int radius,
+                      const uint8_t *probes, cand_t *cand, hits_t *hits, Py_ssize_t *examined) {
+    Py_ssize_t count = gather(n, nbytes, dirs, blob, blob_len, q, probes, cand);
+    if (count < 0) return -1;
     *examined += count;
     Py_ssize_t first = hits->len;
     const uint32_t *buf = cand->buf;
@@ -299,26 +336,207 @@ static int search_one(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint
         int d = distance(q, codes + (size_t)row * nbytes, nbytes);
         if (d <= radius && hits_push(hits, row, d) < 0) return -1;
     }
-    /* A code close to the query is usually found through several chunks: keep each row once. */
-    Py_ssize_t found = hits->len - first;
-    if (found > 1) {
-        uint64_t *pairs = malloc(found * sizeof(uint64_t));
-        if (!pairs) return -1;
-        for (Py_ssize_t i = 0; i < found; i++)
-            pairs[i] = ((uint64_t)hits->rows[first + i] << 32) | (uint32_t)hits->dist[first + i];
-        qsort(pairs, found, sizeof(uint64_t), cmp_u64);
-        Py_ssize_t kept = 0;
-        for (Py_ssize_t i = 0; i < found; i++) {
-            uint32_t row = (uint32_t)(pairs[i] >> 32);
-            if (kept && hits->rows[first + kept - 1] == row) continue;
-            hits->rows[first + kept] = row;
-            hits->dist[first + kept] = (int32_t)(uint32_t)pairs[i];
-            kept++;
-        }
-        hits->len = first + kept;
-        free(pairs);
+    return unique_rows(hits, first);
+}
+
+/* ---- batched search: candidates checked block by block ----------------------------------
+ *
+ * One query's candidates are a few thousand rows spread over the whole table, so checking them
+ * reads codes at random: at 1M PDQ codes (32 MB) about 15 ns a candidate, most of a search.
+ * A batch's candidates are many per row (1000 queries: ~6 per row at 1M), so they are first
+ * sorted into blocks of rows whose codes fit in the L2 cache (BLOCK_BYTES), each candidate as
+ * one 32-bit word (its row within the block, and the query), then checked block after block:
+ * every block's codes are read from memory about once. The hits are the same as one query at a
+ * time (per query: unique rows, ascending) and so is ``examined``. */
+#define BATCH_MIN 16                    /* fewer queries: one at a time */
+#define BLOCK_BYTES (256 * 1024)
+#define PASS_CANDIDATES (1024 * 1024) /* per pass over the blocks, at most about this many */
+
+typedef struct {
+    uint32_t q, row;
+    int32_t d;
+} triple_t;
+
+/* The candidate words of a pass, block after block, kept by each thread from one batch to the
+ * next: fresh pages would cost a page fault every 4 KiB each time (a few ms a batch). */
+static _Thread_local uint32_t *arena = NULL;
+static _Thread_local Py_ssize_t arena_cap = 0;
+
+/* log2 of the rows per block: the largest power of two whose codes fit BLOCK_BYTES (at least
+ * 2**8, at most 2**20, so a word keeps 12 or more bits for the query). */
+static int block_shift(int nbytes) {
+    int s = 8;
+    while (s < 20 && ((Py_ssize_t)nbytes << (s + 1)) <= BLOCK_BYTES) s++;
+    return s;
+}
+
+/* Probed values per query: 1 + C(16,1) + ... + C(16,r) per chunk probed to radius r. */
+static Py_ssize_t probes_per_query(const uint8_t *probes, int m) {
+    static const int per_radius[MAX_PROBE + 1] = {1, 17, 137, 697};
+    Py_ssize_t total = 0;
+    for (int c = 0; c < m; c++)
+        if (probes[c] != 0xff) total += per_radius[probes[c]];
+    return total;
+}
+
+/* A block's words past its share of the arena (rows spread unevenly): a growable overflow. */
+typedef struct {
+    uint32_t *w;
+    Py_ssize_t len, cap;
+} spill_t;
+
+static int spill_push(spill_t *s, uint32_t w) {
+    if (s->len == s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 256;
+        uint32_t *p = realloc(s->w, cap * sizeof(uint32_t));
+        if (!p) return -1;
+        s->w = p;
+        s->cap = cap;
+    }
+    s->w[s->len++] = w;
+    return 0;
+}
+
+static int triple_push(triple_t **t, Py_ssize_t *len, Py_ssize_t *cap, uint32_t q, uint32_t row,
+                       int32_t d) {
+    if (*len == *cap) {
+        Py_ssize_t c = *cap ? *cap * 2 : 1024;
+        triple_t *p = realloc(*t, c * sizeof(triple_t));
+        if (!p) return -1;
+        *t = p;
+        *cap = c;
+    }
+    (*t)[*len].q = q;
+    (*t)[*len].row = row;
+    (*t)[*len].d = d;
+    (*len)++;
+    return 0;
+}
+
+/* Checks the words w[0..len) of block b (each: query - q0 above ``shift`` bits, row within the
+ * block below), appending the hits. Returns 0, or -1 on allocation failure. */
+POPCOUNT_CLONES
+static int check_block(const uint8_t *codes, int nbytes, int shift, Py_ssize_t b,
+                       const uint32_t *w, Py_ssize_t len, const uint8_t *qs, Py_ssize_t q0,
+                       int radius, triple_t **found, Py_ssize_t *nfound, Py_ssize_t *cap) {
+    const uint32_t mask = (1u << shift) - 1;
+    const uint8_t *base = codes + ((size_t)b << shift) * nbytes;
+    for (Py_ssize_t p = 0; p < len; p++) {
+        if (p + PREFETCH < len) __builtin_prefetch(base + (size_t)(w[p + PREFETCH] & mask) * nbytes);
+        uint32_t local = w[p] & mask, qi = (uint32_t)q0 + (w[p] >> shift);
+        int d = distance(qs + (size_t)qi * nbytes, base + (size_t)local * nbytes, nbytes);
+        if (d <= radius && triple_push(found, nfound, cap, qi, ((uint32_t)b << shift) | local, d) < 0)
+            return -1;
     }
     return 0;
+}
+
+/* The hits of every query as the per-query search leaves them: lims[0..nq], and per query its
+ * unique rows ascending. Returns 0, or -1 on allocation failure. */
+static int hits_by_query(const triple_t *found, Py_ssize_t nfound, Py_ssize_t nq, hits_t *hits,
+                         int64_t *lims) {
+    for (Py_ssize_t i = 0; i <= nq; i++) lims[i] = 0;
+    hits->len = 0;
+    if (!nfound) return 0;
+    for (Py_ssize_t t = 0; t < nfound; t++) lims[found[t].q + 1]++;
+    for (Py_ssize_t i = 0; i < nq; i++) lims[i + 1] += lims[i];
+    hits->rows = malloc(nfound * sizeof(uint32_t));
+    hits->dist = malloc(nfound * sizeof(int32_t));
+    int64_t *next = malloc(nq * sizeof(int64_t));
+    if (!hits->rows || !hits->dist || !next) {
+        free(next);
+        return -1;
+    }
+    hits->cap = nfound;
+    memcpy(next, lims, nq * sizeof(int64_t));
+    for (Py_ssize_t t = 0; t < nfound; t++) {
+        int64_t at = next[found[t].q]++;
+        hits->rows[at] = found[t].row;
+        hits->dist[at] = found[t].d;
+    }
+    free(next);
+    /* Each query's hits made unique, moved down to where the previous query's end. */
+    Py_ssize_t out = 0;
+    for (Py_ssize_t i = 0; i < nq; i++) {
+        Py_ssize_t lo = lims[i], hi = lims[i + 1];
+        memmove(hits->rows + out, hits->rows + lo, (hi - lo) * sizeof(uint32_t));
+        memmove(hits->dist + out, hits->dist + lo, (hi - lo) * sizeof(int32_t));
+        hits->len = out + (hi - lo);
+        if (unique_rows(hits, out) < 0) return -1;
+        lims[i] = out;
+        out = hits->len;
+    }
+    lims[nq] = out;
+    return 0;
+}
+
+/* Every query of the batch; fills lims[0..nq] and hits. Returns 0, or -1 on allocation
+ * failure. */
+static int search_blocked(const uint8_t *codes, Py_ssize_t n, int nbytes, const uint32_t *dirs,
+                          const uint8_t *blob, Py_ssize_t blob_len, const uint8_t *qs,
+                          Py_ssize_t nq, int radius, const uint8_t *probes, cand_t *cand,
+                          hits_t *hits, int64_t *lims, Py_ssize_t *examined) {
+    const int shift = block_shift(nbytes);
+    const uint32_t mask = (1u << shift) - 1;
+    const Py_ssize_t nblocks = (n + mask) >> shift;
+    const double per_query = (double)probes_per_query(probes, nbytes / 2) * (double)n / CHUNK_VALUES;
+    Py_ssize_t step = (Py_ssize_t)((double)PASS_CANDIDATES / (per_query + 1.0));
+    if (step < 1) step = 1;
+    if (step > ((Py_ssize_t)1 << (32 - shift))) step = (Py_ssize_t)1 << (32 - shift);
+    if (step > nq) step = nq;
+    /* Each block's share of the arena: its expected words (rows spread about evenly) and room
+     * to spare; words past it spill. */
+    Py_ssize_t share = (Py_ssize_t)(1.2 * per_query * (double)step / (double)nblocks) + 64;
+    int failed = 0;
+    triple_t *found = NULL;
+    Py_ssize_t nfound = 0, found_cap = 0;
+    uint32_t **cur = malloc((nblocks + 1) * sizeof(uint32_t *));
+    spill_t *spill = calloc(nblocks + 1, sizeof(spill_t));
+    if (!cur || !spill) failed = 1;
+    if (!failed && arena_cap < share * nblocks) {
+        free(arena);
+        arena = malloc(share * nblocks * sizeof(uint32_t));
+        arena_cap = arena ? share * nblocks : 0;
+        if (!arena) failed = 1;
+    }
+    for (Py_ssize_t q0 = 0; q0 < nq && !failed; q0 += step) {
+        Py_ssize_t q1 = q0 + step < nq ? q0 + step : nq;
+        for (Py_ssize_t b = 0; b < nblocks; b++) {
+            cur[b] = arena + b * share;
+            spill[b].len = 0;
+        }
+        for (Py_ssize_t i = q0; i < q1 && !failed; i++) {
+            Py_ssize_t count = gather(n, nbytes, dirs, blob, blob_len, qs + i * nbytes, probes,
+                                      cand);
+            if (count < 0) { failed = 1; break; }
+            *examined += count;
+            const uint32_t tag = (uint32_t)(i - q0) << shift;
+            const uint32_t *rows = cand->buf;
+            for (Py_ssize_t p = 0; p < count; p++) {
+                Py_ssize_t b = rows[p] >> shift;
+                uint32_t w = tag | (rows[p] & mask);
+                if (__builtin_expect(cur[b] == arena + (b + 1) * share, 0)) {
+                    if (spill_push(&spill[b], w) < 0) { failed = 1; break; }
+                } else {
+                    *cur[b]++ = w;
+                }
+            }
+        }
+        for (Py_ssize_t b = 0; b < nblocks && !failed; b++) {
+            const uint32_t *w = arena + b * share;
+            failed = check_block(codes, nbytes, shift, b, w, cur[b] - w, qs, q0, radius, &found,
+                                 &nfound, &found_cap) < 0
+                     || check_block(codes, nbytes, shift, b, spill[b].w, spill[b].len, qs, q0,
+                                    radius, &found, &nfound, &found_cap) < 0;
+        }
+    }
+    if (spill)
+        for (Py_ssize_t b = 0; b < nblocks; b++) free(spill[b].w);
+    free(spill);
+    free(cur);
+    if (!failed) failed = hits_by_query(found, nfound, nq, hits, lims) < 0;
+    free(found);
+    return failed ? -1 : 0;
 }
 
 /* search(codes, nbytes, dirs, blob, queries, radius, probes)
@@ -369,7 +587,12 @@ static PyObject *mih_search(PyObject *self, PyObject *args) {
     if (!failed) {
         Py_BEGIN_ALLOW_THREADS
         lims[0] = 0;
-        for (Py_ssize_t i = 0; i < nq && !failed; i++) {
+        if (nq >= BATCH_MIN)
+            failed = search_blocked((const uint8_t *)codes.buf, n, nbytes,
+                                    (const uint32_t *)dirs.buf, (const uint8_t *)blob.buf,
+                                    blob_len, (const uint8_t *)qs.buf, nq, radius,
+                                    (const uint8_t *)probes, &cand, &hits, lims, &examined) < 0;
+        for (Py_ssize_t i = 0; i < nq && nq < BATCH_MIN && !failed; i++) {
             failed = search_one((const uint8_t *)codes.buf, n, nbytes, (const uint32_t *)dirs.buf,
                                 (const uint8_t *)blob.buf, blob_len,
                                 (const uint8_t *)qs.buf + i * nbytes,
