@@ -10,6 +10,7 @@ import click
 
 from cli.main import Context, cli, handle_errors
 from registry.web import create_app
+from registry.web.wsgi import settle_heap
 
 
 @cli.command()
@@ -29,6 +30,7 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
     registry = ctx.registry()
     registry.follow_changes()
     app = create_app(registry)
+    settle_heap()
     click.echo(f"Serving on http://{host}:{port} (database: {registry.store.dialect}; "
                f"{len(registry.keeper.indexes)} hashes indexed)", err=True)
     run_simple(host, port, app, threaded=True, use_reloader=False)

@@ -9,6 +9,8 @@ follower (``registry.service.follower``). Settings come from the
 
 from __future__ import annotations
 
+import gc
+
 from apiflask import APIFlask
 
 from registry.bootstrap import build_registry
@@ -21,4 +23,15 @@ def create() -> APIFlask:
     settings = Settings.from_env()
     registry = build_registry(settings)
     registry.follow_changes()
-    return create_app(registry)
+    app = create_app(registry)
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Move everything start-up made (modules, the app, the registry) out of the garbage
+    collector's sight. A batched match allocates thousands of objects, which sets off
+    collections that walked this whole long-lived heap each time: 10-18 ms of a 1000-query
+    request, 1.4 ms once frozen (measured in-process, bench/match_profile.py's set-up)."""
+    gc.collect()
+    gc.freeze()
