@@ -157,6 +157,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         _, key = registry.add_platform(f"bench-{uuid.uuid4().hex[:8]}", [Scope.MATCH])
         client = create_app(registry).test_client()
+        if args.freeze:  # as registry.web.wsgi.create() leaves a serving process
+            from registry.web.wsgi import settle_heap
+
+            settle_heap()
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         cases = {"no_match": 0, "half_matching": 2}
         for case, near_every in cases.items():
@@ -265,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=20240611)
     p.add_argument("--label", default="run", help="key of this run in the output file")
     p.add_argument("--note", default="", help="free text stored with the run")
+    p.add_argument("--no-freeze", dest="freeze", action="store_false",
+                   help="leave the start-up heap to the garbage collector (before gc.freeze)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "match_profile.json"))
     args = p.parse_args(argv)
     bench = _bench_http()
