@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import cProfile
 import functools
+import gc
 import importlib.util
 import json
 import os
@@ -175,12 +176,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             for body in bodies[:2]:  # warm-up
                 post(body)
-            # Plain: the request as it runs, no timers.
+            # Plain: the request as it runs, no timers; garbage collections timed by callback.
+            gc_time, gc_runs = _watch_collections()
             w0, c0 = time.perf_counter(), time.thread_time()
             for body in bodies:
                 post(body)
             plain_wall = (time.perf_counter() - w0) / len(bodies)
             plain_cpu = (time.thread_time() - c0) / len(bodies)
+            gc.callbacks.pop()
+            gc_ms = gc_time[0] / len(bodies) * 1000
             # Stage timer.
             originals = [(o, a, getattr(o, a)) for o, a, _ in stages()]
             for owner, attr, name in stages():
@@ -210,6 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report[case] = {
                 "queries_per_request": args.batch, "signals_per_query": 4,
                 "near_duplicate_share": 0.5 if near_every else 0.0, "requests": n,
+                "garbage_collection_ms_per_request": round(gc_ms, 2),
+                "garbage_collections_per_request": round(gc_runs[0] / len(bodies), 1),
                 "unprofiled_ms_per_request": {"wall": round(plain_wall * 1000, 2),
                                               "cpu": round(plain_cpu * 1000, 2)},
                 "stage_timer": {"total_wall_ms": round(total_wall / n * 1000, 2),
@@ -257,6 +263,21 @@ def print_report(report: dict[str, Any]) -> None:
         for k, v in st["stages"].items():
             print(f"  {v['wall_ms']:>8.2f} ms wall {v['cpu_ms']:>8.2f} ms CPU "
                   f"{100 * v['wall_share']:5.1f}%  {k}")
+
+
+def _watch_collections() -> tuple[list[float], list[int]]:
+    """Registers a gc callback adding up the time collections take (removed by the caller)."""
+    total, runs, started = [0.0], [0], [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            total[0] += time.perf_counter() - started[0]
+            runs[0] += 1
+
+    gc.callbacks.append(callback)
+    return total, runs
 
 
 def main(argv: list[str] | None = None) -> int:
