@@ -520,3 +520,28 @@ def test_a_snapshot_grown_or_cut_by_a_page_is_refused(tmp_path: Path) -> None:
         path.write_bytes(damaged)
         with pytest.raises(SnapshotError, match="corrupt"):
             IndexSet.load(path)
+
+
+def test_buckets_that_do_not_decode_stop_the_search_instead_of_reading_past_them() -> None:
+    """A crafted file can pass the checksums and the directory checks with bucket bytes that do
+    not decode: the kernel refuses them (ValueError), one query or a batch, and reads nothing
+    past a bucket or the codes."""
+    from registry.index.multi import _Tables
+
+    rng = np.random.default_rng(17)
+    codes = random_codes(rng, 5000, 256)
+    index = MultiIndex.from_arrays(256, np.arange(5000), codes, 31)
+    good = index.base_section("pdq")
+    for damage in ("no high bits", "rows past the codes"):
+        blob = good.blob.copy()
+        if damage == "no high bits":
+            blob[:, :] = 0  # every bucket claims rows it has no bits for
+        else:
+            blob[:, :] = 0xFF  # high parts far past 5000 rows
+        tables = _Tables.of_section(snapshot.TablesSection(
+            "pdq", 256, good.codes, good.id_offset, good.id_values, good.dirs, blob))
+        for queries in (codes[:1], codes[:40]):  # one query, and the batched kernel
+            with pytest.raises(ValueError, match="do not decode"):
+                tables.search(queries, 31, index.schedule)
+    ok = _Tables.of_section(good).search(codes[:40], 31, index.schedule)
+    assert len(ok[1]) >= 40  # the undamaged tables find every query's own code

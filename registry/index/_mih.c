@@ -206,6 +206,7 @@ typedef struct {
     uint32_t *buf;
     Py_ssize_t cap;
     uint32_t *probe_c, *probe_v; /* room for every chunk's probes at MAX_PROBE */
+    int corrupt;                 /* set when a bucket does not decode to rows below n */
 } cand_t;
 
 #define PROBES_PER_CHUNK (1 + 16 + 120 + 560)
@@ -279,18 +280,25 @@ static Py_ssize_t gather(Py_ssize_t n, int nbytes, const uint32_t *dirs, const u
         if (cand_reserve(cand, count + rows) < 0) return -1;
         /* Decode the bucket: its i-th set bit, at bit b, is row ((b - i) << 16) | low[i]. */
         const uint8_t *bucket = blob + (size_t)probe_c[k] * blob_len + d[1];
-        const uint8_t *low = bucket + (rows + h + 7) / 8;
+        const size_t high_bytes = (rows + h + 7) / 8;
+        const uint8_t *low = bucket + high_bytes;
         uint32_t *out = cand->buf + count;
         size_t byte = 0;
         uint64_t word = load64(bucket);
+        /* Tables from a snapshot are checksummed, and their directories checked on load; a
+         * bucket that still does not decode (too few high bits, a row past the codes) stops
+         * the search instead of reading past its bucket or the codes. */
         for (uint32_t i = 0; i < rows; i++) {
             while (!word) {
                 byte += 8;
+                if (byte >= high_bytes) { cand->corrupt = 1; return -1; }
                 word = load64(bucket + byte);
             }
             uint64_t bit = byte * 8 + (uint64_t)__builtin_ctzll(word);
             word &= word - 1;
-            out[i] = ((uint32_t)(bit - i) << 16) | (uint32_t)low[2 * i] | ((uint32_t)low[2 * i + 1] << 8);
+            uint64_t row = ((bit - i) << 16) | (uint32_t)low[2 * i] | ((uint32_t)low[2 * i + 1] << 8);
+            if (row >= (uint64_t)n) { cand->corrupt = 1; return -1; }
+            out[i] = (uint32_t)row;
         }
         count += rows;
     }
@@ -581,7 +589,7 @@ static PyObject *mih_search(PyObject *self, PyObject *args) {
     int64_t *lims = malloc((nq + 1) * sizeof(int64_t));
     hits_t hits = {NULL, NULL, 0, 0};
     cand_t cand = {NULL, 0, malloc((size_t)m * PROBES_PER_CHUNK * sizeof(uint32_t)),
-                   malloc((size_t)m * PROBES_PER_CHUNK * sizeof(uint32_t))};
+                   malloc((size_t)m * PROBES_PER_CHUNK * sizeof(uint32_t)), 0};
     Py_ssize_t examined = 0;
     int failed = lims == NULL || cand.probe_c == NULL || cand.probe_v == NULL;
     if (!failed) {
@@ -601,7 +609,9 @@ static PyObject *mih_search(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    if (failed) {
+    if (failed && cand.corrupt) {
+        PyErr_SetString(PyExc_ValueError, "the tables do not decode to rows of these codes");
+    } else if (failed) {
         PyErr_NoMemory();
     } else {
         result = Py_BuildValue("(y#y#y#n)", (const char *)lims, (Py_ssize_t)((nq + 1) * 8),
