@@ -340,17 +340,24 @@ def phase_restart(snapshot: Path, repeats: int) -> dict[str, Any]:
 
 
 # --- phase 2b: memory per machine -------------------------------------------------------------
-MEMORY_CHILD = """
-import os, sys, json
+# What every child process of the memory and compaction phases starts with: the registry on
+# sys.path (argv[2]), the index imports, one thread, and its anonymous resident bytes.
+CHILD_PRELUDE = """
+import os, sys, json, time, threading
 sys.path.insert(0, sys.argv[2])
-from registry.index.catalog import IndexSet, IndexOptions, single_thread
-from registry.domain import SignalKind
+import numpy as np
 from pathlib import Path
+from registry.index.catalog import IndexSet, IndexOptions, single_thread
+from registry.index import snapshot
+from registry.domain import SignalKind
 def anon():
     for line in open('/proc/self/status'):
         if line.startswith('RssAnon:'):
             return int(line.split()[1]) * 1024
 single_thread()
+"""
+
+MEMORY_CHILD = CHILD_PRELUDE + """
 before = anon()
 iset = IndexSet.load(Path(sys.argv[1]), IndexOptions(), mapped=sys.argv[3] == "mapped")
 iset.search(SignalKind.PDQ, [bytes(32)], 31)
@@ -423,14 +430,7 @@ def phase_memory(snapshot: Path, workers: int) -> dict[str, Any]:
 
 
 # --- phase 2c: a compaction while others serve -----------------------------------------------
-COMPACT_READER = """
-import sys, time, json
-sys.path.insert(0, sys.argv[2])
-import numpy as np
-from registry.index.catalog import IndexSet, IndexOptions, single_thread
-from registry.domain import SignalKind
-from pathlib import Path
-single_thread()
+COMPACT_READER = CHILD_PRELUDE + """
 iset = IndexSet.load(Path(sys.argv[1]), IndexOptions())
 rng = np.random.default_rng(int(sys.argv[3]))
 print(json.dumps({"ready": True}), flush=True)
@@ -445,19 +445,7 @@ while not stop.exists():
 print(json.dumps({"times": times}), flush=True)
 """
 
-COMPACT_WRITER = """
-import sys, time, json, threading, os
-sys.path.insert(0, sys.argv[2])
-import numpy as np
-from registry.index.catalog import IndexSet, IndexOptions, single_thread
-from registry.index import snapshot
-from registry.domain import SignalKind
-from pathlib import Path
-def anon():
-    for line in open('/proc/self/status'):
-        if line.startswith('RssAnon:'):
-            return int(line.split()[1]) * 1024
-single_thread()
+COMPACT_WRITER = CHILD_PRELUDE + """
 path = Path(sys.argv[1])
 iset = IndexSet.load(path, IndexOptions())
 index = iset.indexes[SignalKind.PDQ]
