@@ -1,9 +1,9 @@
 """The WSGI entry point for production servers: ``gunicorn 'registry.web.wsgi:create()'``.
 
 Nothing is built at import time: gunicorn calls :func:`create` once per worker after the fork
-(the default, no ``--preload``), so each worker opens its own database connections and loads its
-own copy of the index (from the snapshot, then the change-log tail) and starts its change-log
-follower (``registry.service.follower``). Settings come from the
+(the default, no ``--preload``), so each worker opens its own database connections, maps the
+machine's index snapshot (shared by every worker; then the change-log tail) and starts its
+change-log follower (``registry.service.follower``). Settings come from the
 ``TAKEDOWN_*`` environment variables, exactly as for ``takedown serve``.
 """
 
