@@ -1,4 +1,4 @@
-"""``takedown audit verify|anchor``: check the audit chain, and keep its signed head."""
+"""``takedown audit verify|anchor|show``: check the audit chain, keep its signed head, read it."""
 
 from __future__ import annotations
 
@@ -72,3 +72,39 @@ def anchor(ctx: Context, out: str | None) -> None:
         with open(out, "a", encoding="utf-8") as f:
             f.write(line + "\n")
     emit_json(head.to_json())
+
+
+@audit.command("show")
+@click.option("--case", "case", metavar="NUMBER", default=None,
+              help="Only what concerns this case: its events and its signals' matches.")
+@click.option("--platform", default=None, metavar="NAME",
+              help="Only what this platform did and what was done to it.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              help="The newest this many events (and matches).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def show(ctx: Context, case: str | None, platform: str | None, limit: int,
+         as_json: bool) -> None:
+    """Print the audit log's newest events, of one case or platform if named, newest first.
+    Exits 1 for an unknown case or platform. No hash value is printed: the log holds none."""
+    trail = ctx.registry(load_index=False).audit_trail(case, platform, limit)
+    if as_json:
+        emit_json(trail)
+        return
+    events = trail["events"]
+    assert isinstance(events, list)
+    for e in events:
+        details = json.dumps(e["details"], sort_keys=True, ensure_ascii=False)
+        click.echo(f"#{e['id']}  {e['at']}  {e['actor']}  {e['action']}"
+                   f"{'  ' + e['subject'] if e['subject'] else ''}  {details}")
+    if not events:
+        click.echo("No audit events.")
+    matches = trail.get("matches")
+    if isinstance(matches, list):
+        click.echo(f"Matches of case {trail['case']}'s signals: {len(matches)}"
+                   f"{' (newest ' + str(limit) + ')' if len(matches) == limit else ''}")
+        for m in matches:
+            feedback = ", ".join(m["feedback"]) or "no feedback"
+            click.echo(f"  {m['match_id']}  {m['at']}  {m['platform'] or 'operator'}  "
+                       f"{m['signal']} {m['tier']} distance {m['distance']}  {feedback}")

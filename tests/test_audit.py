@@ -122,3 +122,45 @@ def test_the_cli_verifies_and_exits_1_when_broken(reg, tmp_path, monkeypatch):
     assert head.exit_code == 1 and "another digest" in head.stderr
     bad = runner.invoke(cli, ["audit", "verify", "--head", "nonsense"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_audit_show_lists_a_cases_events_and_matches_and_a_platforms_actions(
+        reg, monkeypatch, tmp_path):
+    from registry.domain import Query, Scope
+
+    image = SubmittedImage.from_image(reg.hash_image(encode(photo(2), quality=90)))
+    receipt = reg.submit_case([image])
+    platform, _ = reg.add_platform("clips", [Scope.MATCH])
+    other, _ = reg.add_platform("other", [Scope.MATCH])
+    pdq = next(s for s in image.signals if s.kind.value == "pdq")
+    (result,) = reg.match([Query("upload-7", (pdq,))], platform=platform)
+    assert result.matched
+    reg.record_feedback(platform, result.matches[0].match_id, "removed")
+    reg.match([Query("u", (pdq,))], platform=other)
+
+    monkeypatch.setenv("TAKEDOWN_DATA_DIR", reg.settings.data_dir)
+    monkeypatch.delenv("TAKEDOWN_DATABASE_URL", raising=False)
+    runner = CliRunner()
+    by_case = runner.invoke(cli, ["audit", "show", "--case", receipt.number, "--json"])
+    assert by_case.exit_code == 0, by_case.output
+    trail = json.loads(by_case.output)
+    assert [e["action"] for e in trail["events"]] == ["case_submitted"]
+    assert {m["platform"] for m in trail["matches"]} == {"clips", "other"}
+    clips = next(m for m in trail["matches"] if m["platform"] == "clips")
+    assert clips["feedback"] == ["removed"] and clips["signal"] == "pdq"
+    assert pdq.hex not in by_case.output  # the trail names matches, never hash values
+
+    by_platform = runner.invoke(cli, ["audit", "show", "--platform", "clips", "--json"])
+    actions = [e["action"] for e in json.loads(by_platform.output)["events"]]
+    assert actions == ["feedback", "match", "platform_added"]  # newest first
+    text_out = runner.invoke(cli, ["audit", "show", "--case", receipt.number])
+    assert text_out.exit_code == 0 and "case_submitted" in text_out.output
+    assert "clips" in text_out.output and "removed" in text_out.output
+
+    everything = runner.invoke(cli, ["audit", "show", "--limit", "3", "--json"])
+    assert len(json.loads(everything.output)["events"]) == 3
+    for args in (["--case", "K-0000-0000-0000"], ["--platform", "nobody"],
+                 ["--case", receipt.number, "--platform", "clips"]):
+        refused = runner.invoke(cli, ["audit", "show", *args])
+        assert refused.exit_code == 1 and "Traceback" not in refused.output, refused.output
+    assert runner.invoke(cli, ["audit", "show", "--limit", "0"]).exit_code == 2

@@ -21,7 +21,7 @@ from registry.domain import (
     RegisteredSignal,
     Scope,
 )
-from registry.errors import RegistryError
+from registry.errors import InvalidInput, PlatformNotFound, RegistryError
 from registry.hashing import DecodeOptions, ImageSignals, compute_signals
 from registry.service import audit, banks, cases, feed, feedback, matching, platforms
 from registry.service.cases import CaseReceipt, CaseView, SubmittedImage
@@ -168,6 +168,18 @@ class Registry:
         return platforms.authenticate(self.store, key, scope)
 
     # --- audit ----------------------------------------------------------------------------------
+    def audit_trail(self, case: str | None = None, platform: str | None = None,
+                    limit: int = 50) -> dict[str, object]:
+        """The audit events (and, for a case, the matches) of one case or platform."""
+        if case is not None and platform is not None:
+            raise InvalidInput("Name a case or a platform, not both.")
+        found = cases.find(self.store, case) if case is not None else None
+        if platform is not None:
+            with self.store.transaction(write=False) as tx:
+                if tx.platforms.get(platform) is None:
+                    raise PlatformNotFound(f"There is no platform named {platform!r}.")
+        return audit.trail(self.store, found, platform, limit)
+
     def audit_head(self) -> audit.Anchor | None:
         """The audit chain's newest event, signed with the secret key (when one is set)."""
         return audit.head(self.store, self.settings.secret_key)

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry.domain import Case
 from registry.errors import InvalidInput
 from registry.store import Store
 
@@ -120,3 +121,25 @@ def verify(store: Store, key: str, anchors: list[Anchor]) -> AuditReport:
         elif digests[a.id] != a.digest:
             problems.append(f"event {a.id} has another digest than the one published for it")
     return AuditReport(checked, broken, len(anchors), tuple(problems))
+
+
+def trail(store: Store, case: Case | None = None, platform: str | None = None,
+          limit: int = 50) -> dict[str, object]:
+    """What the audit log (and the match records) say about one case or one platform, newest
+    first; with neither, the newest events. A case's events are those naming it (submitted,
+    withdrawn, unlocked, PIN failures and resets) and, separately, the matches of its signals
+    with each one's platform and feedback. A platform's are those it did (match requests, feed
+    reads, feedback) and those done to it (added, key rotated, revoked). No hash value is in
+    any of it: match events hold match ids, not queries."""
+    if not 1 <= limit <= 10_000:
+        raise InvalidInput("--limit must be between 1 and 10000.")
+    with store.transaction(write=False) as tx:
+        if case is not None:
+            return {"case": case.number,
+                    "events": tx.audit.recent(limit, subject=case.number),
+                    "matches": tx.matches.of_case(case.id, limit)}
+        if platform is not None:
+            return {"platform": platform,
+                    "events": tx.audit.recent(limit, subject=platform,
+                                              actor=f"platform:{platform}")}
+        return {"events": tx.audit.recent(limit)}

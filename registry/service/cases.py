@@ -236,6 +236,11 @@ def list_cases(store: Store, status_filter: CaseStatus | None, limit: int) -> li
     return [_view(store, c) for c in cases]
 
 
+def find(store: Store, number: str) -> Case:
+    """The case of ``number`` (any accepted spelling), or CaseNotFound."""
+    return _find(store, number)
+
+
 def _find(store: Store, number: str) -> Case:
     canonical = str(CaseNumber.parse(number))
     with store.transaction(write=False) as tx:

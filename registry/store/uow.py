@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import Table, delete, func, insert, select, text, update
+from sqlalchemy import Table, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from registry.domain import (
@@ -497,8 +497,19 @@ class AuditLog:
                             digest=digest))
         self.s.flush()
 
-    def recent(self, limit: int = 50) -> list[dict[str, object]]:
-        rows = self.s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(limit))
+    def recent(self, limit: int = 50, subject: str | None = None, actor: str | None = None
+               ) -> list[dict[str, object]]:
+        """The newest events, newest first; with ``subject`` and/or ``actor``, those whose
+        subject or actor is one of them."""
+        stmt = select(AuditRow)
+        wanted = []
+        if subject is not None:
+            wanted.append(AuditRow.subject == subject)
+        if actor is not None:
+            wanted.append(AuditRow.actor == actor)
+        if wanted:
+            stmt = stmt.where(or_(*wanted))
+        rows = self.s.scalars(stmt.order_by(AuditRow.id.desc()).limit(limit))
         return [{"id": r.id, "at": (_aware(r.at) or now()).isoformat(), "actor": r.actor,
                  "action": r.action, "subject": r.subject, "details": json.loads(r.details)}
                 for r in rows]
@@ -558,6 +569,28 @@ class MatchRepository:
         self.s.add(FeedbackRow(match_id=match_id, platform_id=platform_id, outcome=outcome,
                                created_at=now()))
         self.s.flush()
+
+    def of_case(self, case_id: int, limit: int = 50) -> list[dict[str, object]]:
+        """The newest matches of a case's signals, newest first: which platform, which signal
+        kind, how close, and the feedback each got (never a hash value)."""
+        stmt = (select(MatchRow.id, MatchRow.created_at, PlatformRow.name, SignalRow.kind,
+                       MatchRow.distance, MatchRow.tier)
+                .join(SignalRow, SignalRow.id == MatchRow.signal_id)
+                .outerjoin(PlatformRow, PlatformRow.id == MatchRow.platform_id)
+                .where(SignalRow.case_id == case_id)
+                .order_by(MatchRow.created_at.desc(), MatchRow.id).limit(limit))
+        rows = self.s.execute(stmt).all()
+        outcomes: dict[str, list[str]] = {}
+        if rows:
+            for mid, outcome in self.s.execute(
+                    select(FeedbackRow.match_id, FeedbackRow.outcome)
+                    .where(FeedbackRow.match_id.in_([r[0] for r in rows]))
+                    .order_by(FeedbackRow.id)):
+                outcomes.setdefault(mid, []).append(outcome)
+        return [{"match_id": mid, "at": (_aware(at) or now()).isoformat(),
+                 "platform": platform, "signal": kind, "distance": int(distance), "tier": tier,
+                 "feedback": outcomes.get(mid, [])}
+                for mid, at, platform, kind, distance, tier in rows]
 
     def takedowns_of_case(self, case_id: int) -> int:
         """Copies of this case's pictures that a platform reported as removed: one per query
