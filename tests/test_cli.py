@@ -242,3 +242,48 @@ def test_postgresql_needs_an_explicit_upgrade(run, pg_url):
     assert early.exit_code == 1 and "takedown db upgrade" in early.stderr
     assert run("--database-url", pg_url, "db", "upgrade").exit_code == 0
     assert run("--database-url", pg_url, "case", "list").exit_code == 0
+
+
+def test_stats_shows_cases_signals_platforms_review_and_index(tmp_path, monkeypatch):
+    import json as _json
+
+    from registry.bootstrap import build_registry
+    from registry.config import Settings
+    from registry.domain import Query, Scope
+    from registry.service import SubmittedImage
+    from tests.conftest import FAST_KDF, encode, photo
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), pin_kdf_n=FAST_KDF)
+    reg = build_registry(settings)
+    try:
+        images = [SubmittedImage.from_image(reg.hash_image(encode(photo(s), quality=90)))
+                  for s in (3, 4)]
+        kept = reg.submit_case([images[0]])
+        gone = reg.submit_case([images[1]])
+        reg.withdraw_case(gone.number, gone.pin)
+        platform, _ = reg.add_platform("clips", [Scope.MATCH])
+        pdq = next(s for s in images[0].signals if s.kind.value == "pdq")
+        (result,) = reg.match([Query("u1", (pdq,))], platform=platform)
+        reg.record_feedback(platform, result.matches[0].match_id, "not_violating")
+        assert kept.number
+    finally:
+        reg.close()
+    monkeypatch.setenv("TAKEDOWN_DATA_DIR", settings.data_dir)
+    monkeypatch.delenv("TAKEDOWN_DATABASE_URL", raising=False)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["stats", "--json"])
+    assert out.exit_code == 0, out.output
+    view = _json.loads(out.output)
+    assert view["cases"] == {"active": 1, "withdrawn": 1}
+    (bank,) = [b for b in view["signals"] if view["signals"][b].get("pdq")]
+    assert view["signals"][bank]["pdq"]["active"] >= 1
+    assert view["signals"][bank]["pdq"]["withdrawn"] >= 1
+    (clips,) = view["platforms"]
+    assert clips["name"] == "clips" and clips["matches"]["all"] >= 1
+    assert clips["matches"]["last_day"] == clips["matches"]["all"]
+    assert clips["feedback"] == {"not_violating": len(result.matches[:1])}
+    assert view["review"]["reported"] == 1 and view["review"]["quarantined"] == 0
+    assert view["index"]["lag"] == 0 and view["index"]["live"]["pdq"] >= 1
+    text_out = runner.invoke(cli, ["stats"])
+    assert text_out.exit_code == 0 and "clips (active, match)" in text_out.output
+    assert "1 reported 'not_violating'" in text_out.output

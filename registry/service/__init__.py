@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from registry.config import Settings
@@ -214,6 +215,31 @@ class Registry:
     def index_version(self) -> int:
         """The change-log position the index reflects (what a match answer was computed at)."""
         return self.keeper.indexes.position
+
+    def operator_stats(self) -> dict[str, object]:
+        """The registry at a glance for its operator: cases by status, signals by bank, kind
+        and status, platforms with their matches (all time, last day, last week) and feedback,
+        the review queue, and the index's size and lag."""
+        self.keeper.sync()
+        index = self.keeper.stats()
+        at = datetime.now(UTC)
+        with self.store.transaction(write=False) as tx:
+            head = tx.changes.head()
+            out: dict[str, object] = {
+                "at": at.isoformat(),
+                "cases": tx.cases.count(),
+                "signals": tx.signals.count_by_bank(),
+                "platforms": tx.platforms.activity({"last_day": at - timedelta(days=1),
+                                                    "last_week": at - timedelta(days=7)}),
+                "review": tx.signals.review_queue(),
+            }
+        kinds = index.get("kinds")
+        out["index"] = {"kind": index.get("index"), "position": index.get("position"),
+                        "lag": head - int(index.get("position") or 0),  # type: ignore[call-overload]
+                        "loaded_from": index.get("loaded_from"),
+                        "live": {k: v.get("live") for k, v in kinds.items()}
+                        if isinstance(kinds, dict) else {}}
+        return out
 
     def index_stats(self) -> dict[str, object]:
         self.keeper.sync()

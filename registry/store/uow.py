@@ -360,6 +360,25 @@ class SignalRepository:
         value = self.s.scalar(select(SignalRow.status).where(SignalRow.id == signal_id))
         return SignalStatus(value) if value else None
 
+    def count_by_bank(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``{bank: {kind: {status: n}}}`` over every signal."""
+        rows = self.s.execute(select(BankRow.name, SignalRow.kind, SignalRow.status, func.count())
+                              .join(BankRow, BankRow.id == SignalRow.bank_id)
+                              .group_by(BankRow.name, SignalRow.kind, SignalRow.status))
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for bank, kind, status, n in rows:
+            out.setdefault(str(bank), {}).setdefault(str(kind), {})[str(status)] = int(n)
+        return out
+
+    def review_queue(self) -> dict[str, int]:
+        """How many active hashes have 'not_violating' reports since their last review, and how
+        many are quarantined."""
+        reported = self.s.scalar(select(func.count()).select_from(SignalRow).where(
+            SignalRow.status == SignalStatus.ACTIVE.value, SignalRow.not_violating > 0))
+        held = self.s.scalar(select(func.count()).select_from(SignalRow).where(
+            SignalRow.status == SignalStatus.QUARANTINED.value))
+        return {"reported": int(reported or 0), "quarantined": int(held or 0)}
+
     def count(self) -> dict[str, dict[str, int]]:
         rows = self.s.execute(select(SignalRow.kind, SignalRow.status, func.count())
                               .group_by(SignalRow.kind, SignalRow.status))
@@ -384,6 +403,30 @@ class PlatformRepository:
     def get(self, name: str) -> Platform | None:
         row = self.s.scalar(select(PlatformRow).where(PlatformRow.name == name))
         return _platform(row) if row else None
+
+    def activity(self, windows: dict[str, datetime]) -> list[dict[str, object]]:
+        """Every platform with its matches (all time and since each of ``windows``' times) and
+        its feedback by outcome."""
+        platforms = self.s.execute(select(PlatformRow.id, PlatformRow.name, PlatformRow.status,
+                                          PlatformRow.scopes).order_by(PlatformRow.name)).all()
+        matches: dict[int, dict[str, int]] = {}
+        for label, since in {"all": None, **windows}.items():
+            stmt = select(MatchRow.platform_id, func.count()).group_by(MatchRow.platform_id)
+            if since is not None:
+                stmt = stmt.where(MatchRow.created_at >= since)
+            for pid, n in self.s.execute(stmt):
+                if pid is not None:
+                    matches.setdefault(int(pid), {})[label] = int(n)
+        feedback: dict[int, dict[str, int]] = {}
+        for pid, outcome, n in self.s.execute(
+                select(FeedbackRow.platform_id, FeedbackRow.outcome, func.count())
+                .group_by(FeedbackRow.platform_id, FeedbackRow.outcome)):
+            feedback.setdefault(int(pid), {})[str(outcome)] = int(n)
+        labels = ["all", *windows]
+        return [{"name": name, "status": status, "scopes": scopes.split(","),
+                 "matches": {label: matches.get(pid, {}).get(label, 0) for label in labels},
+                 "feedback": feedback.get(pid, {})}
+                for pid, name, status, scopes in platforms]
 
     def by_key_hash(self, key_hash: str) -> Platform | None:
         row = self.s.scalar(select(PlatformRow).where(PlatformRow.key_hash == key_hash))
