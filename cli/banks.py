@@ -1,4 +1,5 @@
-"""``takedown canary``, ``takedown benign add`` and ``takedown quarantine list|hold|release``."""
+"""``takedown bank list``, ``takedown canary``, ``takedown benign add`` and ``takedown quarantine
+list|hold|release``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,31 @@ from registry.domain import BankKind, Query, Tier
 from registry.hashing.canary import COUNT, canary_image
 from registry.service import SubmittedImage
 from registry.service.banks import CANARY_BANK
+
+
+@cli.group()
+def bank() -> None:
+    """The banks: one per source of hashes (submissions, each imported list, canary, benign)."""
+
+
+@bank.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def bank_list(ctx: Context, as_json: bool) -> None:
+    """Every bank with its kind and its signals by status (the canary and benign banks too)."""
+    banks = ctx.registry(load_index=False).list_banks()
+    if as_json:
+        emit_json(banks)
+        return
+    if not banks:
+        click.echo("No banks.")
+    for b in banks:
+        counts = b["signals"]
+        assert isinstance(counts, dict)
+        signals = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no signals"
+        about = f" - {b['description']}" if b["description"] else ""
+        click.echo(f"{b['name']} ({b['kind']}): {signals}{about}")
 
 
 @cli.command()

@@ -287,3 +287,32 @@ def test_stats_shows_cases_signals_platforms_review_and_index(tmp_path, monkeypa
     text_out = runner.invoke(cli, ["stats"])
     assert text_out.exit_code == 0 and "clips (active, match)" in text_out.output
     assert "1 reported 'not_violating'" in text_out.output
+
+
+def test_bank_list_shows_every_bank_with_its_signals(tmp_path, monkeypatch):
+    import json as _json
+
+    from registry.bootstrap import build_registry
+    from registry.config import Settings
+    from registry.domain import BankKind, Signal, SignalKind
+    from registry.service import SubmittedImage
+    from tests.conftest import FAST_KDF
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), pin_kdf_n=FAST_KDF)
+    reg = build_registry(settings)
+    try:
+        code = bytes.fromhex("f0" * 16 + "0f" * 16)
+        reg.register_bank("ngo-list", BankKind.IMPORTED,
+                          [SubmittedImage((Signal(SignalKind.PDQ, code),), 100)])
+    finally:
+        reg.close()
+    monkeypatch.setenv("TAKEDOWN_DATA_DIR", settings.data_dir)
+    monkeypatch.delenv("TAKEDOWN_DATABASE_URL", raising=False)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["bank", "list", "--json"])
+    assert out.exit_code == 0, out.output
+    banks = {b["name"]: b for b in _json.loads(out.output)}
+    assert banks["ngo-list"]["kind"] == "imported"
+    assert banks["ngo-list"]["signals"] == {"active": 1}
+    text_out = runner.invoke(cli, ["bank", "list"])
+    assert text_out.exit_code == 0 and "ngo-list (imported): 1 active" in text_out.output

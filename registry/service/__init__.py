@@ -216,6 +216,11 @@ class Registry:
         """The change-log position the index reflects (what a match answer was computed at)."""
         return self.keeper.indexes.position
 
+    def list_banks(self) -> list[dict[str, object]]:
+        """Every bank (submissions, imported lists, canary, benign) with its signals by status."""
+        with self.store.transaction(write=False) as tx:
+            return tx.banks.listing()
+
     def operator_stats(self) -> dict[str, object]:
         """The registry at a glance for its operator: cases by status, signals by bank, kind
         and status, platforms with their matches (all time, last day, last week) and feedback,

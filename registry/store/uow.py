@@ -80,6 +80,18 @@ class BankRepository:
     def names(self) -> dict[int, str]:
         return {r.id: r.name for r in self.s.scalars(select(BankRow))}
 
+    def listing(self) -> list[dict[str, object]]:
+        """Every bank, by name: its kind, description, creation time and signals by status."""
+        counts: dict[int, dict[str, int]] = {}
+        for bank_id, status, n in self.s.execute(
+                select(SignalRow.bank_id, SignalRow.status, func.count())
+                .group_by(SignalRow.bank_id, SignalRow.status)):
+            counts.setdefault(int(bank_id), {})[str(status)] = int(n)
+        return [{"name": r.name, "kind": r.kind, "description": r.description,
+                 "created_at": (_aware(r.created_at) or now()).isoformat(),
+                 "signals": counts.get(r.id, {})}
+                for r in self.s.scalars(select(BankRow).order_by(BankRow.name))]
+
 
 class CaseRepository:
     def __init__(self, session: Session) -> None:
