@@ -47,6 +47,22 @@ class HashIndex(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+class EngineIndex(HashIndex, Protocol):
+    """A HashIndex kept in a shared, persistent engine (``registry.index.milvus``): it records
+    how far along the change log it is, and can be emptied for a refill."""
+
+    @property
+    def collection(self) -> str: ...
+
+    def position(self) -> tuple[int, str]: ...
+
+    def set_position(self, seq: int, fingerprint: str = "") -> None: ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def check_codes(codes: Codes, bits: int) -> Codes:
     arr = np.ascontiguousarray(codes, dtype=np.uint8)
     if arr.ndim != 2 or arr.shape[1] != bits // 8:

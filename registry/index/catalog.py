@@ -16,7 +16,7 @@ import numpy as np
 from registry.domain import ChangeAction, Signal, SignalKind
 from registry.errors import InvalidHash, SnapshotError
 from registry.index import snapshot
-from registry.index.base import Codes, HashIndex, IdColumn, Ids, SearchResult
+from registry.index.base import Codes, EngineIndex, HashIndex, IdColumn, Ids, SearchResult
 from registry.index.flat import FlatIndex
 from registry.index.local import Keypoints, LocalIndex, Verified
 from registry.index.multi import CompactionPlan, MultiIndex
@@ -57,13 +57,13 @@ class IndexOptions:
         """Whether PDQ and pHash live outside this process (a shared, persistent engine)."""
         return self.kind == "milvus"
 
-    def open_external(self) -> dict[SignalKind, HashIndex]:
+    def open_external(self) -> dict[SignalKind, EngineIndex]:
         """The engine-backed index of each perceptual kind (kind ``milvus``), connected."""
         if not self.external:
             return {}
         from registry.index.milvus import MilvusIndex  # pymilvus only where it is used
 
-        opened: dict[SignalKind, HashIndex] = {}
+        opened: dict[SignalKind, EngineIndex] = {}
         try:
             for kind in PERCEPTUAL:
                 opened[kind] = MilvusIndex(kind.bits, self.milvus_uri,
@@ -146,11 +146,9 @@ class SnapshotPlan:
         return out
 
 
-def close_all(indexes: Mapping[SignalKind, HashIndex]) -> None:
+def close_all(indexes: Mapping[SignalKind, EngineIndex]) -> None:
     for index in indexes.values():
-        close = getattr(index, "close", None)
-        if close is not None:
-            close()
+        index.close()
 
 
 class IndexSet:
@@ -159,13 +157,13 @@ class IndexSet:
     leaves their kinds alone and snapshots leave them out."""
 
     def __init__(self, options: IndexOptions | None = None,
-                 external: Mapping[SignalKind, HashIndex] | None = None) -> None:
+                 external: Mapping[SignalKind, EngineIndex] | None = None) -> None:
         self.position = 0
         self.fingerprint = ""  # of the change-log entry at ``position``, when loaded
         self.options = options or IndexOptions()
         if self.options.external and external is None:
             external = self.options.open_external()
-        self.external: dict[SignalKind, HashIndex] = dict(external or {})
+        self.external: dict[SignalKind, EngineIndex] = dict(external or {})
         self.indexes: dict[SignalKind, FlatIndex | MultiIndex | HashIndex] = {
             k: self.external[k] if k in self.external else self.options.new(k)
             for k in PERCEPTUAL
@@ -267,7 +265,7 @@ class IndexSet:
     @classmethod
     def load(cls, path: Path, options: IndexOptions | None = None, *, mapped: bool = True,
              kinds: Iterable[SignalKind] = INDEXED,
-             external: Mapping[SignalKind, HashIndex] | None = None) -> IndexSet:
+             external: Mapping[SignalKind, EngineIndex] | None = None) -> IndexSet:
         """The set a snapshot holds. Multi-index tables are used as they are: with ``mapped``
         (the default) they stay in the file's shared mapping and nothing is built. Only
         ``kinds`` are loaded (the others stay empty, external ones as they are)."""

@@ -19,7 +19,7 @@ import numpy as np
 from registry.domain import ChangeAction, SignalKind
 from registry.errors import SnapshotError
 from registry.index import snapshot
-from registry.index.base import HashIndex, Ids, SearchResult
+from registry.index.base import EngineIndex, HashIndex, Ids, SearchResult
 from registry.index.catalog import INDEXED, PERCEPTUAL, IndexOptions, IndexSet, close_all
 from registry.index.flat import FlatIndex
 from registry.index.local import Keypoints, Verified
@@ -74,7 +74,7 @@ class IndexKeeper:
         # Engine-backed kinds (TAKEDOWN_INDEX=milvus): opened once, when the index is first
         # loaded or rebuilt (a CLI command that never searches never connects), fed by one
         # process. Until then an empty in-process set stands in.
-        self.external: dict[SignalKind, HashIndex] = {}
+        self.external: dict[SignalKind, EngineIndex] = {}
         self.indexes = IndexSet(dataclasses.replace(self.options, kind="multi")
                                 if self.options.external else self.options)
         self.lock = threading.RLock()
@@ -198,10 +198,10 @@ class IndexKeeper:
             return
         with self.store.transaction(write=False) as tx:
             head, first = tx.changes.head(), tx.changes.first()
-            fingerprints = {k: tx.changes.fingerprint(i.position()[0])  # type: ignore[attr-defined]
+            fingerprints = {k: tx.changes.fingerprint(i.position()[0])
                             for k, i in self.external.items()}
         for kind, index in self.external.items():
-            seq, fingerprint = index.position()  # type: ignore[attr-defined]
+            seq, fingerprint = index.position()
             reason = ("it has never been filled" if seq == 0 and head > 0
                       else "it is newer than the database's change log" if seq > head
                       else "its change-log position is not this database's"
@@ -209,7 +209,7 @@ class IndexKeeper:
                       else "the change log was pruned past its position" if first > seq + 1
                       else "")
             if reason:
-                log.info("index: refilling %s from the database: %s", index.collection,  # type: ignore[attr-defined]
+                log.info("index: refilling %s from the database: %s", index.collection,
                          reason)
                 self._fill_external({kind})
 
@@ -220,7 +220,7 @@ class IndexKeeper:
             position = tx.changes.head()
             fingerprint = tx.changes.fingerprint(position)
             for kind in kinds:
-                self.external[kind].reset()  # type: ignore[attr-defined]
+                self.external[kind].reset()
             for batch in tx.signals.active([k for k in PERCEPTUAL if k in kinds]):
                 for kind in kinds:
                     rows = [(i, v) for i, k, v in batch if k == kind.value]
@@ -229,14 +229,14 @@ class IndexKeeper:
                                               dtype=np.uint8).reshape(-1, kind.bits // 8)
                         self.external[kind].add(np.array([i for i, _ in rows], np.int64), codes)
         for kind in kinds:
-            self.external[kind].set_position(position, fingerprint)  # type: ignore[attr-defined]
+            self.external[kind].set_position(position, fingerprint)
 
     def _feed_external(self) -> int:
         """As the writer: apply the change log to the engine from the position it recorded,
         recording the new one after each batch (a replay after a crash is harmless)."""
         if not self.external_writer():
             return 0
-        positions = {k: i.position()[0] for k, i in self.external.items()}  # type: ignore[attr-defined]
+        positions = {k: i.position()[0] for k, i in self.external.items()}
         applied = 0
         while True:
             start = min(positions.values())
@@ -258,7 +258,7 @@ class IndexKeeper:
                     _flush(index, kind, adds)
                     index.remove(np.array([c.signal_id], dtype=np.int64))
                 _flush(index, kind, adds)
-                index.set_position(last, fingerprint)  # type: ignore[attr-defined]
+                index.set_position(last, fingerprint)
                 positions[kind] = last
             applied += len(changes)
 
