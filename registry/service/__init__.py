@@ -21,6 +21,7 @@ from registry.domain import (
     QueryResult,
     RegisteredSignal,
     Scope,
+    SignalKind,
 )
 from registry.errors import InvalidInput, PlatformNotFound, RegistryError
 from registry.hashing import DecodeOptions, ImageSignals, compute_signals
@@ -226,7 +227,10 @@ class Registry:
         and status, platforms with their matches (all time, last day, last week) and feedback,
         the review queue, and the index's size and lag."""
         self.keeper.sync()
-        index = self.keeper.stats()
+        with self.keeper.lock:
+            position = self.keeper.indexes.position
+            live = {k.value: len(i) for k, i in self.keeper.indexes.indexes.items()}
+            live[SignalKind.LOCAL.value] = len(self.keeper.indexes.local)
         at = datetime.now(UTC)
         with self.store.transaction(write=False) as tx:
             head = tx.changes.head()
@@ -238,12 +242,9 @@ class Registry:
                                                     "last_week": at - timedelta(days=7)}),
                 "review": tx.signals.review_queue(),
             }
-        kinds = index.get("kinds")
-        out["index"] = {"kind": index.get("index"), "position": index.get("position"),
-                        "lag": head - int(index.get("position") or 0),  # type: ignore[call-overload]
-                        "loaded_from": index.get("loaded_from"),
-                        "live": {k: v.get("live") for k, v in kinds.items()}
-                        if isinstance(kinds, dict) else {}}
+        out["index"] = {"kind": self.keeper.options.kind, "position": position,
+                        "lag": head - position, "loaded_from": self.keeper.loaded_from,
+                        "live": live}
         return out
 
     def index_stats(self) -> dict[str, object]:
