@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from PIL import Image, ImageFilter
 
 from registry.bootstrap import build_registry
 from registry.config import Settings
-from registry.service import Registry
+from registry.domain import Signal, SignalKind
+from registry.service import Registry, SubmittedImage
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
@@ -96,3 +98,19 @@ def write_image(tmp_path: Path):  # type: ignore[no-untyped-def]
         return path
 
     return write
+
+
+def pdq_images(rng: np.random.Generator, n: int) -> list[SubmittedImage]:
+    """``n`` images of one uniform random PDQ hash each (quality 100)."""
+    codes = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    return [SubmittedImage((Signal(SignalKind.PDQ, bytes(c)),), 100) for c in codes]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> float:
+    """Seconds until ``predicate()`` is true; fails past ``timeout`` (a hang guard, not a speed
+    bar)."""
+    start = time.perf_counter()
+    while not predicate():
+        assert time.perf_counter() - start < timeout, f"timed out waiting for {what or predicate}"
+        time.sleep(0.005)
+    return time.perf_counter() - start

@@ -5,29 +5,15 @@ tests/test_production.py."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from registry.bootstrap import build_registry
 from registry.config import Settings
-from registry.domain import BankKind, Query, Signal, SignalKind
+from registry.domain import BankKind, Query, SignalKind
 from registry.index import MultiIndex
-from registry.service import Registry, SubmittedImage
-
-
-def pdq_images(rng: np.random.Generator, n: int) -> list[SubmittedImage]:
-    codes = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
-    return [SubmittedImage((Signal(SignalKind.PDQ, bytes(c)),), 100) for c in codes]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    while not predicate():
-        assert time.perf_counter() - start < timeout, "timed out (a hang guard, not a speed bar)"
-        time.sleep(0.005)
-    return time.perf_counter() - start
+from registry.service import Registry
+from tests.conftest import pdq_images, wait_until
 
 
 def head(registry: Registry) -> int:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import pytest
 
 from registry.bootstrap import SNAPSHOT_NAME, build_registry
 from registry.config import Settings
-from registry.domain import BankKind, Query, Signal, SignalKind
+from registry.domain import BankKind, Query, SignalKind
 from registry.index import MultiIndex
-from registry.service import SubmittedImage
+from tests.conftest import pdq_images, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,18 +64,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def pdq_images(rng: np.random.Generator, n: int) -> list[SubmittedImage]:
-    codes = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
-    return [SubmittedImage((Signal(SignalKind.PDQ, bytes(c)),), 100) for c in codes]
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what} (a hang guard)"
-        time.sleep(0.05)
-
-
 def status(path: Path) -> dict[str, object]:
     try:
         return json.loads(path.read_text())  # type: ignore[no-any-return]
@@ -107,19 +94,20 @@ def test_workers_share_one_mapped_snapshot_and_switch_when_another_compacts(
                                     cwd=ROOT, stderr=subprocess.PIPE, text=True)
                    for o in outs]
         try:
-            wait_for(lambda: all(status(o).get("rounds", 0) for o in outs), what="workers")
+            wait_until(lambda: all(status(o).get("rounds", 0) for o in outs), timeout=60,
+                       what="workers")
             before = [status(o) for o in outs]
             assert all(b["loaded_from"] == "snapshot" and b["mapped"] for b in before)
             # Both map the same file (same inode), read-only and shared.
             assert before[0]["maps"] == before[1]["maps"] and len(before[0]["maps"]) == 1
             # Past the delta's bound: one worker's follower writes a new snapshot, both map it.
             writer.register_bank("victims", BankKind.IMPORTED, pdq_images(rng, 5000))
-            wait_for(lambda: all(status(o).get("adopted", 0) >= 1
+            wait_until(lambda: all(status(o).get("adopted", 0) >= 1
                                  and status(o).get("delta", -1) < 1000 for o in outs),
-                     what="both workers to switch to the compacted snapshot")
-            wait_for(lambda: all(int(status(o)["rounds"]) > 5 + int(b["rounds"])  # type: ignore[call-overload]
+                     timeout=60, what="both workers to switch to the compacted snapshot")
+            wait_until(lambda: all(int(status(o)["rounds"]) > 5 + int(b["rounds"])  # type: ignore[call-overload]
                                  for o, b in zip(outs, before, strict=True)),
-                     what="more rounds")
+                     timeout=60, what="more rounds")
             after = [status(o) for o in outs]
             for a in after:
                 assert a["misses"] == 0, a  # every probe matched, before, during and after
@@ -147,7 +135,7 @@ def test_the_process_that_compacts_serves_from_the_file_it_wrote(settings: Setti
         rng = np.random.default_rng(12)
         images = pdq_images(rng, 5000)  # past the delta's 4096 bound
         registry.register_bank("bulk", BankKind.IMPORTED, images)
-        wait_for(lambda: registry.keeper.adopted >= 1, what="the compaction snapshot")
+        wait_until(lambda: registry.keeper.adopted >= 1, timeout=60, what="the compaction snapshot")
         index = registry.keeper.indexes.indexes[SignalKind.PDQ]
         assert isinstance(index, MultiIndex) and index.mapped
         assert index.stats["base"] == 5000 and index.stats["delta"] == 0
@@ -244,8 +232,8 @@ def test_without_a_usable_snapshot_folder_a_process_compacts_in_its_own_memory(
         registry.register_bank("bulk", BankKind.IMPORTED, images)
         index = registry.keeper.indexes.indexes[SignalKind.PDQ]
         assert isinstance(index, MultiIndex)
-        wait_for(lambda: index.stats["delta"] == 0 and index.stats["base"] == 5000,
-                 what="the private compaction")
+        wait_until(lambda: index.stats["delta"] == 0 and index.stats["base"] == 5000,
+                 timeout=60, what="the private compaction")
         assert not index.mapped and follower.status.running
         (result,) = registry.match([Query("q", (images[9].signals[0],))])
         assert result.matched
