@@ -129,19 +129,29 @@ class IndexKeeper:
 
     def _check_history(self, indexes: IndexSet) -> None:
         """Refuse a snapshot this database's change log cannot continue from."""
+        problem = self._history_problem(indexes.position, indexes.fingerprint)
+        if problem:
+            raise SnapshotError(f"The snapshot {problem}.")
+
+    def _history_problem(self, position: int, fingerprint: str, *, filled: bool = False
+                         ) -> str:
+        """Why this database's change log cannot be replayed onto an index at ``position``
+        (written with ``fingerprint``), or "". With ``filled``, an index at 0 must be empty
+        history too: an engine that was never filled is refilled, not replayed from 0."""
         with self.store.transaction(write=False) as tx:
             head, first = tx.changes.head(), tx.changes.first()
-            fingerprint = tx.changes.fingerprint(indexes.position)
-        if indexes.position > head:
-            raise SnapshotError("The snapshot is newer than the database's change log.")
-        if indexes.fingerprint and fingerprint and fingerprint != indexes.fingerprint:
-            raise SnapshotError(
-                f"The snapshot's change {indexes.position} is not the database's: the "
-                "database was restored or replaced since it was written.")
-        if first > indexes.position + 1:
-            raise SnapshotError(
-                f"The snapshot is at change {indexes.position} but the log now starts at "
-                f"{first}: the entries between were pruned.")
+            ours = tx.changes.fingerprint(position)
+        if filled and position == 0 and head > 0:
+            return "has never been filled"
+        if position > head:
+            return "is newer than the database's change log"
+        if fingerprint and ours and fingerprint != ours:
+            return (f"is at change {position}, which is not the database's: the database was "
+                    "restored or replaced since it was written")
+        if first > position + 1:
+            return (f"is at change {position} but the log now starts at {first}: the entries "
+                    "between were pruned")
+        return ""
 
     @contextlib.contextmanager
     def _writer(self, blocking: bool) -> Iterator[bool]:
@@ -196,21 +206,11 @@ class IndexKeeper:
         cannot continue from (empty, newer, another history, pruned past it)."""
         if not self.external_writer():
             return
-        with self.store.transaction(write=False) as tx:
-            head, first = tx.changes.head(), tx.changes.first()
-            fingerprints = {k: tx.changes.fingerprint(i.position()[0])
-                            for k, i in self.external.items()}
         for kind, index in self.external.items():
-            seq, fingerprint = index.position()
-            reason = ("it has never been filled" if seq == 0 and head > 0
-                      else "it is newer than the database's change log" if seq > head
-                      else "its change-log position is not this database's"
-                      if fingerprint and fingerprints[kind] and fingerprint != fingerprints[kind]
-                      else "the change log was pruned past its position" if first > seq + 1
-                      else "")
-            if reason:
-                log.info("index: refilling %s from the database: %s", index.collection,
-                         reason)
+            problem = self._history_problem(*index.position(), filled=True)
+            if problem:
+                log.info("index: refilling %s from the database: it %s", index.collection,
+                         problem)
                 self._fill_external({kind})
 
     def _fill_external(self, kinds: set[SignalKind]) -> None:
