@@ -170,3 +170,33 @@ def test_concurrent_migrations_on_postgresql_all_succeed(pg_url):
     store = Store(pg_url)
     assert store.is_current()
     store.close()
+
+
+@pytest.mark.parametrize("dialect",
+                         ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_find_exact_finds_active_digests_only_in_any_number(request, tmp_path, dialect):
+    """SQLite looks digests up in IN lists of 500; PostgreSQL with one ``= ANY`` array: both
+    answer the same, past a chunk's size, without withdrawn signals or other kinds."""
+    import hashlib
+
+    from registry.domain import SignalStatus
+
+    url = (f"sqlite:///{tmp_path / 'r.db'}" if dialect == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    store = Store(url)
+    store.migrate()
+    digests = [Signal.parse("md5", hashlib.md5(str(n).encode()).hexdigest()) for n in range(1200)]
+    with store.transaction() as tx:
+        bank = tx.banks.ensure("list", BankKind.IMPORTED)
+        ids = [tx.signals.add_many(bank, None, [(d, "", None)], 1)[0] for d in digests]
+        tx.signals.set_status(ids[:3], SignalStatus.WITHDRAWN)
+        again = tx.signals.add_many(bank, None, [(digests[5], "", None)], 1)[0]  # a duplicate
+    wanted = [d.hex for d in digests] + ["0" * 31 + "1"]
+    with store.transaction(write=False) as tx:
+        found = tx.signals.find_exact(SignalKind.MD5, wanted + wanted[:10])
+        assert tx.signals.find_exact(SignalKind.MD5, []) == {}
+        assert tx.signals.find_exact(SignalKind.SHA256, wanted) == {}
+    assert len(found) == 1197 and digests[0].hex not in found
+    assert sorted(found[digests[5].hex]) == sorted([ids[5], again])
+    assert found[digests[1199].hex] == [ids[1199]]
+    store.close()
