@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Why a worker's memory steps up once in the soak (bench/soak.py): writing the index snapshot.
 
-``IndexSet.sections()`` copies the codes and ids (so the file is written outside the index
+(Measured with snapshot format 2, which copied every code and id; since format 3 (issue 13)
+``IndexSet.sections()`` writes a multi-index's tables as they are and builds new ones only when
+it has a delta or tombstones, so the copies below are now those of a compaction.)
+
+``IndexSet.sections()`` copied the codes and ids (so the file is written outside the index
 lock); the follower does that in its own thread, whose glibc arena keeps the ~56 MB of scratch
 space after the copies are freed, and reuses it for the next snapshot. This script builds a
 1M PDQ + 1M pHash index and writes six snapshots, from the main thread and then from a second
