@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry.service": {"registry.errors", "registry.domain", "registry.config",
                          "registry.hashing", "registry.index", "registry.store",
                          "registry.service", "numpy"},
+    "registry.interop": {"registry.errors", "registry.domain", "registry.interop"},
 }
 EDGE_FORBIDDEN = ("registry.store", "registry.index", "sqlalchemy", "faiss")
 
