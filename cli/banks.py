@@ -1,5 +1,5 @@
-"""``takedown bank list``, ``takedown canary``, ``takedown benign add`` and ``takedown quarantine
-list|hold|release``."""
+"""``takedown bank list|add|disable|enable|set``, ``takedown canary``, ``takedown benign add``
+and ``takedown quarantine list|hold|release``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import click
 
 from cli.main import Context, cli, handle_errors
 from cli.output import emit_json
-from registry.domain import BankKind, Query, Tier
+from registry.domain import Bank, BankKind, Query, SignalKind, Thresholds, Tier
+from registry.errors import InvalidInput
 from registry.hashing.canary import COUNT, canary_image
 from registry.service import SubmittedImage
-from registry.service.banks import CANARY_BANK
+from registry.service.banks import BENIGN_BANK, CANARY_BANK
 
 
 @cli.group()
@@ -37,7 +38,102 @@ def bank_list(ctx: Context, as_json: bool) -> None:
         assert isinstance(counts, dict)
         signals = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no signals"
         about = f" - {b['description']}" if b["description"] else ""
-        click.echo(f"{b['name']} ({b['kind']}): {signals}{about}")
+        state = "" if b["enabled"] else ", disabled"
+        limits = b["thresholds"]
+        assert isinstance(limits, dict)
+        own = "".join(f", {k} {s}:{w}" for k, (s, w) in limits.items())
+        source = f", follows {b['source']}" if b["source"] else ""
+        click.echo(f"{b['name']} ({b['kind']}{state}{own}{source}): {signals}{about}")
+
+
+def _thresholds(values: tuple[str, ...]) -> dict[SignalKind, Thresholds]:
+    out = {}
+    for raw in values:
+        name, _, pair = raw.partition("=")
+        strong, _, weak = pair.partition(":")
+        try:
+            kind = SignalKind.parse(name)
+            out[kind] = Thresholds(int(strong), int(weak or strong))
+        except (ValueError, InvalidInput):
+            raise click.BadParameter(
+                f"{raw!r}: give SIGNAL=STRONG:WEAK, e.g. pdq=24:40.",
+                param_hint="--threshold") from None
+    return out
+
+
+THRESHOLD = click.option(
+    "--threshold", "thresholds", multiple=True, metavar="SIGNAL=STRONG:WEAK",
+    help="Tighter perceptual thresholds for this bank's hashes (pdq, phash), at most the "
+         "registry's; repeatable.")
+
+
+def _show(bank: Bank, as_json: bool, what: str) -> None:
+    if as_json:
+        emit_json({"name": bank.name, "kind": bank.kind.value, "enabled": bank.enabled,
+                   "description": bank.description, "thresholds": bank.thresholds_json(),
+                   "source": bank.source})
+        return
+    limits = ", ".join(f"{k}={s}:{w}" for k, (s, w) in bank.thresholds_json().items())
+    click.echo(f"Bank '{bank.name}' {what} ({bank.kind.value}, "
+               f"{'enabled' if bank.enabled else 'disabled'}"
+               f"{'; thresholds ' + limits if limits else ''}).")
+
+
+@bank.command("add")
+@click.argument("name")
+@click.option("--description", default="", help="Where its hashes come from.")
+@THRESHOLD
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def bank_add(ctx: Context, name: str, description: str, thresholds: tuple[str, ...],
+             as_json: bool) -> None:
+    """Create bank NAME for an imported list (audited); 'takedown import' creates one too."""
+    bank_ = ctx.registry(load_index=False).add_bank(name, description, _thresholds(thresholds))
+    _show(bank_, as_json, "added")
+
+
+@bank.command("disable")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def bank_disable(ctx: Context, name: str, as_json: bool) -> None:
+    """Stop bank NAME's hashes matching, at once and everywhere (they stay registered; the
+    feed still carries them: to take them back from mirrors, withdraw them). Audited."""
+    _show(ctx.registry(load_index=False).configure_bank(name, enabled=False), as_json,
+          "disabled")
+
+
+@bank.command("enable")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def bank_enable(ctx: Context, name: str, as_json: bool) -> None:
+    """Let bank NAME's hashes match again. Audited."""
+    _show(ctx.registry(load_index=False).configure_bank(name, enabled=True), as_json,
+          "enabled")
+
+
+@bank.command("set")
+@click.argument("name")
+@THRESHOLD
+@click.option("--default-thresholds", is_flag=True,
+              help="Drop the bank's own thresholds: the registry's apply.")
+@click.option("--description", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def bank_set(ctx: Context, name: str, thresholds: tuple[str, ...], default_thresholds: bool,
+             description: str | None, as_json: bool) -> None:
+    """Change bank NAME's thresholds or description (audited)."""
+    if thresholds and default_thresholds:
+        raise click.UsageError("Give --threshold or --default-thresholds, not both.")
+    limits = {} if default_thresholds else (_thresholds(thresholds) if thresholds else None)
+    _show(ctx.registry(load_index=False).configure_bank(name, thresholds=limits,
+                                                        description=description),
+          as_json, "changed")
 
 
 @cli.command()
@@ -68,9 +164,6 @@ def canary(ctx: Context, out: str, as_json: bool) -> None:
     else:
         click.echo(f"Wrote {len(written)} canary images to {folder}/; registered "
                    f"{len(new)} new ({registered} signals) in bank '{CANARY_BANK}'.")
-
-
-BENIGN_BANK = "benign"
 
 
 @cli.group()

@@ -94,3 +94,29 @@ def reset_pin(ctx: Context, number: str, yes: bool, as_json: bool) -> None:
     else:
         click.echo(f"Case {number}: the new PIN is {pin} (shown once; the old one no longer "
                    "works).")
+
+
+@case.command("purge")
+@click.argument("number")
+@click.option("--force", is_flag=True, help="Purge even though some feed readers have not read "
+              "the withdrawal yet (they keep the hashes; the audit event names them).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def purge(ctx: Context, number: str, force: bool, yes: bool, as_json: bool) -> None:
+    """Erase withdrawn case NUMBER's hashes for good (the erasure path): the values leave the
+    database and the index snapshot; an audit event holding no hash records it. Waits until
+    every platform reading the feed has read the withdrawal (exit 1 naming them)."""
+    if not yes:
+        click.confirm(f"Erase case {number}'s hashes for good? This cannot be undone",
+                      abort=True, err=True)
+    report = ctx.registry().purge_case(number, force=force)
+    if as_json:
+        emit_json(report.to_json())
+    elif report.signals:
+        left = f"; {', '.join(report.behind)} had not read the withdrawal" if report.behind \
+            else ""
+        click.echo(f"Case {report.case}: {report.signals} hashes erased for good{left}.")
+    else:
+        click.echo(f"Case {report.case} holds no hashes to erase (purged already).")

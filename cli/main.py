@@ -79,4 +79,14 @@ def main() -> None:
 
 
 # The command modules attach themselves to ``cli``; imported last so they can import it.
-from cli import audit, banks, cases, hashing, index, platforms, serve, stats  # noqa: E402, F401
+from cli import (  # noqa: E402, F401
+    audit,
+    banks,
+    cases,
+    hashing,
+    index,
+    lists,
+    platforms,
+    serve,
+    stats,
+)

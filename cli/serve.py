@@ -29,6 +29,7 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
 
     registry = ctx.registry()
     registry.follow_changes()
+    registry.follow_upstream()
     app = create_app(registry)
     settle_heap()
     click.echo(f"Serving on http://{host}:{port} (database: {registry.store.dialect}; "

@@ -128,6 +128,15 @@ class Settings:
     compact_ratio: float = _setting(
         0.1, "Compact an index when tombstones or delta exceed this fraction of its size."
     )
+    upstream_url: str = _setting(
+        "", "Another registry whose hash feed 'serve' follows into TAKEDOWN_UPSTREAM_BANK (one "
+        "process of all holds the job); empty: none. 'takedown follow' does the same alone.")
+    upstream_key: str = _setting(
+        "", "With TAKEDOWN_UPSTREAM_URL: an API key of that registry with the feed scope.")
+    upstream_bank: str = _setting(
+        "", "With TAKEDOWN_UPSTREAM_URL: the local bank its hashes go into.")
+    upstream_interval_s: float = _setting(
+        2.0, "With TAKEDOWN_UPSTREAM_URL: how often the feed is read once caught up (seconds).")
 
     @classmethod
     def from_env(
@@ -157,6 +166,12 @@ class Settings:
             raise ConfigError("TAKEDOWN_INDEX must be 'multi', 'flat' or 'milvus'.")
         if self.milvus_index_type not in ("BIN_FLAT", "BIN_IVF_FLAT"):
             raise ConfigError("TAKEDOWN_MILVUS_INDEX_TYPE must be 'BIN_FLAT' or 'BIN_IVF_FLAT'.")
+        if self.upstream_url and not (self.upstream_url.startswith(("http://", "https://"))
+                                      and self.upstream_key and self.upstream_bank):
+            raise ConfigError("TAKEDOWN_UPSTREAM_URL must be an http(s) URL and needs "
+                              "TAKEDOWN_UPSTREAM_KEY and TAKEDOWN_UPSTREAM_BANK.")
+        if self.upstream_interval_s <= 0:
+            raise ConfigError("TAKEDOWN_UPSTREAM_INTERVAL_S must be positive.")
         if self.follow_poll_s <= 0 or self.max_sync_age_s <= 0:
             raise ConfigError(
                 "TAKEDOWN_FOLLOW_POLL_S and TAKEDOWN_MAX_SYNC_AGE_S must be positive.")

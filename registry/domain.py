@@ -20,6 +20,7 @@ from registry.errors import (
     DegenerateHash,
     InvalidCaseNumber,
     InvalidHash,
+    InvalidInput,
     InvalidScope,
     InvalidTransition,
     UnknownSignal,
@@ -240,6 +241,9 @@ class SignalStatus(StrEnum):
     ACTIVE = "active"
     WITHDRAWN = "withdrawn"
     QUARANTINED = "quarantined"
+    # A withdrawn case's hashes erased for good (``takedown case purge``): the row stays, with
+    # no value, so the matches, feedback and change log that point at it stay whole.
+    PURGED = "purged"
 
 
 class BankKind(StrEnum):
@@ -250,6 +254,37 @@ class BankKind(StrEnum):
 
 
 SUBMISSIONS_BANK = "submissions"
+BANK_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class Bank:
+    """A bank and its policy: whether it matches, and thresholds tighter than the registry's
+    for some perceptual signals (a list known to hold near-duplicates of common pictures, say).
+    ``source`` and ``cursor``: the registry a followed bank mirrors and how far it has read."""
+
+    name: str
+    kind: BankKind
+    description: str = ""
+    enabled: bool = True
+    thresholds: dict[SignalKind, Thresholds] = field(default_factory=dict)
+    source: str = ""
+    cursor: str = ""
+
+    def tier(self, kind: SignalKind, distance: int, default: Thresholds) -> Tier | None:
+        """The tier of a perceptual hit on this bank (None: past this bank's thresholds)."""
+        return self.thresholds.get(kind, default).tier(distance)
+
+    def thresholds_json(self) -> dict[str, list[int]]:
+        return {k.value: [t.strong, t.weak] for k, t in sorted(self.thresholds.items())}
+
+    @staticmethod
+    def check_name(name: str) -> str:
+        if not BANK_NAME.fullmatch(name):
+            raise InvalidInput(
+                f"{name!r} is not a bank name: 1 to 64 lowercase letters, digits, '_', '.' or "
+                "'-', starting with a letter or digit.")
+        return name
 
 
 class Scope(StrEnum):

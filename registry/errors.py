@@ -121,6 +121,14 @@ class PlatformNotFound(RegistryError):
     code = "platform_not_found"
 
 
+class BankNotFound(RegistryError):
+    code = "bank_not_found"
+
+
+class BankExists(RegistryError):
+    code = "bank_exists"
+
+
 class PlatformExists(RegistryError):
     code = "platform_exists"
 

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
                        "alembic", "psycopg"},  # psycopg: the LISTEN connection (store.notify)
     "registry.service": {"registry.errors", "registry.domain", "registry.config",
                          "registry.hashing", "registry.index", "registry.store",
-                         "registry.service", "numpy"},
+                         "registry.service", "registry.interop", "numpy"},
     "registry.interop": {"registry.errors", "registry.domain", "registry.interop"},
 }
 EDGE_FORBIDDEN = ("registry.store", "registry.index", "sqlalchemy", "faiss")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 from registry.config import Settings
 from registry.domain import (
+    Bank,
     BankKind,
     CaseStatus,
     Platform,
@@ -22,10 +24,23 @@ from registry.domain import (
     RegisteredSignal,
     Scope,
     SignalKind,
+    Thresholds,
 )
 from registry.errors import InvalidInput, PlatformNotFound, RegistryError
 from registry.hashing import DecodeOptions, ImageSignals, compute_signals
-from registry.service import audit, banks, cases, feed, feedback, matching, platforms
+from registry.interop import Entry, Problem
+from registry.service import (
+    audit,
+    banks,
+    cases,
+    exchange,
+    feed,
+    feedback,
+    lists,
+    matching,
+    platforms,
+    purge,
+)
 from registry.service.cases import CaseReceipt, CaseView, SubmittedImage
 from registry.service.follower import Follower
 from registry.service.indexing import IndexKeeper, Progress, VerifyReport
@@ -40,6 +55,7 @@ class Registry:
         self.store = store
         self.keeper = keeper
         self.follower: Follower | None = None
+        self.upstream: exchange.Upstream | None = None
         self._anchored = 0
 
     def follow_changes(self) -> Follower:
@@ -49,6 +65,36 @@ class Registry:
                                      self.settings.snapshot_every, anchor=self.anchor_audit)
             self.follower.start()
         return self.follower
+
+    def follow_upstream(self) -> exchange.Upstream | None:
+        """With TAKEDOWN_UPSTREAM_URL set, follow that registry's feed into its bank from a
+        thread (of whichever serving process takes the bank's lock first)."""
+        s = self.settings
+        if not s.upstream_url or self.upstream is not None:
+            return self.upstream
+        self.upstream = self.upstream_of(s.upstream_bank, s.upstream_url, s.upstream_key,
+                                         s.upstream_interval_s)
+        self.upstream.start()
+        return self.upstream
+
+    def follow_source(self, bank: str, url: str, key: str,
+                      on_step: Callable[[exchange.Step], None] | None = None) -> int:
+        """Read a registry's feed into ``bank`` until it has no more; the records read."""
+        read = exchange.catch_up(self.store, self.settings, bank, url,
+                                 exchange.http_fetch(url, key), on_step)
+        self._catch_up()
+        return read
+
+    def upstream_of(self, bank: str, url: str, key: str, interval_s: float,
+                    on_step: Callable[[exchange.Step], None] | None = None
+                    ) -> exchange.Upstream:
+        """A follower of ``url`` into ``bank``, to run (``.run()``) or start as a thread."""
+        return exchange.Upstream(self.store, self.settings, bank, url,
+                                 exchange.http_fetch(url, key), interval_s, on_step)
+
+    def restart_source(self, bank: str) -> None:
+        """Read a followed bank's source again from its start (after it was restored)."""
+        exchange.restart(self.store, bank)
 
     # --- hashing (in memory; the bytes are not kept) -------------------------------------------
     @property
@@ -152,6 +198,40 @@ class Registry:
         self.store.refresh_statistics()  # a bulk import changes what the planner should assume
         self._catch_up()
         return count
+
+    # --- banks and hash lists -------------------------------------------------------------------
+    def add_bank(self, name: str, description: str = "",
+                 thresholds: dict[SignalKind, Thresholds] | None = None) -> Bank:
+        return banks.add(self.store, self.settings, name, description, thresholds)
+
+    def configure_bank(self, name: str, *, enabled: bool | None = None,
+                       thresholds: dict[SignalKind, Thresholds] | None = None,
+                       description: str | None = None) -> Bank:
+        return banks.configure(self.store, self.settings, name, enabled=enabled,
+                               thresholds=thresholds, description=description)
+
+    def import_list(self, bank: str, fmt: str, items: Iterable[Entry | Problem], *,
+                    dry_run: bool = False) -> lists.ImportReport:
+        """Apply a hash list's records to ``bank`` in one transaction (nothing when any record
+        is bad, or for a dry run)."""
+        report = lists.import_list(self.store, self.settings, bank, fmt, items, dry_run=dry_run)
+        if report.applied:
+            self.store.refresh_statistics()
+            self._catch_up()
+        return report
+
+    def export_list(self, bank: str, fmt: str, out: TextIO, since: str | None = None
+                    ) -> lists.ExportReport:
+        return lists.export_list(self.store, bank, fmt, out, since)
+
+    def purge_case(self, number: str, *, force: bool = False) -> purge.PurgeReport:
+        """Erase a withdrawn case's hashes for good (see registry.service.purge). A loaded
+        index then writes a new snapshot, so no file on disk holds them either."""
+        report = purge.purge(self.store, number, force=force)
+        if self.keeper.loaded_at and report.signals:
+            self.keeper.sync()
+            self.keeper.save_snapshot()
+        return report
 
     # --- platforms -----------------------------------------------------------------------------
     def add_platform(self, name: str, scopes: Iterable[Scope]) -> tuple[Platform, str]:
@@ -290,6 +370,8 @@ class Registry:
         return out
 
     def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.stop()
         if self.follower is not None:
             self.follower.stop()
         self.keeper.close()

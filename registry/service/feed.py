@@ -46,6 +46,7 @@ def read(store: Store, platform: Platform, cursor: str | None, limit: int) -> Fe
                 f"This cursor ({position}) is past the end of the feed ({head}): the registry "
                 "was restored or replaced. Read the feed again from the start (no cursor) and "
                 "replace your copy of the hashes.")
+        tx.platforms.note_feed_read(platform.id, position)
         tx.audit.record(f"platform:{platform.name}", "feed_read", "",
                         {"cursor": position, "records": len(page)})
     last = page[-1].seq if page else position

@@ -11,6 +11,11 @@ whole-picture matches: it is a copy of that image, not of a victim's. Its local 
 collage may put a benign picture beside a victim's, and the local signal is what finds the
 victim's there). Such queries are counted in the audit record of the request.
 
+Each bank's policy applies per request (``banks``: a few rows, read with the hits): a disabled
+bank's hashes match nothing, and a bank with thresholds tighter than the registry's (never
+looser: those are the measured false-positive bar and the search radius) tiers its perceptual
+hits by its own.
+
 A pHash hit is returned only beside another signal of the same query matching the same
 registered image (PDQ, local or a digest): 64 bits matched up to 7 apart are a supporting
 signal, and alone they would be an oracle. A platform probing with random pHash values lands
@@ -22,10 +27,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from registry.config import Settings
 from registry.domain import (
+    Bank,
     BankKind,
     Match,
     Query,
@@ -95,6 +101,8 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         return [QueryResult(q.id) for q in queries]
     with store.transaction(write=False) as tx:
         registered = tx.signals.get_many(h.signal_id for h in hits)
+        banks = tx.banks.policies()
+    hits = _by_bank_policy(hits, registered, banks, settings)
     benign = {h.query for h in hits if h.tier is not Tier.WEAK and h.kind is not SignalKind.LOCAL
               and (reg := registered.get(h.signal_id)) is not None
               and reg.bank_kind is BankKind.BENIGN and reg.status is SignalStatus.ACTIVE}
@@ -120,7 +128,7 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         if key in seen:
             continue
         seen.add(key)
-        m = _match(h, reg, settings)
+        m = _match(h, reg, settings, banks.get(reg.bank))
         per_query[h.query].append(m)
         records.append((m.match_id, platform_id, h.signal_id, h.distance, h.tier.value,
                         queries[h.query].id))
@@ -132,6 +140,26 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
             details["benign_suppressed"] = len(benign)
         tx.audit.record(actor, "match", "", details)
     return [QueryResult(q.id, tuple(ms)) for q, ms in zip(queries, per_query, strict=True)]
+
+
+def _by_bank_policy(hits: list[_Hit], registered: dict[int, RegisteredSignal],
+                    banks: dict[str, Bank], settings: Settings) -> list[_Hit]:
+    """Hits on disabled banks go (a disabled benign bank suppresses nothing either); a
+    perceptual hit takes its bank's tier, which may be weaker or none where the bank's
+    thresholds are tighter than the registry's."""
+    out = []
+    for h in hits:
+        reg = registered.get(h.signal_id)
+        bank = banks.get(reg.bank) if reg is not None else None
+        if bank is not None and not bank.enabled:
+            continue
+        if bank is not None and bank.thresholds and h.kind.perceptual:
+            tier = bank.tier(h.kind, h.distance, settings.thresholds(h.kind))
+            if tier is None:
+                continue
+            h = replace(h, tier=tier)
+        out.append(h)
+    return out
 
 
 def _audit(store: Store, actor: str, queries: int, match_ids: list[str]) -> None:
@@ -188,7 +216,7 @@ def _exact_hits(store: Store, queries: Sequence[Query]) -> list[_Hit]:
     return hits
 
 
-def _match(hit: _Hit, reg: RegisteredSignal, settings: Settings) -> Match:
+def _match(hit: _Hit, reg: RegisteredSignal, settings: Settings, bank: Bank | None) -> Match:
     if hit.kind is SignalKind.LOCAL:
         return Match(
             match_id="m_" + secrets.token_hex(10), signal=hit.kind, distance=hit.distance,
@@ -197,7 +225,11 @@ def _match(hit: _Hit, reg: RegisteredSignal, settings: Settings) -> Match:
                                         reg.not_violating),
             signal_id=hit.signal_id, case=reg.case_number, inliers=hit.inliers,
             coverage=hit.coverage)
-    thresholds = settings.thresholds(hit.kind) if hit.kind.perceptual else None
+    thresholds = None
+    if hit.kind.perceptual:
+        thresholds = settings.thresholds(hit.kind)
+        if bank is not None:
+            thresholds = bank.thresholds.get(hit.kind, thresholds)
     return Match(
         match_id="m_" + secrets.token_hex(10),
         signal=hit.kind,

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -45,6 +47,13 @@ class BankRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A disabled bank's hashes stay registered and indexed but match nothing.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Per-signal thresholds tighter than the registry's ({"pdq": [strong, weak]}), JSON.
+    thresholds: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    # A followed bank: the registry it mirrors and the feed cursor read so far.
+    source: Mapped[str] = mapped_column(Text, default="", server_default="")
+    cursor: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class CaseRow(Base):
@@ -79,6 +88,7 @@ class SignalRow(Base):
     __table_args__ = (
         Index("ix_signals_kind_value", "kind", "value"),
         Index("ix_signals_case_id", "case_id"),
+        Index("ix_signals_bank_id", "bank_id"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
@@ -98,6 +108,8 @@ class SignalRow(Base):
     payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # When an operator last reviewed this hash: feedback before it no longer counts.
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An imported hash's id in its source list ("" when the source gives none).
+    source_ref: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class PlatformRow(Base):
@@ -110,6 +122,8 @@ class PlatformRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The furthest feed cursor this platform has read from (NULL: it never read the feed).
+    feed_position: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class MatchRow(Base):

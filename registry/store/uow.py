@@ -6,12 +6,13 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Table, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from registry.domain import (
+    Bank,
     BankKind,
     Case,
     CaseStatus,
@@ -24,6 +25,7 @@ from registry.domain import (
     Signal,
     SignalKind,
     SignalStatus,
+    Thresholds,
 )
 from registry.store.models import (
     AuditRow,
@@ -37,6 +39,9 @@ from registry.store.models import (
     SignalRow,
 )
 from registry.store.notify import CHANNEL
+
+if TYPE_CHECKING:
+    from registry.store.lists import ListRepository
 
 
 def now() -> datetime:
@@ -64,6 +69,12 @@ class Transaction:
         self.audit = AuditLog(session)
         self.matches = MatchRepository(session)
 
+    @property
+    def lists(self) -> ListRepository:
+        # Imported here: registry.store.lists builds on this module's change log and helpers.
+        from registry.store.lists import ListRepository
+        return ListRepository(self.session)
+
 
 class BankRepository:
     def __init__(self, session: Session) -> None:
@@ -80,6 +91,40 @@ class BankRepository:
     def names(self) -> dict[int, str]:
         return {r.id: r.name for r in self.s.scalars(select(BankRow))}
 
+    def get(self, name: str, *, for_update: bool = False) -> tuple[int, Bank] | None:
+        stmt = select(BankRow).where(BankRow.name == name)
+        row = self.s.scalar(stmt.with_for_update() if for_update else stmt)
+        return (row.id, _bank(row)) if row is not None else None
+
+    def add(self, bank: Bank) -> int:
+        row = BankRow(name=bank.name, kind=bank.kind.value, description=bank.description,
+                      created_at=now(), enabled=bank.enabled,
+                      thresholds=json.dumps(bank.thresholds_json()), source=bank.source,
+                      cursor=bank.cursor)
+        self.s.add(row)
+        self.s.flush()
+        return row.id
+
+    def update(self, bank_id: int, *, enabled: bool | None = None,
+               thresholds: dict[str, list[int]] | None = None, description: str | None = None,
+               source: str | None = None, cursor: str | None = None) -> None:
+        values: dict[str, object] = {}
+        if enabled is not None:
+            values["enabled"] = enabled
+        if thresholds is not None:
+            values["thresholds"] = json.dumps(thresholds, sort_keys=True)
+        for name, value in (("description", description), ("source", source),
+                            ("cursor", cursor)):
+            if value is not None:
+                values[name] = value
+        if values:
+            self.s.execute(update(BankRow).where(BankRow.id == bank_id).values(**values))
+
+    def policies(self) -> dict[str, Bank]:
+        """Every bank by name, with its policy (matching reads it per request: a handful of
+        rows)."""
+        return {r.name: _bank(r) for r in self.s.scalars(select(BankRow))}
+
     def listing(self) -> list[dict[str, object]]:
         """Every bank, by name: its kind, description, creation time and signals by status."""
         counts: dict[int, dict[str, int]] = {}
@@ -89,8 +134,19 @@ class BankRepository:
             counts.setdefault(int(bank_id), {})[str(status)] = int(n)
         return [{"name": r.name, "kind": r.kind, "description": r.description,
                  "created_at": (_aware(r.created_at) or now()).isoformat(),
+                 "enabled": bool(r.enabled), "thresholds": _bank(r).thresholds_json(),
+                 "source": r.source, "cursor": r.cursor,
                  "signals": counts.get(r.id, {})}
                 for r in self.s.scalars(select(BankRow).order_by(BankRow.name))]
+
+
+def _bank(row: BankRow) -> Bank:
+    thresholds = {}
+    for kind, (strong, weak) in json.loads(row.thresholds or "{}").items():
+        thresholds[SignalKind(kind)] = Thresholds(int(strong), int(weak))
+    return Bank(name=row.name, kind=BankKind(row.kind), description=row.description,
+                enabled=bool(row.enabled), thresholds=thresholds, source=row.source,
+                cursor=row.cursor)
 
 
 class CaseRepository:
@@ -448,6 +504,20 @@ class PlatformRepository:
         rows = self.s.scalars(select(PlatformRow).order_by(PlatformRow.name))
         return [_platform(r) for r in rows]
 
+    def note_feed_read(self, platform_id: int, position: int) -> None:
+        """The platform asked for the feed after ``position``: it holds everything up to it."""
+        self.s.execute(update(PlatformRow).where(PlatformRow.id == platform_id).values(
+            feed_position=func.max(func.coalesce(PlatformRow.feed_position, position),
+                                   position) if self.s.get_bind().dialect.name == "sqlite"
+            else func.greatest(func.coalesce(PlatformRow.feed_position, position), position)))
+
+    def feed_readers(self) -> list[tuple[str, int]]:
+        """Active platforms that have read the feed, with the furthest cursor each read from."""
+        rows = self.s.execute(select(PlatformRow.name, PlatformRow.feed_position).where(
+            PlatformRow.status == "active", PlatformRow.feed_position.is_not(None))
+            .order_by(PlatformRow.name))
+        return [(str(name), int(pos)) for name, pos in rows]
+
     def revoke(self, platform_id: int) -> None:
         self.s.execute(update(PlatformRow).where(PlatformRow.id == platform_id)
                        .values(status="revoked", revoked_at=now()))
@@ -509,13 +579,16 @@ class ChangeLog:
 
     def feed(self, position: int, limit: int) -> list[FeedRecord]:
         """Change-log entries after ``position`` as feed records (adds are ``active``,
-        withdrawals and quarantines ``withdrawn``). The ``benign`` bank's hashes are not in it:
+        withdrawals and quarantines ``withdrawn``). Purged hashes are gone from it (``case
+        purge`` waits until every reader of the feed has read past their withdrawal). The
+        ``benign`` bank's hashes are not in it:
         they suppress matches here, and a mirror reading them as takedowns would remove the
         very images they protect."""
         stmt = (select(ChangeRow.seq, ChangeRow.action, ChangeRow.at, SignalRow, BankRow.name)
                 .join(SignalRow, SignalRow.id == ChangeRow.signal_id)
                 .join(BankRow, BankRow.id == SignalRow.bank_id)
-                .where(ChangeRow.seq > position, BankRow.kind != BankKind.BENIGN.value)
+                .where(ChangeRow.seq > position, BankRow.kind != BankKind.BENIGN.value,
+                       SignalRow.status != SignalStatus.PURGED.value)
                 .order_by(ChangeRow.seq).limit(limit))
         return [FeedRecord(seq=int(seq),
                            status="active" if action == ChangeAction.ADD.value else "withdrawn",
@@ -526,13 +599,18 @@ class ChangeLog:
                 for seq, action, at, row, bank in self.s.execute(stmt)]
 
     def since(self, position: int, limit: int = 100_000) -> list[Change]:
+        """Change-log entries after ``position``. A purged hash's entries come as withdrawals
+        of a zero value: the index drops the id (if it still holds it) and the position moves
+        on, with no value left to add back."""
         stmt = (select(ChangeRow.seq, ChangeRow.action, ChangeRow.signal_id, SignalRow.kind,
-                       SignalRow.value, SignalRow.payload)
+                       SignalRow.value, SignalRow.payload, SignalRow.status)
                 .join(SignalRow, SignalRow.id == ChangeRow.signal_id)
                 .where(ChangeRow.seq > position).order_by(ChangeRow.seq).limit(limit))
         return [Change(int(seq), ChangeAction(action), int(sid),
                        loaded_signal(kind, value, payload))
-                for seq, action, sid, kind, value, payload in self.s.execute(stmt)]
+                if status != SignalStatus.PURGED.value else
+                Change(int(seq), ChangeAction.WITHDRAW, int(sid), erased_signal(kind))
+                for seq, action, sid, kind, value, payload, status in self.s.execute(stmt)]
 
 
 class AuditLog:
@@ -675,6 +753,12 @@ def loaded_signal(kind: str, value: str, payload: bytes | None) -> Signal:
     if k is SignalKind.LOCAL:
         return Signal(k, bytes(payload or b""))
     return Signal(k, bytes.fromhex(value))
+
+
+def erased_signal(kind: str) -> Signal:
+    """A purged signal's stand-in: its kind, all zero bits (never added, only withdrawn)."""
+    k = SignalKind(kind)
+    return Signal(k, b"" if k is SignalKind.LOCAL else bytes(k.bits // 8))
 
 
 def _chunks(items: list[int] | list[str], size: int) -> Iterable[list[int] | list[str]]:

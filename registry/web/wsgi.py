@@ -23,6 +23,7 @@ def create() -> APIFlask:
     settings = Settings.from_env()
     registry = build_registry(settings)
     registry.follow_changes()
+    registry.follow_upstream()
     app = create_app(registry)
     settle_heap()
     return app
