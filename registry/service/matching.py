@@ -100,8 +100,9 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         _audit(store, actor, len(queries), [])
         return [QueryResult(q.id) for q in queries]
     with store.transaction(write=False) as tx:
-        registered = tx.signals.get_many(h.signal_id for h in hits)
-        banks = tx.banks.policies()
+        by_id = tx.banks.by_id()
+        registered = tx.signals.get_many((h.signal_id for h in hits), by_id)
+    banks = {b.name: b for b in by_id.values()}
     hits = _by_bank_policy(hits, registered, banks, settings)
     benign = {h.query for h in hits if h.tier is not Tier.WEAK and h.kind is not SignalKind.LOCAL
               and (reg := registered.get(h.signal_id)) is not None

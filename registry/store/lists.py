@@ -10,14 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from registry.domain import ChangeAction, SignalKind, SignalStatus
 from registry.store.models import ChangeRow, SignalRow
-from registry.store.uow import ChangeLog, _aware, _serialise_logs, now
+from registry.store.uow import (
+    ChangeLog,
+    SignalRepository,
+    _aware,
+    _chunks,
+    insert_signals,
+    now,
+)
 
 Key = tuple[str, str, str]  # (kind, stored value, source_ref)
 PURGED = SignalStatus.PURGED.value
@@ -65,30 +72,20 @@ class ListRepository:
         if not rows:
             return []
         ts = now()
-        params = [{"case_id": None, "bank_id": bank_id, "kind": r.kind, "value": r.value,
-                   "payload": r.payload, "label": r.label, "status": SignalStatus.ACTIVE.value,
-                   "quality": r.quality, "pipeline_version": pipeline_version,
-                   "image_key": r.image_key, "source_ref": r.source_ref, "created_at": ts,
-                   "updated_at": ts} for r in rows]
-        _serialise_logs(self.s)  # one writer: the new ids are those above the highest before
-        start = int(self.s.scalar(select(func.coalesce(func.max(SignalRow.id), 0))) or 0)
-        self.s.execute(insert(cast(Table, SignalRow.__table__)), params)
-        ids = [int(i) for i in self.s.scalars(
-            select(SignalRow.id).where(SignalRow.id > start).order_by(SignalRow.id))]
-        if len(ids) != len(params):
-            raise RuntimeError("signal ids of a bulk insert could not be recovered")
+        ids = insert_signals(self.s, [
+            {"case_id": None, "bank_id": bank_id, "kind": r.kind, "value": r.value,
+             "payload": r.payload, "label": r.label, "status": SignalStatus.ACTIVE.value,
+             "quality": r.quality, "pipeline_version": pipeline_version,
+             "image_key": r.image_key, "source_ref": r.source_ref, "created_at": ts,
+             "updated_at": ts} for r in rows])
         ChangeLog(self.s).append(ChangeAction.ADD, ids)
         return ids
 
     def withdraw(self, ids: Sequence[int]) -> None:
         """Withdraw active or quarantined signals and log it (the index drops them)."""
-        if not ids:
-            return
-        ts = now()
-        for i in range(0, len(ids), 500):
-            self.s.execute(update(SignalRow).where(SignalRow.id.in_(ids[i:i + 500]))
-                           .values(status=SignalStatus.WITHDRAWN.value, updated_at=ts))
-        ChangeLog(self.s).append(ChangeAction.WITHDRAW, ids)
+        if ids:
+            SignalRepository(self.s).set_status(ids, SignalStatus.WITHDRAWN)
+            ChangeLog(self.s).append(ChangeAction.WITHDRAW, ids)
 
     def export(self, bank_id: int, since: int, kinds: Iterable[SignalKind]) -> Iterator[
             ExportedRow]:
@@ -111,17 +108,14 @@ class ListRepository:
 
     def last_change(self, ids: Sequence[int]) -> int:
         """The newest change-log position of any of ``ids`` (0 if none)."""
-        top = 0
-        for i in range(0, len(ids), 500):
-            top = max(top, int(self.s.scalar(
-                select(func.coalesce(func.max(ChangeRow.seq), 0))
-                .where(ChangeRow.signal_id.in_(ids[i:i + 500]))) or 0))
-        return top
+        return max((int(self.s.scalar(select(func.coalesce(func.max(ChangeRow.seq), 0))
+                                      .where(ChangeRow.signal_id.in_(chunk))) or 0)
+                    for chunk in _chunks(list(ids), 500)), default=0)
 
     def purge(self, ids: Sequence[int]) -> None:
         """Erase the values of withdrawn signals for good: the rows stay (matches, feedback
         and the change log point at them) with no hash, no keypoints and no grouping key."""
-        for i in range(0, len(ids), 500):
-            self.s.execute(update(SignalRow).where(SignalRow.id.in_(ids[i:i + 500]))
+        for chunk in _chunks(list(ids), 500):
+            self.s.execute(update(SignalRow).where(SignalRow.id.in_(chunk))
                            .values(status=PURGED, value="", payload=None, image_key="",
                                    source_ref="", quality=None, updated_at=now()))

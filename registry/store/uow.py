@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
@@ -120,10 +121,10 @@ class BankRepository:
         if values:
             self.s.execute(update(BankRow).where(BankRow.id == bank_id).values(**values))
 
-    def policies(self) -> dict[str, Bank]:
-        """Every bank by name, with its policy (matching reads it per request: a handful of
-        rows)."""
-        return {r.name: _bank(r) for r in self.s.scalars(select(BankRow))}
+    def by_id(self) -> dict[int, Bank]:
+        """Every bank with its policy, by id (a handful of rows: matching reads them with the
+        hits of each request)."""
+        return {r.id: _bank(r) for r in self.s.scalars(select(BankRow))}
 
     def listing(self) -> list[dict[str, object]]:
         """Every bank, by name: its kind, description, creation time and signals by status."""
@@ -269,19 +270,7 @@ class SignalRepository:
                    "quality": quality, "pipeline_version": pipeline_version,
                    "image_key": image_key, "created_at": ts, "updated_at": ts}
                   for rows, image_key in images for sig, label, quality in rows]
-        if not params:
-            return []
-        # One writer at a time (the log lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so the
-        # new rows are exactly those above the highest id before the insert; a plain
-        # executemany is ~10x faster than ORM inserts or INSERT ... RETURNING here.
-        _serialise_logs(self.s)
-        start = int(self.s.scalar(select(func.coalesce(func.max(SignalRow.id), 0))) or 0)
-        self.s.execute(insert(cast(Table, SignalRow.__table__)), params)
-        ids = [int(i) for i in self.s.scalars(
-            select(SignalRow.id).where(SignalRow.id > start).order_by(SignalRow.id))]
-        if len(ids) != len(params):
-            raise RuntimeError("signal ids of a bulk insert could not be recovered")
-        return ids
+        return insert_signals(self.s, params)
 
     def ids_of_case(self, case_id: int, status: SignalStatus | None = None) -> list[int]:
         stmt = select(SignalRow.id).where(SignalRow.case_id == case_id).order_by(SignalRow.id)
@@ -300,9 +289,13 @@ class SignalRepository:
             self.s.execute(update(SignalRow).where(SignalRow.id.in_(chunk))
                            .values(status=status.value, updated_at=now()))
 
-    def get_many(self, ids: Iterable[int]) -> dict[int, RegisteredSignal]:
+    def get_many(self, ids: Iterable[int], banks: dict[int, Bank] | None = None
+                 ) -> dict[int, RegisteredSignal]:
+        """The signals of ``ids`` that exist; ``banks`` (``BankRepository.by_id``) when the
+        caller has read them already."""
         out: dict[int, RegisteredSignal] = {}
-        banks = {r.id: (r.name, BankKind(r.kind)) for r in self.s.scalars(select(BankRow))}
+        if banks is None:
+            banks = BankRepository(self.s).by_id()
         cols = (SignalRow.id, SignalRow.kind, SignalRow.value, SignalRow.payload,
                 SignalRow.bank_id, SignalRow.status, SignalRow.label, SignalRow.removed,
                 SignalRow.not_violating, SignalRow.image_key, CaseRow.number)
@@ -313,9 +306,9 @@ class SignalRepository:
                  image_key, number) in self.s.execute(stmt):
                 out[sid] = RegisteredSignal(
                     id=sid, signal=loaded_signal(kind, value, payload),
-                    bank=banks[bank_id][0], status=SignalStatus(status), case_number=number,
+                    bank=banks[bank_id].name, status=SignalStatus(status), case_number=number,
                     label=label, removed=removed, not_violating=not_violating,
-                    image_key=image_key, bank_kind=banks[bank_id][1])
+                    image_key=image_key, bank_kind=banks[bank_id].kind)
         return out
 
     def find_exact(self, kind: SignalKind, values: Iterable[str]) -> dict[str, list[int]]:
@@ -511,12 +504,12 @@ class PlatformRepository:
                                    position) if self.s.get_bind().dialect.name == "sqlite"
             else func.greatest(func.coalesce(PlatformRow.feed_position, position), position)))
 
-    def feed_readers(self) -> list[tuple[str, int]]:
+    def feed_readers(self) -> builtins.list[tuple[str, int]]:
         """Active platforms that have read the feed, with the furthest cursor each read from."""
         rows = self.s.execute(select(PlatformRow.name, PlatformRow.feed_position).where(
             PlatformRow.status == "active", PlatformRow.feed_position.is_not(None))
             .order_by(PlatformRow.name))
-        return [(str(name), int(pos)) for name, pos in rows]
+        return [(str(name), int(pos)) for name, pos in rows if pos is not None]
 
     def revoke(self, platform_id: int) -> None:
         self.s.execute(update(PlatformRow).where(PlatformRow.id == platform_id)
@@ -753,6 +746,23 @@ def loaded_signal(kind: str, value: str, payload: bytes | None) -> Signal:
     if k is SignalKind.LOCAL:
         return Signal(k, bytes(payload or b""))
     return Signal(k, bytes.fromhex(value))
+
+
+def insert_signals(session: Session, params: Sequence[Mapping[str, object]]) -> list[int]:
+    """Insert signal rows in one bulk statement; their new ids, in order."""
+    if not params:
+        return []
+    # One writer at a time (the log lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so the
+    # new rows are exactly those above the highest id before the insert; a plain
+    # executemany is ~10x faster than ORM inserts or INSERT ... RETURNING here.
+    _serialise_logs(session)
+    start = int(session.scalar(select(func.coalesce(func.max(SignalRow.id), 0))) or 0)
+    session.execute(insert(cast(Table, SignalRow.__table__)), params)
+    ids = [int(i) for i in session.scalars(
+        select(SignalRow.id).where(SignalRow.id > start).order_by(SignalRow.id))]
+    if len(ids) != len(params):
+        raise RuntimeError("signal ids of a bulk insert could not be recovered")
+    return ids
 
 
 def erased_signal(kind: str) -> Signal:
