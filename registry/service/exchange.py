@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from registry.config import Settings
+
+if TYPE_CHECKING:
+    from urllib.error import HTTPError
 from registry.domain import Signal, SignalKind
 from registry.errors import InvalidInput, RegistryError, StorageUnavailable
 from registry.interop import Entry, Problem
@@ -48,6 +49,12 @@ class UpstreamReset(UpstreamError):
 
 
 def http_fetch(url: str, key: str, timeout_s: float = 30.0) -> Fetch:
+    # Imported here: urllib.request brings http.client, ssl and email into every process
+    # that imports the service, and only a follower needs them.
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     base = url.rstrip("/") + "/api/v1/feed"
 
     def fetch(cursor: str, limit: int) -> dict[str, object]:
@@ -76,7 +83,7 @@ def http_fetch(url: str, key: str, timeout_s: float = 30.0) -> Fetch:
     return fetch
 
 
-def _error_of(e: urllib.error.HTTPError) -> tuple[str, str]:
+def _error_of(e: HTTPError) -> tuple[str, str]:
     try:
         error = json.loads(e.read())["error"]
         return str(error["code"]), str(error["message"])

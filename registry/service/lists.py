@@ -30,6 +30,8 @@ MAX_REPORTED = 100  # problems listed in a report (all are counted)
 PENDING = -1  # the id of a key added in this import but not yet written
 LIVE = (SignalStatus.ACTIVE.value, SignalStatus.QUARANTINED.value)
 IMPORTABLE = (BankKind.IMPORTED, BankKind.BENIGN)
+# The view label a whole-picture hash is stored with (as a case's are); digests have none.
+LABELS = {k: "full" if k.perceptual or k.is_local else "" for k in SignalKind}
 
 
 @dataclass
@@ -173,8 +175,7 @@ def apply(tx: Transaction, bank_id: int, bank: str, items: Iterable[Entry | Prob
             if live:
                 report.unchanged += 1
                 continue
-            pending.append(ListedRow(sig.kind.value, stored_value(sig),
-                                     "full" if sig.kind.perceptual or sig.kind.is_local else "",
+            pending.append(ListedRow(sig.kind.value, stored_value(sig), LABELS[sig.kind],
                                      item.quality if sig.kind is SignalKind.PDQ else None,
                                      group_key(bank, item.group), item.ref,
                                      stored_payload(sig)))

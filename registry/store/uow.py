@@ -548,7 +548,8 @@ class ChangeLog:
         _serialise_logs(self.s)
         params = [{"signal_id": i, "action": action.value, "at": ts} for i in signal_ids]
         if params:
-            self.s.execute(insert(ChangeRow), params)
+            # Core, not the ORM bulk path: 1M log entries of an import in a third of the time.
+            self.s.execute(insert(cast(Table, ChangeRow.__table__)), params)
         if self.s.get_bind().dialect.name == "postgresql":
             # Delivered at commit to every worker's listener (registry.store.notify).
             self.s.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
