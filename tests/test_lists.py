@@ -237,3 +237,32 @@ def test_quiet_imports_keep_submissions_apart(registry, rng):
     registry.import_list("ngo-h", "csv", [entry(1, image[0].signals[0])])
     assert sorted(b for b, _ in matched_banks(registry, image[0].signals[0])) == [
         "ngo-h", "submissions"]
+
+
+def test_a_platform_that_read_the_feed_before_migration_0006_holds_up_a_purge(tmp_path):
+    """Platforms have no feed position before revision 0006; one that read the feed then
+    (its audit events say so) must still read past a withdrawal before a purge."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from registry.store.engine import _alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        for name, action in (("reader", "feed_read"), ("matcher", "match")):
+            conn.execute(text(
+                "INSERT INTO platforms (name, key_hash, key_prefix, scopes, status, created_at)"
+                " VALUES (:n, :h, 'k', 'feed', 'active', CURRENT_TIMESTAMP)"),
+                {"n": name, "h": name * 4})
+            conn.execute(text(
+                "INSERT INTO audit_events (at, actor, action, subject, details, digest) "
+                "VALUES (CURRENT_TIMESTAMP, :a, :act, '', '{}', '')"),
+                {"a": f"platform:{name}", "act": action})
+        command.upgrade(cfg, "head")
+        positions = dict(conn.execute(text("SELECT name, feed_position FROM platforms")).all())
+    engine.dispose()
+    assert positions == {"reader": 0, "matcher": None}

@@ -33,6 +33,10 @@ def upgrade() -> None:
     op.create_index("ix_signals_bank_id", "signals", ["bank_id"])
     with op.batch_alter_table("platforms") as batch:
         batch.add_column(sa.Column("feed_position", sa.BigInteger(), nullable=True))
+    # A platform that read the feed before this revision holds what it read, from an unknown
+    # cursor: 0 makes ``case purge`` wait for its next read, where NULL would let it pass.
+    op.execute("UPDATE platforms SET feed_position = 0 WHERE 'platform:' || name IN "
+               "(SELECT actor FROM audit_events WHERE action = 'feed_read')")
 
 
 def downgrade() -> None:
