@@ -5,16 +5,18 @@ into a collage hashes far away (docs/accuracy.md). Local features describe small
 corners of the picture; a copy keeps most of its patches, and matching them with a consistent
 geometric transform (:mod:`registry.index.local`) finds the registered picture inside the copy.
 
-Definition (part of pipeline version 3; the browser port in ``static/js/hash/local.js`` follows
+Definition (part of pipeline version 4; the browser port in ``static/js/hash/local.js`` follows
 it step by step):
 
 1. grey = Pillow ``convert("L")`` of the decoded RGB image (ITU-R 601 luma, as pHash uses);
 2. resized with Pillow's LANCZOS so its area is :data:`REGISTER_AREA` pixels (registration) or
    :data:`QUERY_AREA` (queries; a copy may hold the picture at a smaller scale), aspect kept,
    in two passes: the width first, then the height;
-3. OpenCV 4.12 ORB (the parameters of :func:`_orb`) finds up to 4x the wanted keypoints;
-4. they are spread over a grid (``GRID`` cells a side): each cell's strongest first, round by
-   round, so a textured corner cannot take them all; the chosen ones are kept strongest first;
+3. OpenCV 4.12 ORB (the parameters of :func:`_orb`) finds up to 8x the wanted keypoints over
+   its five finest pyramid levels (registration; a query: 2x over all eight levels);
+4. they are spread over a grid (``GRID`` cells a side, 6 x 6): each cell's strongest first,
+   round by round, so a textured corner cannot take them all; the chosen ones are kept
+   strongest first;
 5. each keypoint is stored as 12-bit x and y (fractions of the analysed image's size), its
    orientation in 32 steps and its pyramid level, plus its 256-bit descriptor.
 
@@ -49,8 +51,11 @@ REGISTER_AREA = 180_000  # ~520 x 346: the evaluation photos at about their own 
 QUERY_AREA = 400_000  # a copy may show the picture at ~0.6x: a collage half, a screenshot
 REGISTER_KEYPOINTS = 112  # 4,039 bytes stored per registered image
 QUERY_KEYPOINTS = 3000  # the first 1,000 (spread over the copy) are looked up in the index
-REGISTER_GRID = 4
+REGISTER_GRID = 6
 QUERY_GRID = 6
+REGISTER_LEVELS = 5  # a registration keeps ORB's five finest pyramid levels (patches <= 64 px)
+REGISTER_FOUND = 8  # ORB finds this many times the 112 kept, so the grid has cells to fill
+QUERY_FOUND = 2
 MIN_KEYPOINTS = LOCAL_MIN_KEYPOINTS  # fewer (a flat or tiny picture): no local signal
 MAX_KEYPOINTS = LOCAL_MAX_KEYPOINTS  # the most a query may send
 _HEADER = LOCAL_HEADER
@@ -139,8 +144,8 @@ def analysed(img: Image.Image, area: int, *, fast: bool = False) -> npt.NDArray[
     return np.asarray(grey, dtype=np.uint8)
 
 
-def _orb(found: int) -> cv2.ORB:
-    return cv2.ORB.create(nfeatures=found, scaleFactor=1.2, nlevels=8, edgeThreshold=16,
+def _orb(found: int, levels: int = 8) -> cv2.ORB:
+    return cv2.ORB.create(nfeatures=found, scaleFactor=1.2, nlevels=levels, edgeThreshold=16,
                           firstLevel=0, WTA_K=2, scoreType=cv2.ORB_HARRIS_SCORE, patchSize=31,
                           fastThreshold=12)
 
@@ -191,9 +196,14 @@ def extract(img: Image.Image, *, registration: bool) -> LocalFeatures | None:
     h, w = grey.shape
     if min(w, h) < 2 * 16 + 1:  # ORB needs its edge margin on both sides of the picture
         return None
-    # ORB keeps its `found` strongest (Harris) over the pyramid: 4x the registration's 112,
-    # 2x the query's 3,000 (measured on stickered copies: 2x found as many as 4x, at less cost).
-    orb = _orb(4 * wanted if registration else 2 * wanted)
+    # ORB keeps its `found` strongest (Harris) over the pyramid: 8x the registration's 112 over
+    # the five finest levels, 2x the query's 3,000 over all eight (measured on stickered copies:
+    # the coarse levels' patches, up to 111 px, are the ones a sticker or a caption spoils, and
+    # they are the generic blobs that two photos of one person share; for the query, 2x found
+    # as many as 4x, at less cost). The query keeps all levels: a registered picture may be
+    # shown zoomed in (a crop) or out (a collage) by up to the pyramid's range.
+    orb = (_orb(REGISTER_FOUND * wanted, REGISTER_LEVELS) if registration
+           else _orb(QUERY_FOUND * wanted))
     if registration:
         keypoints, descriptors = orb.detectAndCompute(grey, None)  # type: ignore[call-overload]
         if descriptors is None:

@@ -36,7 +36,8 @@ from registry.hashing.variants import registration_views, view_source
 # Stored with every registered signal, so a later pipeline change can re-hash or migrate.
 # 1: PDQ/pHash/digests of the whole image. 2: + content box and registration variants.
 # 3: + local features, and PDQ of all eight orientations registered.
-PIPELINE_VERSION = 3
+# 4: registered local keypoints from ORB's five finest levels, spread over a 6 x 6 grid.
+PIPELINE_VERSION = 4
 _MIN_TRIM = 0.01  # a content box must shave at least this fraction to count as different
 
 

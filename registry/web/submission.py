@@ -5,7 +5,7 @@ Body::
     {"images": [{"signals": {"pdq": hex, "phash": hex, "md5": hex, "sha256": hex},
                  "pdq_quality": 0-100,
                  "views": [{"label": "mirror", "pdq": hex, "quality": 0-100}, ...],
-                 "pipeline_version": 3,
+                 "pipeline_version": 4,
                  "local": base64 (optional; inside "signals")}]}
 
 The shape is checked here, by hand and strictly (unknown fields are refused, as on the API);

@@ -4,7 +4,8 @@
 //
 // 1. grey = Pillow convert('L') of the RGB pixels (pillow.js greyLuminance);
 // 2. resized with Pillow's LANCZOS to REGISTER_AREA pixels, aspect kept, the width first;
-// 3. ORB with the parameters of local.py's _orb finds up to 4 x REGISTER_KEYPOINTS keypoints;
+// 3. ORB with the parameters of local.py's _orb finds up to REGISTER_FOUND x REGISTER_KEYPOINTS
+//    keypoints over its REGISTER_LEVELS finest pyramid levels;
 // 4. a canonical order (strongest first, ties by level, y, x), then the grid spread;
 // 5. packed: version u8, count u16, width u16, height u16 (little-endian), then per keypoint a
 //    big-endian u32 x:12 y:12 angle:5 octave:3, then the 32-byte descriptors; sent as base64.
@@ -16,7 +17,9 @@ import { greyLuminance, resizeGreyWidthFirst, roundHalfEven } from './pillow.js'
 export const FORMAT_VERSION = 1;
 export const REGISTER_AREA = 180_000;
 export const REGISTER_KEYPOINTS = 112;
-export const REGISTER_GRID = 4;
+export const REGISTER_GRID = 6;
+export const REGISTER_LEVELS = 5;
+export const REGISTER_FOUND = 8;
 export const MIN_KEYPOINTS = 16;
 export const ANGLE_STEPS = 32;
 const EDGE = 16;
@@ -130,7 +133,8 @@ export function localOfRGB(cv, rgb, width, height) {
   const mask = new cv.Mat();
   const found = new cv.KeyPointVector();
   const desc = new cv.Mat();
-  const orb = new cv.ORB(4 * REGISTER_KEYPOINTS, 1.2, 8, EDGE, 0, 2, cv.ORB_HARRIS_SCORE, 31, 12);
+  const orb = new cv.ORB(REGISTER_FOUND * REGISTER_KEYPOINTS, 1.2, REGISTER_LEVELS,
+    EDGE, 0, 2, cv.ORB_HARRIS_SCORE, 31, 12);
   try {
     mat.data.set(grey);
     orb.detectAndCompute(mat, mask, found, desc);

@@ -25,7 +25,7 @@ import { CROPS, cropWindow, ORIENTATIONS, orientLuma, ROTATIONS, rotationLabel, 
 export { HashError } from './decode.js';
 
 /** Must equal registry.hashing.PIPELINE_VERSION. */
-export const PIPELINE_VERSION = 3;
+export const PIPELINE_VERSION = 4;
 const MIN_TRIM = 0.01;
 
 // pdq, phash, content, the views, local
