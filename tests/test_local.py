@@ -6,6 +6,8 @@ Images are generated here (shapes and text on a photo-like ground: corners for O
 from __future__ import annotations
 
 import base64
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,10 @@ from registry.hashing.local import (
     QUERY_GRID,
     QUERY_KEYPOINTS,
     REGISTER_AREA,
+    REGISTER_FOUND,
+    REGISTER_GRID,
+    REGISTER_KEYPOINTS,
+    REGISTER_LEVELS,
     LocalFeatures,
     _orb,
     analysed,
@@ -92,6 +98,29 @@ def test_extraction_is_deterministic_bounded_and_strongest_first():
     assert a.angle.max() < 32 and a.octave.max() < 8
     q = features(img, False)
     assert LOCAL_REGISTER_KEYPOINTS < len(q) <= QUERY_KEYPOINTS
+
+
+def test_a_registration_keeps_the_fine_pyramid_levels_and_a_query_all_of_them():
+    # Pipeline 4: a registration's keypoints come from ORB's REGISTER_LEVELS finest levels
+    # (their patches are the ones a sticker spares); a query looks at all eight, so that a
+    # registered picture shown smaller or larger (a collage, a crop) is still found.
+    img = textured(5, (900, 600))
+    reg, query = features(img, True), features(img, False)
+    assert int(reg.octave.max()) < REGISTER_LEVELS < 8
+    assert int(query.octave.max()) >= REGISTER_LEVELS
+
+
+def test_the_browser_port_declares_the_same_registration_parameters():
+    # local.js is a step-by-step port: its constants must be these (the parity tests in
+    # test_browser_hashing check the keypoints themselves in Chromium).
+    source = (Path(__file__).resolve().parent.parent
+              / "registry/web/static/js/hash/local.js").read_text()
+    for name, value in (("REGISTER_AREA", REGISTER_AREA), ("REGISTER_KEYPOINTS",
+                        REGISTER_KEYPOINTS), ("REGISTER_GRID", REGISTER_GRID),
+                        ("REGISTER_LEVELS", REGISTER_LEVELS), ("REGISTER_FOUND", REGISTER_FOUND)):
+        assert re.search(rf"export const {name} = {value:_};|export const {name} = {value};",
+                         source), name
+    assert "new cv.ORB(REGISTER_FOUND * REGISTER_KEYPOINTS, 1.2, REGISTER_LEVELS," in source
 
 
 def test_keypoints_are_spread_over_the_picture():
