@@ -14,8 +14,9 @@ from registry.domain import QUERY_SIGNALS, Signal
 from registry.errors import DegenerateHash, InvalidHash, RegistryError
 from registry.hashing import ImageSignals
 
-# A request holds at most 1000 queries; with local signals (~144 KB each, and tens of
-# milliseconds of verification each on the server) batches are cut at this many bytes too.
+# A request holds at most the registry's max_queries (its OpenAPI document says how many);
+# with local signals (~144 KB each, and tens of milliseconds of verification each on the
+# server) batches are cut at this many bytes too, and never past the registry's body limit.
 BATCH_BYTES = 4 * 1024 * 1024
 RETRIES = 5  # answers 429 and 503 are retried this many times, after Retry-After (or backoff)
 MAX_WAIT_S = 60.0
@@ -46,13 +47,29 @@ def query_json(ref: str, image: ImageSignals, min_quality: int) -> dict[str, Any
     return {"id": ref, "signals": signals}
 
 
-def match(url: str, key: str, queries: list[dict[str, Any]], timeout: float = 30.0,
+def most_queries(url: str, fallback: int, timeout: float = 30.0) -> int:
+    """How many queries one request to the registry at ``url`` may hold: ``maxItems`` of its
+    OpenAPI document's MatchRequest, or ``fallback`` (this machine's ``max_queries``) when the
+    document cannot be read."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/api/openapi.json",
+                                    timeout=timeout) as response:
+            spec = json.loads(response.read())
+        most = spec["components"]["schemas"]["MatchRequest"]["properties"]["queries"][
+            "maxItems"]
+        return most if isinstance(most, int) and most > 0 else fallback
+    except (OSError, ValueError, KeyError, TypeError):
+        return fallback
+
+
+def match(url: str, key: str, queries: list[dict[str, Any]], *, most: int,
+          max_bytes: int = BATCH_BYTES, timeout: float = 30.0,
           sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
-    """POST the queries (in batches of at most 1000 and about BATCH_BYTES) and return the
-    results in order. A 429 or 503 is retried up to :data:`RETRIES` times, after the
+    """POST the queries (in batches of at most ``most`` and about ``max_bytes``) and return
+    the results in order. A 429 or 503 is retried up to :data:`RETRIES` times, after the
     answer's Retry-After (capped at :data:`MAX_WAIT_S`) or an exponential backoff."""
     results: list[dict[str, Any]] = []
-    for batch in _batches(queries):
+    for batch in _batches(queries, most, min(max_bytes, BATCH_BYTES)):
         body = json.dumps({"queries": batch}).encode()
         for attempt in range(RETRIES + 1):
             request = urllib.request.Request(
@@ -82,12 +99,13 @@ def _wait(e: urllib.error.HTTPError, attempt: int) -> float:
     return max(0.0, min(MAX_WAIT_S, seconds))
 
 
-def _batches(queries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def _batches(queries: list[dict[str, Any]], most: int, max_bytes: int
+             ) -> list[list[dict[str, Any]]]:
     out: list[list[dict[str, Any]]] = []
     size = 0
     for q in queries:
         n = len(json.dumps(q))
-        if not out or len(out[-1]) >= 1000 or size + n > BATCH_BYTES:
+        if not out or len(out[-1]) >= most or size + n > max_bytes:
             out.append([])
             size = 0
         out[-1].append(q)

@@ -21,14 +21,9 @@ FILES = click.argument("files", nargs=-1, required=True,
                        type=click.Path(dir_okay=False, allow_dash=False))
 
 
-def _options(settings: Settings) -> DecodeOptions:
-    return DecodeOptions(settings.max_image_pixels, settings.max_upload_bytes,
-                         settings.jpeg_draft_size)
-
-
 def _hash_files(files: tuple[str, ...], settings: Settings, registration: bool = False
                 ) -> Iterator[tuple[str, ImageSignals | RegistryError]]:
-    options = _options(settings)
+    options = DecodeOptions.of(settings)
     with click.progressbar(files, label="Hashing", file=sys.stderr,
                            hidden=not show_progress(len(files))) as bar:
         for path in bar:
@@ -124,7 +119,9 @@ def match(ctx: Context, as_json: bool, url: str | None, key: str | None,
                 sent.append(i)
             except RegistryError as e:
                 hashed[i] = (path, e)
-        answers = client.match(url, key, queries) if queries else []
+        answers = client.match(
+            url, key, queries, most=client.most_queries(url, ctx.settings.max_queries),
+            max_bytes=ctx.settings.max_upload_bytes) if queries else []
         results = {hashed[i][0]: a for i, a in zip(sent, answers, strict=True)}
     else:
         good = [(p, r) for p, r in hashed if not isinstance(r, RegistryError)]

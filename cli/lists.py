@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-from registry.interop import FORMATS, read
 
 from cli.main import Context, cli, handle_errors
 from cli.output import emit_json
 from registry.errors import UnreadableFile
+from registry.interop import FORMATS, read
 from registry.service.exchange import Step
 from registry.service.lists import ImportReport
 

@@ -244,6 +244,13 @@ def _convert(name: str, type_name: object, raw: str) -> Any:
     return raw
 
 
+def default(name: str) -> Any:
+    """The default of setting ``name``: for the few values (decode options) that also need one
+    outside a Settings object, so that it is still written only here."""
+    found = {f.name: f for f in dataclasses.fields(Settings)}[name]
+    return found.default
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(environment variable, default, help) for every setting, for docs and ``--help``."""
     return [

@@ -36,6 +36,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from registry.config import Settings
 from registry.web.site import CSP, WORKER_CSP, WORKER_SCRIPT
 from tests.conftest import unavailable
 
@@ -165,8 +166,9 @@ def static_server(files: Path | None = None, log: list[str] | None = None) -> It
         thread.join(timeout=5)
 
 
-# Runs in the test page: one worker, one file input, and window.hashPicked() -> {messages, ms}.
-_WORKER_PAGE = """() => {
+# Runs in the test page: one worker, one file input, and window.hashPicked() -> {messages, ms};
+# the worker is given `limits` with every file, as the submit page gives it the server's.
+_WORKER_PAGE = """(limits) => {
   const input = document.createElement('input');
   input.type = 'file';
   input.id = 'picked';
@@ -190,21 +192,27 @@ _WORKER_PAGE = """() => {
   window.hashPicked = () => new Promise((resolve, reject) => {
     const id = 'job-' + (++next);
     pending.set(id, {messages: [], resolve, reject, started: performance.now()});
-    worker.postMessage({id, file: input.files[0]});
+    worker.postMessage({id, file: input.files[0], limits});
   });
 }"""
 
 
 class WorkerPage:
     """A page of ``base_url``'s origin running the hashing worker; records every request the
-    page and its worker make (``requests``)."""
+    page and its worker make (``requests``). ``limits`` ({maxBytes, maxPixels}) default to the
+    settings' defaults, as the submit page would give them; ``None`` values are sent as such."""
 
-    def __init__(self, browser: Browser, base_url: str) -> None:
+    def __init__(self, browser: Browser, base_url: str,
+                 limits: dict[str, int | None] | None = None) -> None:
+        if limits is None:
+            defaults = Settings()
+            limits = {"maxBytes": defaults.max_upload_bytes,
+                      "maxPixels": defaults.max_image_pixels}
         self.page: Page = browser.new_page()
         self.requests: list[str] = []
         self.page.on("request", self._record)
         self.page.goto(base_url + "/")
-        self.page.evaluate(_WORKER_PAGE)
+        self.page.evaluate(_WORKER_PAGE, limits)
 
     def _record(self, request: Request) -> None:
         self.requests.append(request.url)

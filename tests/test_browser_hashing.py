@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from registry.config import Settings
+from registry.errors import RegistryError
 from registry.hashing import PIPELINE_VERSION
-from registry.hashing.decode import DecodeOptions
+from registry.hashing.decode import DecodeOptions, decode_image
 from registry.hashing.local import LocalFeatures, unpack
 from registry.hashing.signals import compute_signals
 from registry.service.cases import SubmittedImage
@@ -465,6 +467,34 @@ def test_worker_refuses_what_the_server_refuses(worker_page: WorkerPage, name: s
     assert [m["type"] for m in messages].count("error") == 1
     assert final["type"] == "error" and final["code"] == code, final
     assert final["message"].endswith(".") and final["message"][0].isupper()
+
+
+def test_the_worker_applies_the_limits_the_page_gives_it() -> None:
+    """The size limits are the server's settings, handed over by the page: with non-default
+    ones the worker refuses what the server (decode_image with the same settings) refuses, with
+    the same message; given none, it hashes nothing."""
+    settings = Settings.from_env({}, max_upload_bytes=150_000, max_image_pixels=200_000)
+    options = DecodeOptions.of(settings)
+    wide = _encode(photo_like(24, (600, 400)), "JPEG", quality=80)  # 240,000 pixels
+    big = _encode(Image.effect_noise((300, 300), 60).convert("RGB"), "PNG")
+    small = _encode(photo_like(25, (400, 300)), "JPEG", quality=90)  # 120,000 pixels
+    assert len(big) > 150_000 > len(small) and len(wide) < 150_000
+    with static_server() as base, launch_chromium() as browser:
+        page = WorkerPage(browser, base, {"maxBytes": settings.max_upload_bytes,
+                                          "maxPixels": settings.max_image_pixels})
+        for name, data, code in (("wide.jpg", wide, "image_too_large"),
+                                 ("big.png", big, "file_too_large")):
+            final = page.hash(name, data)[0][-1]
+            assert final["type"] == "error" and final["code"] == code, final
+            with pytest.raises(RegistryError) as refused:
+                decode_image(data, options)
+            assert refused.value.code == code and refused.value.message == final["message"]
+        assert _result(page.hash("small.jpg", small)[0])["signals"]["pdq"]
+        page.close()
+        bare = WorkerPage(browser, base, {"maxBytes": None, "maxPixels": None})
+        final = bare.hash("small.jpg", small)[0][-1]
+        assert final["type"] == "error" and final["code"] == "hashing_failed", final
+        bare.close()
 
 
 def test_hash_pixels_is_the_pipeline_on_raw_pixels(worker_page: WorkerPage) -> None:

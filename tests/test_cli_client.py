@@ -63,7 +63,8 @@ def stand_in() -> Iterator[str]:
 def test_429_and_503_are_retried_after_retry_after(stand_in):
     Scripted.script = [(429, {"Retry-After": "3"}), (503, {}), (200, {})]
     waits: list[float] = []
-    out = client.match(stand_in, "trk_x", [{"id": "0", "signals": {}}], sleep=waits.append)
+    out = client.match(stand_in, "trk_x", [{"id": "0", "signals": {}}], most=1000,
+                       sleep=waits.append)
     assert [r["id"] for r in out] == ["0"]
     assert waits == [3.0, 2.0]  # Retry-After, then backoff 2**1
     assert len(Scripted.seen) == 3
@@ -73,14 +74,15 @@ def test_retries_are_bounded_and_then_a_clear_error(stand_in):
     Scripted.script = [(503, {"Retry-After": "999"})] * (client.RETRIES + 1)
     waits: list[float] = []
     with pytest.raises(client.ApiError, match="503"):
-        client.match(stand_in, "trk_x", [{"id": "0", "signals": {}}], sleep=waits.append)
+        client.match(stand_in, "trk_x", [{"id": "0", "signals": {}}], most=1000, sleep=waits.append)
     assert waits == [client.MAX_WAIT_S] * client.RETRIES
 
 
 def test_other_errors_are_not_retried(stand_in):
     Scripted.script = [(422, {})]
     with pytest.raises(client.ApiError, match="422"):
-        client.match(stand_in, "trk_x", [{"id": "0", "signals": {}}], sleep=lambda s: None)
+        client.match(stand_in, "trk_x", [{"id": "0", "signals": {}}], most=1000,
+                     sleep=lambda s: None)
     assert len(Scripted.seen) == 1
 
 

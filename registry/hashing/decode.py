@@ -59,6 +59,7 @@ import numpy as np
 import simplejpeg  # type: ignore[import-untyped]
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from registry.config import Settings, default
 from registry.errors import EmptyImage, FileTooLarge, ImageTooLarge, NotAnImage, TruncatedImage
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
@@ -69,9 +70,16 @@ DAMAGED = "The image file is corrupt: part of its picture data is damaged."
 
 @dataclass(frozen=True, slots=True)
 class DecodeOptions:
-    max_pixels: int = 50_000_000
-    max_bytes: int = 20 * 1024 * 1024
-    draft_size: int = 512  # 0 disables JPEG draft decoding
+    """The limits and the draft size of a decode: the settings ``max_image_pixels``,
+    ``max_upload_bytes`` and ``jpeg_draft_size`` (:meth:`of`); the defaults are theirs."""
+
+    max_pixels: int = default("max_image_pixels")
+    max_bytes: int = default("max_upload_bytes")
+    draft_size: int = default("jpeg_draft_size")  # 0 disables JPEG draft decoding
+
+    @classmethod
+    def of(cls, settings: Settings) -> DecodeOptions:
+        return cls(settings.max_image_pixels, settings.max_upload_bytes, settings.jpeg_draft_size)
 
 
 def decode_image(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image.Image:

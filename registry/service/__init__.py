@@ -99,8 +99,7 @@ class Registry:
     # --- hashing (in memory; the bytes are not kept) -------------------------------------------
     @property
     def decode_options(self) -> DecodeOptions:
-        s = self.settings
-        return DecodeOptions(s.max_image_pixels, s.max_upload_bytes, s.jpeg_draft_size)
+        return DecodeOptions.of(self.settings)
 
     def hash_image(self, data: bytes, *, registration: bool = False) -> ImageSignals:
         """Signals of an image held in memory; ``registration`` adds the registered views."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from functools import partial
 from typing import IO, Any
 
 from apiflask import APIFlask
@@ -144,5 +145,6 @@ def create_app(registry: Registry, test_config: dict[str, object] | None = None)
     app.register_blueprint(api.bp)
     app.register_blueprint(docs.bp)
     site.install(app, registry, limiter)  # the submitter pages (/, /submit, /case)
-    app.spec_processor(docs.complete_spec)  # type: ignore[arg-type]
+    finish_spec = partial(docs.complete_spec, settings=registry.settings)
+    app.spec_processor(finish_spec)
     return app

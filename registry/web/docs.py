@@ -7,6 +7,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, render_template_string
 
+from registry.config import Settings
+
 bp = Blueprint("docs", __name__)
 
 DESCRIPTION = (
@@ -53,9 +55,9 @@ def page() -> str:
                                   ref_name=_ref_name)
 
 
-def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """What APIFlask leaves out: the bearer scheme, required request bodies, and the error
-    shape on every documented error response."""
+def complete_spec(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What APIFlask leaves out: the bearer scheme, required request bodies, the error shape on
+    every documented error response, and the limits that are settings (``settings``)."""
     components = spec.setdefault("components", {})
     components.setdefault("securitySchemes", {})["ApiKey"] = {
         "type": "http", "scheme": "bearer",
@@ -66,6 +68,8 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
     if "Signals" in schemas:
         schemas["Signals"]["minProperties"] = 1  # a query with no signals is refused (422)
+    if "MatchRequest" in schemas:
+        schemas["MatchRequest"]["properties"]["queries"]["maxItems"] = settings.max_queries
     for ops in spec.get("paths", {}).values():
         for op in ops.values():
             if "requestBody" in op:

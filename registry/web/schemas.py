@@ -48,7 +48,9 @@ class MatchQuery(Schema):
 
 
 class MatchRequest(Schema):
-    queries = List(Nested(MatchQuery), required=True, validate=Length(1, 1000))
+    # At most max_queries items: a setting, so the OpenAPI document's maxItems is filled in per
+    # app (registry.web.docs.complete_spec) and the API checks the same number.
+    queries = List(Nested(MatchQuery), required=True, validate=Length(min=1))
 
 
 class MatchOut(Schema):

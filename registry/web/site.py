@@ -114,6 +114,8 @@ def _template_helpers() -> dict[str, Any]:
         "min_quality": settings.pdq_min_quality,
         "max_images": pages.MAX_IMAGES,
         "max_mb": pages.max_mb(),
+        "max_bytes": settings.max_upload_bytes,
+        "max_pixels": settings.max_image_pixels,
         "pin_max_failures": settings.pin_max_failures,
         "example_case": pages.EXAMPLE_CASE,
         "format_date": lambda moment: format_date(moment, format="long", locale=i18n.language()),

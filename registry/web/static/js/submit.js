@@ -23,6 +23,9 @@ const alertText = document.getElementById('alert-text');
 const fallback = document.getElementById('fallback');
 const minQuality = Number(form.dataset.minQuality);
 const maxImages = Number(form.dataset.maxImages);
+// The server's size limits (settings max_upload_bytes, max_image_pixels): the worker checks
+// each file against them before decoding it.
+const limits = { maxBytes: Number(form.dataset.maxBytes), maxPixels: Number(form.dataset.maxPixels) };
 
 let previewUrls = [];
 let busy = false;
@@ -107,7 +110,7 @@ function hashOne(worker, id, file, onProgress) {
     };
     worker.addEventListener('message', onMessage);
     worker.addEventListener('error', onError);
-    worker.postMessage({ id, file });
+    worker.postMessage({ id, file, limits });
   });
 }
 

@@ -2,8 +2,10 @@
 // registry/hashing/decode.py:
 //
 // - only the formats the server accepts (JPEG, PNG, GIF, WebP, BMP; TIFF is accepted by the
-//   server but browsers cannot decode it) and at most 20 MiB;
-// - the pixel count is read from the file header and checked (50,000,000) before decoding;
+//   server but browsers cannot decode it) and at most limits.maxBytes;
+// - the pixel count is read from the file header and checked (limits.maxPixels) before
+//   decoding. Both limits are the server's settings (max_upload_bytes, max_image_pixels),
+//   given to the worker by the page; this module holds no copy of them;
 // - files that end before their image data does are refused, as Pillow refuses them (browsers
 //   would draw the missing part grey);
 // - createImageBitmap(file, {colorSpaceConversion: 'none'}): no colour management (Pillow has
@@ -14,9 +16,6 @@
 //   (c * a + 127) // 255, the premultiplied value rounded, which the un-premultiplied value
 //   still yields exactly (signals.js flatten; measured in tests/test_browser_hashing.py).
 
-export const MAX_BYTES = 20 * 1024 * 1024;
-export const MAX_PIXELS = 50_000_000;
-
 /** A failure with a stable snake_case code (the server's codes where it has one). */
 export class HashError extends Error {
   constructor(code, message) {
@@ -24,6 +23,16 @@ export class HashError extends Error {
     this.name = 'HashError';
     this.code = code;
   }
+}
+
+/** The limits {maxBytes, maxPixels} as given, checked: without them nothing is hashed. */
+export function checkLimits(limits) {
+  const { maxBytes, maxPixels } = limits || {};
+  if (!(Number.isSafeInteger(maxBytes) && maxBytes > 0
+        && Number.isSafeInteger(maxPixels) && maxPixels > 0)) {
+    throw new HashError('hashing_failed', 'The page did not give the size limits.');
+  }
+  return { maxBytes, maxPixels };
 }
 
 const u16be = (b, o) => (b[o] << 8) | b[o + 1];
@@ -97,12 +106,13 @@ function bmpInfo(b) {
 }
 
 /** The format and, where the header tells, the size of an image file; throws HashError. */
-export function sniff(bytes) {
+export function sniff(bytes, limits) {
+  const { maxBytes } = checkLimits(limits);
   const b = bytes;
   if (b.length === 0) throw new HashError('empty_file', 'The file is empty.');
-  if (b.length > MAX_BYTES) {
+  if (b.length > maxBytes) {
     throw new HashError('file_too_large',
-      `The file is ${b.length} bytes; the limit is ${MAX_BYTES} bytes.`);
+      `The file is ${b.length} bytes; the limit is ${maxBytes} bytes.`);
   }
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) {
     const info = jpegInfo(b);
@@ -130,11 +140,12 @@ export function sniff(bytes) {
 }
 
 /** Refuse a size over the pixel limit (the server's check, same message). */
-export function checkPixels(width, height) {
+export function checkPixels(width, height, limits) {
+  const { maxPixels } = checkLimits(limits);
   if (!(width > 0 && height > 0)) throw new HashError('not_an_image', 'The image has no pixels.');
-  if (width * height > MAX_PIXELS) {
+  if (width * height > maxPixels) {
     throw new HashError('image_too_large', `The image is ${width}x${height} pixels; the limit is ` +
-      `${MAX_PIXELS} pixels (it stops decompression bombs).`);
+      `${maxPixels} pixels (it stops decompression bombs).`);
   }
 }
 
@@ -142,9 +153,9 @@ export function checkPixels(width, height) {
  * Decode the bytes of an image file: {rgba (Uint8ClampedArray, un-premultiplied), width, height}.
  * Needs createImageBitmap and OffscreenCanvas (a browser window or worker).
  */
-export async function decodeImage(bytes) {
-  const { format, size } = sniff(bytes);
-  if (size) checkPixels(size.width, size.height);
+export async function decodeImage(bytes, limits) {
+  const { format, size } = sniff(bytes, limits);
+  if (size) checkPixels(size.width, size.height, limits);
   let bitmap;
   try {
     bitmap = await createImageBitmap(new Blob([bytes]), { colorSpaceConversion: 'none' });
@@ -153,7 +164,7 @@ export async function decodeImage(bytes) {
   }
   try {
     const { width, height } = bitmap;
-    checkPixels(width, height);
+    checkPixels(width, height, limits);
     const canvas = new OffscreenCanvas(width, height);
     const context = canvas.getContext('2d', { willReadFrequently: true });
     context.drawImage(bitmap, 0, 0);

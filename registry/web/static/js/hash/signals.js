@@ -13,7 +13,7 @@
 // trimmed one (from a reduced copy of it when it is large: variants.js viewFactor). Nothing here sends, stores or posts pixels; only the hashes come out.
 
 import { contentBox } from './content.js';
-import { decodeImage, HashError, MAX_BYTES } from './decode.js';
+import { checkLimits, decodeImage, HashError } from './decode.js';
 import { md5Hex, sha256Hex } from './digests.js';
 import { pdqLuma, pdqOfLuma, releaseScratch } from './pdq.js';
 import { phashOfRGB } from './phash.js';
@@ -133,22 +133,24 @@ export function hashPixels(rgba, width, height, { onProgress, cv = null } = {}) 
 }
 
 // Decoded and flattened; the RGBA pixels are not kept beyond this function.
-async function decodeRGB(bytes) {
-  const { rgba, width, height } = await decodeImage(bytes);
+async function decodeRGB(bytes, limits) {
+  const { rgba, width, height } = await decodeImage(bytes, limits);
   return { rgb: flatten(rgba, width, height), width, height };
 }
 
 /**
  * Every signal of an image file (a File or Blob), decoded and hashed here: the object the submit
- * page sends. Throws HashError (code, message) for files that are not hashable images.
+ * page sends. `limits` {maxBytes, maxPixels} are the server's (the page's data attributes).
+ * Throws HashError (code, message) for files that are not hashable images.
  */
-export async function hashFile(blob, { onProgress } = {}) {
+export async function hashFile(blob, { onProgress, limits } = {}) {
+  const { maxBytes } = checkLimits(limits);
   const total = FILE_STAGES + PIXEL_STAGES;
   const step = counter(onProgress, total);
   if (blob.size === 0) throw new HashError('empty_file', 'The file is empty.');
-  if (blob.size > MAX_BYTES) { // refused before it is read into memory
+  if (blob.size > maxBytes) { // refused before it is read into memory
     throw new HashError('file_too_large',
-      `The file is ${blob.size} bytes; the limit is ${MAX_BYTES} bytes.`);
+      `The file is ${blob.size} bytes; the limit is ${maxBytes} bytes.`);
   }
   const opencv = loadOpenCV(); // loads while the file is read and decoded
   const bytes = new Uint8Array(await blob.arrayBuffer());
@@ -156,7 +158,7 @@ export async function hashFile(blob, { onProgress } = {}) {
   const md5 = md5Hex(bytes);
   const sha256 = await sha256Hex(bytes);
   step('digests');
-  const { rgb, width, height } = await decodeRGB(bytes);
+  const { rgb, width, height } = await decodeRGB(bytes, limits);
   step('decode');
   let cv;
   try {

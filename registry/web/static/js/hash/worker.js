@@ -1,7 +1,8 @@
 // The hashing worker: new Worker('/static/js/hash/worker.js', {type: 'module'}).
 //
 // Protocol (fixed; the submit page depends on it):
-//   page -> worker  {id, file}                       a File or Blob
+//   page -> worker  {id, file, limits}               a File or Blob; limits {maxBytes, maxPixels}
+//                                                    are the server's (the page gives them)
 //   worker -> page  {id, type: 'progress', done, total, stage}   zero or more
 //                   then exactly one of
 //                   {id, type: 'result', image: {signals: {pdq, phash, md5, sha256}, pdq_quality,
@@ -16,10 +17,11 @@ import { HashError, hashFile } from './signals.js';
 
 let queue = Promise.resolve();
 
-async function handle(id, file) {
+async function handle(id, file, limits) {
   try {
     if (!(file instanceof Blob)) throw new HashError('not_an_image', 'No file was given.');
     const image = await hashFile(file, {
+      limits,
       onProgress: (done, total, stage) => self.postMessage({ id, type: 'progress', done, total, stage }),
     });
     self.postMessage({ id, type: 'result', image });
@@ -39,6 +41,6 @@ async function handle(id, file) {
 }
 
 self.addEventListener('message', (event) => {
-  const { id, file } = event.data || {};
-  queue = queue.then(() => handle(id, file));
+  const { id, file, limits } = event.data || {};
+  queue = queue.then(() => handle(id, file, limits));
 });
