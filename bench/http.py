@@ -233,7 +233,7 @@ def setup_data(data_dir: Path, n: int, seed: int) -> dict[str, Any]:
         t2 = time.perf_counter()
         snapshot = registry.save_snapshot()
         snapshot_s = time.perf_counter() - t2
-        indexed = len(registry.keeper.indexes)
+        indexed = len(registry._keeper.indexes)
     finally:
         registry.close()
     info = {**wanted, "change_head": change_head(data_dir),
@@ -260,7 +260,7 @@ def change_head(data_dir: Path) -> int:
 
     registry = build_registry(bench_settings(data_dir), load_index=False)
     try:
-        with registry.store.transaction(write=False) as tx:
+        with registry._store.transaction(write=False) as tx:
             return tx.changes.head()
     finally:
         registry.close()

@@ -30,9 +30,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from registry.interop import ExportRecord, write  # noqa: E402
 
 from registry.domain import Signal, SignalKind  # noqa: E402
+from registry.interop import ExportRecord, write  # noqa: E402
 
 
 def records(n: int, seed: int = 14) -> list[ExportRecord]:

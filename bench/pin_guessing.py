@@ -99,7 +99,7 @@ def pin_failures(registry) -> int:
     """Wrong PINs the registry actually checked (each writes one ``pin_failed`` audit event)."""
     from sqlalchemy import text
 
-    with registry.store.engine.connect() as conn:
+    with registry._store.engine.connect() as conn:
         return int(conn.execute(text(
             "SELECT count(*) FROM audit_events WHERE action = 'pin_failed'")).scalar() or 0)
 

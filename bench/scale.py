@@ -676,7 +676,7 @@ def _workers_mapping(master: int, folder: Path) -> dict[str, Any]:
 
 
 def _head(registry: Any) -> int:
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         return int(tx.changes.head())
 
 

@@ -1588,7 +1588,7 @@ def verify_index(db_url: str, data_dir: Path, pin_kdf_n: int) -> dict[str, Any]:
                                                 pin_kdf_n=pin_kdf_n))
     try:
         report = registry.verify_index().to_json()
-        report["loaded_from"] = registry.keeper.loaded_from
+        report["loaded_from"] = registry._keeper.loaded_from
     finally:
         registry.close()
     return {"ok": report["ok"], "position": report["position"], "checked": report["checked"],

@@ -46,11 +46,11 @@ def rebuild(ctx: Context, as_json: bool) -> None:
         count = registry.rebuild_index(progress=bar.update)
     stats = registry.index_stats()
     if as_json:
-        emit_json({"indexed": count, "snapshot": str(registry.keeper.snapshot_path),
+        emit_json({"indexed": count, "snapshot": registry.index_status().snapshot,
                    "position": stats["position"]})
     else:
         click.echo(f"Indexed {count} perceptual hashes at change {stats['position']}; "
-                   f"snapshot written to {registry.keeper.snapshot_path}.")
+                   f"snapshot written to {registry.index_status().snapshot}.")
 
 
 @index.command("verify")

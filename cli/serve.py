@@ -32,8 +32,9 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
     registry.follow_upstream()
     app = create_app(registry)
     settle_heap()
-    click.echo(f"Serving on http://{host}:{port} (database: {registry.store.dialect}; "
-               f"{len(registry.keeper.indexes)} hashes indexed)", err=True)
+    status = registry.index_status()
+    click.echo(f"Serving on http://{host}:{port} (database: {status.database}; "
+               f"{status.total} hashes indexed)", err=True)
     run_simple(host, port, app, threaded=True, use_reloader=False)
 
 
@@ -41,12 +42,13 @@ def _gunicorn(ctx: Context, host: str, port: int, workers: int) -> None:
     """Replace this process with gunicorn; settings travel as TAKEDOWN_* variables."""
     settings = ctx.settings
     registry = ctx.registry(load_index=False)  # migrates SQLite, checks PostgreSQL is current
+    database = registry.index_status().database
     registry.close()
     env = dict(os.environ, TAKEDOWN_DATA_DIR=settings.data_dir,
                TAKEDOWN_DATABASE_URL=settings.database_url)
     gunicorn = shutil.which("gunicorn", path=os.path.dirname(sys.executable)) or "gunicorn"
     click.echo(f"Serving on http://{host}:{port} with {workers} gunicorn workers "
-               f"(database: {registry.store.dialect})", err=True)
+               f"(database: {database})", err=True)
     os.execvpe(gunicorn, [gunicorn, "registry.web.wsgi:create()", "--workers", str(workers),
                           "--bind", f"{host}:{port}", "--timeout", "120",
                           "--graceful-timeout", "10"], env)

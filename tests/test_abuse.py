@@ -192,13 +192,13 @@ def test_feedback_on_another_platforms_match_answers_exactly_like_an_unknown_id(
     for _ in range(settings.quarantine_after + 1):
         feedback(other, theirs)
     assert len(audit_events(registry)) == before
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         assert tx.signals.status_of(found_signal_id(registry, theirs)) is SignalStatus.ACTIVE
     assert feedback(owner, theirs, "removed").status_code == 200
 
 
 def found_signal_id(registry: Registry, match_id: str) -> int:
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         found = tx.matches.get(match_id)
     assert found is not None
     return found[1]

@@ -130,7 +130,7 @@ def match(client, key: str, *queries: dict):
 
 
 def audit_events(registry: Registry, limit: int = 1000) -> list[dict]:
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         return tx.audit.recent(limit)
 
 
@@ -768,7 +768,7 @@ def test_audit_records_matches_feedback_feed_reads_and_key_changes(registry, cli
                   uploaded.md5.hex, uploaded.sha256.hex]:
         assert value not in dump
     assert feed_key not in dump and key not in dump
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         checked, broken = tx.audit.verify()
     assert checked == len(events) and broken is None
 
@@ -823,7 +823,7 @@ def test_metrics_are_prometheus_text(registry, client, key):
     assert sample(text, "takedown_matches_total", tier="exact", bank="submissions") == 2
     assert sample(text, "takedown_matches_total", tier="strong", bank="submissions") == 1
     assert sample(text, "takedown_match_queries_total") == 2
-    pdq_count = len(registry.keeper.indexes.indexes[SignalKind.PDQ])
+    pdq_count = len(registry._keeper.indexes.indexes[SignalKind.PDQ])
     assert pdq_count > 1
     assert sample(text, "takedown_index_hashes", kind="pdq") == pdq_count
     assert sample(text, "takedown_index_hashes", kind="phash") == 1

@@ -35,7 +35,7 @@ def reg(tmp_path):
 
 
 def sql(registry, statement: str, **params: object) -> None:
-    with registry.store.engine.begin() as conn:
+    with registry._store.engine.begin() as conn:
         conn.execute(text(statement), params)
 
 
@@ -60,7 +60,7 @@ def test_edits_and_deletions_name_the_first_broken_link(reg, tamper, broken_at):
 
 
 def test_reordered_events_are_caught(reg):
-    with reg.store.engine.begin() as conn:
+    with reg._store.engine.begin() as conn:
         rows = {r.id: r for r in conn.execute(text("SELECT * FROM audit_events"))}
         for a, b in ((2, 3), (3, 2)):  # swap the contents of events 2 and 3
             r = rows[b]

@@ -351,11 +351,17 @@ SERVER_LOG: list[str] = []  # every request the test server answered
 
 
 @pytest.fixture(scope="module")
-def worker_page() -> Iterator[WorkerPage]:
+def chromium() -> Iterator[tuple[Any, str]]:
+    """One Chromium for the module (Playwright's sync API allows one) and the static server."""
     with static_server(log=SERVER_LOG) as base, launch_chromium() as browser:
-        page = WorkerPage(browser, base)
-        yield page
-        page.close()
+        yield browser, base
+
+
+@pytest.fixture(scope="module")
+def worker_page(chromium: tuple[Any, str]) -> Iterator[WorkerPage]:
+    page = WorkerPage(*chromium)
+    yield page
+    page.close()
 
 
 def _result(messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -469,7 +475,7 @@ def test_worker_refuses_what_the_server_refuses(worker_page: WorkerPage, name: s
     assert final["message"].endswith(".") and final["message"][0].isupper()
 
 
-def test_the_worker_applies_the_limits_the_page_gives_it() -> None:
+def test_the_worker_applies_the_limits_the_page_gives_it(chromium: tuple[Any, str]) -> None:
     """The size limits are the server's settings, handed over by the page: with non-default
     ones the worker refuses what the server (decode_image with the same settings) refuses, with
     the same message; given none, it hashes nothing."""
@@ -479,22 +485,22 @@ def test_the_worker_applies_the_limits_the_page_gives_it() -> None:
     big = _encode(Image.effect_noise((300, 300), 60).convert("RGB"), "PNG")
     small = _encode(photo_like(25, (400, 300)), "JPEG", quality=90)  # 120,000 pixels
     assert len(big) > 150_000 > len(small) and len(wide) < 150_000
-    with static_server() as base, launch_chromium() as browser:
-        page = WorkerPage(browser, base, {"maxBytes": settings.max_upload_bytes,
-                                          "maxPixels": settings.max_image_pixels})
-        for name, data, code in (("wide.jpg", wide, "image_too_large"),
-                                 ("big.png", big, "file_too_large")):
-            final = page.hash(name, data)[0][-1]
-            assert final["type"] == "error" and final["code"] == code, final
-            with pytest.raises(RegistryError) as refused:
-                decode_image(data, options)
-            assert refused.value.code == code and refused.value.message == final["message"]
-        assert _result(page.hash("small.jpg", small)[0])["signals"]["pdq"]
-        page.close()
-        bare = WorkerPage(browser, base, {"maxBytes": None, "maxPixels": None})
-        final = bare.hash("small.jpg", small)[0][-1]
-        assert final["type"] == "error" and final["code"] == "hashing_failed", final
-        bare.close()
+    browser, base = chromium
+    page = WorkerPage(browser, base, {"maxBytes": settings.max_upload_bytes,
+                                      "maxPixels": settings.max_image_pixels})
+    for name, data, code in (("wide.jpg", wide, "image_too_large"),
+                             ("big.png", big, "file_too_large")):
+        final = page.hash(name, data)[0][-1]
+        assert final["type"] == "error" and final["code"] == code, final
+        with pytest.raises(RegistryError) as refused:
+            decode_image(data, options)
+        assert refused.value.code == code and refused.value.message == final["message"]
+    assert _result(page.hash("small.jpg", small)[0])["signals"]["pdq"]
+    page.close()
+    bare = WorkerPage(browser, base, {"maxBytes": None, "maxPixels": None})
+    final = bare.hash("small.jpg", small)[0][-1]
+    assert final["type"] == "error" and final["code"] == "hashing_failed", final
+    bare.close()
 
 
 def test_hash_pixels_is_the_pipeline_on_raw_pixels(worker_page: WorkerPage) -> None:

@@ -17,7 +17,7 @@ from tests.conftest import pdq_images, wait_until
 
 
 def head(registry: Registry) -> int:
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         return int(tx.changes.head())
 
 
@@ -30,9 +30,9 @@ def follow_other_writer(settings: Settings) -> None:
         rng = np.random.default_rng(1)
         writer.register_bank("other", BankKind.IMPORTED, pdq_images(rng, 20))
         target = head(writer)
-        took = wait_until(lambda: server.keeper.indexes.position >= target)
+        took = wait_until(lambda: server._keeper.indexes.position >= target)
         print(f"applied by the follower {took * 1000:.0f} ms after the commit")
-        assert len(server.keeper.indexes.indexes[SignalKind.PDQ]) == 20
+        assert len(server._keeper.indexes.indexes[SignalKind.PDQ]) == 20
         assert server.ready()["ready"] is True
     finally:
         writer.close()
@@ -59,20 +59,20 @@ def test_background_compaction_swaps_in_a_new_base_and_matches_stay_right(
         settings: Settings) -> None:
     registry = build_registry(settings)
     try:
-        registry.keeper.compact_in_background()
-        index = registry.keeper.indexes.indexes[SignalKind.PDQ]
+        registry._keeper.compact_in_background()
+        index = registry._keeper.indexes.indexes[SignalKind.PDQ]
         assert isinstance(index, MultiIndex) and not index.auto_compact
         rng = np.random.default_rng(2)
         images = pdq_images(rng, 5000)  # past the delta's 4096 bound
         registry.register_bank("bulk", BankKind.IMPORTED, images)
         assert index.stats["delta"] == 5000 and index.needs_compaction  # not rebuilt inline
-        assert registry.keeper.compact_pending() == 1
+        assert registry._keeper.compact_pending() == 1
         assert index.stats["base"] == 5000 and index.stats["delta"] == 0
         assert registry.verify_index().ok
         probe = Query("q", (images[123].signals[0],))
         (result,) = registry.match([probe])
         assert result.matched and result.matches[0].distance == 0
-        assert registry.keeper.compact_pending() == 0  # nothing left to do
+        assert registry._keeper.compact_pending() == 0  # nothing left to do
     finally:
         registry.close()
 
@@ -84,14 +84,14 @@ def test_follower_writes_a_snapshot_every_so_many_changes(settings: Settings) ->
     server = build_registry(settings)
     writer = build_registry(settings, load_index=False)
     try:
-        path = server.keeper.snapshot_path
+        path = server._keeper.snapshot_path
         path.unlink(missing_ok=True)
         follower = server.follow_changes()
         wait_until(lambda: follower.status.last_sync_at > 0)
         writer.register_bank("other", BankKind.IMPORTED,
                              pdq_images(np.random.default_rng(3), 5))
         target = head(writer)
-        wait_until(lambda: server.keeper.indexes.position >= target)
+        wait_until(lambda: server._keeper.indexes.position >= target)
         assert not path.exists()  # 5 changes: not yet
         writer.register_bank("other", BankKind.IMPORTED,
                              pdq_images(np.random.default_rng(4), 10))
@@ -101,7 +101,7 @@ def test_follower_writes_a_snapshot_every_so_many_changes(settings: Settings) ->
         server.close()
     restarted = build_registry(settings)
     try:
-        assert restarted.keeper.loaded_from == "snapshot" and restarted.verify_index().ok
+        assert restarted._keeper.loaded_from == "snapshot" and restarted.verify_index().ok
     finally:
         restarted.close()
 

@@ -214,7 +214,7 @@ def test_purge_erases_a_withdrawn_cases_hashes_once_feed_readers_have_read_it(
         assert matched_banks(registry, image.signals[0]) == []
     assert registry.read_feed(mirror, None, 1000).records == ()  # gone from the feed
     assert registry.purge_case(receipt.number).signals == 0
-    snapshot = registry.keeper.snapshot_path
+    snapshot = registry._keeper.snapshot_path
     if snapshot.exists():
         blob = snapshot.read_bytes()
         assert not any(image.signals[0].value in blob for image in images)

@@ -17,6 +17,7 @@ from registry.domain import LOCAL_REGISTER_KEYPOINTS, ChangeAction, Signal, Sign
 from registry.errors import DegenerateHash, InvalidHash
 from registry.hashing import compute_signals
 from registry.hashing.local import (
+    FALLBACK_FOUND,
     QUERY_AREA,
     QUERY_GRID,
     QUERY_KEYPOINTS,
@@ -41,6 +42,7 @@ from registry.index.local import (
     LocalIndex,
     verify,
 )
+from tests.conftest import photo
 from tests.images import gradient, jpeg_bytes, photo_like
 
 RADIUS, WEAK = 56, 12
@@ -110,6 +112,17 @@ def test_a_registration_keeps_the_fine_pyramid_levels_and_a_query_all_of_them():
     assert int(query.octave.max()) >= REGISTER_LEVELS
 
 
+def test_a_smooth_picture_registers_from_all_levels():
+    # Its corners are coarse only (fewer than 112 on the fine levels): all eight levels, as
+    # pipeline 3 registered every picture, rather than a handful of keypoints or none.
+    img = photo(1)
+    grey = analysed(img, REGISTER_AREA)
+    fine = len(_orb(REGISTER_FOUND * REGISTER_KEYPOINTS, REGISTER_LEVELS).detect(grey, None))
+    assert fine < REGISTER_KEYPOINTS
+    reg = features(img, True)
+    assert len(reg) > max(fine, 64) and int(reg.octave.max()) >= REGISTER_LEVELS
+
+
 def test_the_browser_port_declares_the_same_registration_parameters():
     # local.js is a step-by-step port: its constants must be these (the parity tests in
     # test_browser_hashing check the keypoints themselves in Chromium).
@@ -117,10 +130,13 @@ def test_the_browser_port_declares_the_same_registration_parameters():
               / "registry/web/static/js/hash/local.js").read_text()
     for name, value in (("REGISTER_AREA", REGISTER_AREA), ("REGISTER_KEYPOINTS",
                         REGISTER_KEYPOINTS), ("REGISTER_GRID", REGISTER_GRID),
-                        ("REGISTER_LEVELS", REGISTER_LEVELS), ("REGISTER_FOUND", REGISTER_FOUND)):
+                        ("REGISTER_LEVELS", REGISTER_LEVELS), ("REGISTER_FOUND", REGISTER_FOUND),
+                        ("FALLBACK_FOUND", FALLBACK_FOUND)):
         assert re.search(rf"export const {name} = {value:_};|export const {name} = {value};",
                          source), name
-    assert "new cv.ORB(REGISTER_FOUND * REGISTER_KEYPOINTS, 1.2, REGISTER_LEVELS," in source
+    assert "detect(cv, mat, REGISTER_FOUND * REGISTER_KEYPOINTS, REGISTER_LEVELS)" in source
+    assert "detect(cv, mat, FALLBACK_FOUND * REGISTER_KEYPOINTS, 8)" in source
+    assert "if (fine.kps.length >= REGISTER_KEYPOINTS)" in source
 
 
 def test_keypoints_are_spread_over_the_picture():

@@ -269,7 +269,7 @@ class Cluster:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def head(self) -> int:
-        with self.registry.store.transaction(write=False) as tx:
+        with self.registry._store.transaction(write=False) as tx:
             return tx.changes.head()
 
     def watch(self) -> Watch:
@@ -518,7 +518,7 @@ def test_kill_9_of_a_worker_mid_load_loses_nothing_acknowledged(cluster: Cluster
           f"submitted, {len(ledger.unanswered)} requests unanswered")
 
     # Every acknowledged write is in the database.
-    store = cluster.registry.store
+    store = cluster.registry._store
     with store.transaction(write=False) as tx:
         for match_id in ledger.feedback:
             assert tx.matches.get(match_id) is not None, match_id

@@ -64,7 +64,7 @@ def test_matches_on_milvus_equal_the_in_process_index_and_follow_withdrawals(
             s.signals[1])) for i, s in enumerate(registered[:40])]
         queries += [Query(f"r{i}", (s.signals[0],)) for i, s in enumerate(images(rng, 10))]
         got = matches(engine, queries)
-        assert engine.keeper.indexes.indexes[SignalKind.PDQ].stats["live"] == 121
+        assert engine._keeper.indexes.indexes[SignalKind.PDQ].stats["live"] == 121
         assert engine.verify_index().ok
         # The same database served by the in-process multi-index answers the same.
         reference = build_registry(replace(settings, data_dir=milvus_settings.data_dir))
@@ -74,8 +74,8 @@ def test_matches_on_milvus_equal_the_in_process_index_and_follow_withdrawals(
             reference.close()
         assert sum(bool(m) for m in got[:40]) >= 35 and not any(got[40:])
         engine.operator_withdraw_case(receipt.number)
-        engine.keeper.sync()
-        assert engine.keeper.indexes.indexes[SignalKind.PDQ].stats["live"] == 120
+        engine._keeper.sync()
+        assert engine._keeper.indexes.indexes[SignalKind.PDQ].stats["live"] == 120
         assert engine.verify_index().ok
     finally:
         engine.close()
@@ -87,7 +87,7 @@ def test_a_restart_continues_from_the_engines_position_without_refilling(
     first = build_registry(milvus_settings)
     try:
         first.register_bank("b", BankKind.IMPORTED, images(rng, 30))
-        first.keeper.sync()
+        first._keeper.sync()
     finally:
         first.close()
     writer = build_registry(milvus_settings, load_index=False)  # the database moves on meanwhile
@@ -99,9 +99,9 @@ def test_a_restart_continues_from_the_engines_position_without_refilling(
         second = build_registry(milvus_settings)
     try:
         assert "refilling" not in caplog.text
-        pdq = second.keeper.indexes.indexes[SignalKind.PDQ]
+        pdq = second._keeper.indexes.indexes[SignalKind.PDQ]
         assert pdq.stats["live"] == 35 and second.verify_index().ok
-        with second.store.transaction(write=False) as tx:
+        with second._store.transaction(write=False) as tx:
             assert pdq.stats["position"] == tx.changes.head()
     finally:
         second.close()
@@ -119,16 +119,16 @@ def test_an_engine_filled_from_another_database_is_refilled(
     other = build_registry(replace(milvus_settings, data_dir=str(tmp_path / "other")))
     try:
         other.register_bank("x", BankKind.IMPORTED, images(np.random.default_rng(23), 15))
-        other.keeper.sync()
-        assert other.keeper.indexes.indexes[SignalKind.PDQ].stats["live"] == 15
+        other._keeper.sync()
+        assert other._keeper.indexes.indexes[SignalKind.PDQ].stats["live"] == 15
     finally:
         other.close()
     with caplog.at_level(logging.INFO, logger="registry.service.indexing"):
         mine = build_registry(milvus_settings)
     try:
-        assert mine.keeper.loaded_from == "snapshot"
+        assert mine._keeper.loaded_from == "snapshot"
         assert "refilling takedown_pdq from the database" in caplog.text
-        assert mine.keeper.indexes.indexes[SignalKind.PDQ].stats["live"] == 4
+        assert mine._keeper.indexes.indexes[SignalKind.PDQ].stats["live"] == 4
         assert mine.verify_index().ok
     finally:
         mine.close()
@@ -138,12 +138,12 @@ def test_only_the_process_holding_the_writer_lock_feeds_the_engine(
         milvus_settings: Settings) -> None:
     registry = build_registry(milvus_settings)
     try:
-        assert registry.keeper.external_writer()
+        assert registry._keeper.external_writer()
         # Another process of the same database cannot take the lock while this one holds it.
-        assert registry.store.try_lock(
+        assert registry._store.try_lock(
             f"takedown-index-writer:{milvus_settings.milvus_collection}") is None
-        registry.keeper.close()  # lets it go (and closes the engine connections)
-        again = registry.store.try_lock(
+        registry._keeper.close()  # lets it go (and closes the engine connections)
+        again = registry._store.try_lock(
             f"takedown-index-writer:{milvus_settings.milvus_collection}")
         assert again is not None and again.held()
         again.release()
@@ -191,15 +191,15 @@ def test_a_snapshot_written_beside_milvus_is_refused_by_an_in_process_index(
     try:
         registered = images(np.random.default_rng(25), 20)
         serving.register_bank("b", BankKind.IMPORTED, registered)
-        serving.keeper.sync()
+        serving._keeper.sync()
         engine = build_registry(milvus_settings, load_index=False)
         try:
-            assert engine.keeper.external == {}  # commands that never search never connect
+            assert engine._keeper.external == {}  # commands that never search never connect
             engine.rebuild_index()  # fills Milvus, writes a snapshot of the local kind only
         finally:
             engine.close()
         with caplog.at_level(logging.WARNING, logger="registry.service.indexing"):
-            assert serving.keeper.adopt_snapshot() is False
+            assert serving._keeper.adopt_snapshot() is False
         assert "external engine" in caplog.text
         (result,) = serving.match([Query("q", (registered[5].signals[0],))])
         assert result.matched
@@ -209,7 +209,7 @@ def test_a_snapshot_written_beside_milvus_is_refused_by_an_in_process_index(
     with caplog.at_level(logging.INFO, logger="registry.service.indexing"):
         restarted = build_registry(multi_settings)
     try:
-        assert restarted.keeper.loaded_from == "database" and "external engine" in caplog.text
-        assert len(restarted.keeper.indexes.indexes[SignalKind.PDQ]) == 20
+        assert restarted._keeper.loaded_from == "database" and "external engine" in caplog.text
+        assert len(restarted._keeper.indexes.indexes[SignalKind.PDQ]) == 20
     finally:
         restarted.close()

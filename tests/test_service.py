@@ -68,7 +68,7 @@ def test_submit_status_withdraw_round_trip(registry):
 
 def test_pin_is_stored_only_as_a_slow_hash(registry):
     receipt = submit(registry, 1)
-    with registry.store.engine.connect() as conn:
+    with registry._store.engine.connect() as conn:
         stored = conn.execute(text("SELECT pin_hash FROM cases")).scalar()
     digits = receipt.pin.replace("-", "")
     assert stored.startswith("scrypt$") and digits not in stored
@@ -92,7 +92,7 @@ WRONG = "1111-1111-1111"
 
 def lock_rows_expire(registry):
     past = datetime.now(UTC) - timedelta(seconds=1)
-    with registry.store.engine.begin() as conn:
+    with registry._store.engine.begin() as conn:
         conn.execute(text("UPDATE pin_failures SET locked_until = :t"), {"t": past})
 
 
@@ -116,7 +116,7 @@ def test_wrong_pins_lock_out_the_guessing_address_not_the_case(registry, setting
     assert doubled.value.retry_after_s > 2 * settings.pin_lockout_s - 5
     lock_rows_expire(registry)
     assert registry.case_status(receipt.number, receipt.pin, ATTACKER).status is CaseStatus.ACTIVE
-    with registry.store.engine.connect() as conn:  # its counter for this case is forgiven
+    with registry._store.engine.connect() as conn:  # its counter for this case is forgiven
         assert conn.execute(text("SELECT count(*) FROM pin_failures WHERE case_id IS NOT NULL")
                             ).scalar() == 0
     assert registry.withdraw_case(receipt.number, receipt.pin, VICTIM).status is (
@@ -178,7 +178,7 @@ def test_operator_unlocks_a_case_and_resets_its_pin(registry, settings):
     with pytest.raises(WrongPin):
         registry.case_status(receipt.number, receipt.pin, VICTIM)
     assert registry.case_status(receipt.number, new_pin, VICTIM).number == receipt.number
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         events = [(e["action"], e["actor"]) for e in tx.audit.recent(20)]
         assert tx.audit.verify()[1] is None
     assert ("case_unlocked", "operator") in events and ("pin_reset", "operator") in events
@@ -210,7 +210,7 @@ def test_submission_validation(registry):
         registry.submit_case([SubmittedImage((Signal(SignalKind.PDQ, bytes(32)),), 100)])
     with pytest.raises(InvalidInput, match="same signal twice"):
         registry.submit_case([SubmittedImage((good.md5, good.md5))])
-    with registry.store.engine.connect() as conn:  # nothing was half-registered
+    with registry._store.engine.connect() as conn:  # nothing was half-registered
         assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 0
 
 
@@ -231,7 +231,7 @@ def test_web_submissions_carry_the_page_signals_and_known_views(registry):
         with pytest.raises(InvalidInput, match=problem):
             registry.submit_case([SubmittedImage(good.signals, good.pdq_quality, views)],
                                  strict=True)
-    with registry.store.engine.connect() as conn:
+    with registry._store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 0
 
 
@@ -249,7 +249,7 @@ def test_an_orientation_view_that_is_not_of_the_image_is_left_out(registry):
                                else views[label])) for label in views)
     receipt = registry.submit_case([SubmittedImage(good.signals, good.pdq_quality, smuggled)],
                                    strict=True)
-    with registry.store.engine.connect() as conn:
+    with registry._store.engine.connect() as conn:
         stored = dict(conn.execute(text("SELECT label, value FROM signals WHERE kind = 'pdq'")
                                    ).all())
     assert "mirror" not in stored and "rot90" not in stored
@@ -272,7 +272,7 @@ def test_the_benign_bank_suppresses_whole_picture_matches_only(registry):
     assert all(m.bank != "benign" for r in (suppressed, kept) for m in r.matches)
     assert {m.signal for m in kept.matches} >= {SignalKind.PDQ, SignalKind.MD5}
     assert all(m.case == receipt.number for m in kept.matches)
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         (event,) = [e for e in tx.audit.recent(5) if e["action"] == "match"][:1]
     assert event["details"]["benign_suppressed"] == 1
     banks = {r.bank for r in registry.read_feed(platform, None, 1000).records}
@@ -326,8 +326,8 @@ def test_withdrawn_hash_never_matches_even_before_the_index_catches_up(settings)
     query = reader.query_of_image("q", image(reader, 1))
     assert reader.match([query])[0].matched
     writer.withdraw_case(receipt.number, receipt.pin)
-    reader.keeper.sync = lambda: 0  # type: ignore[method-assign]  # a lagging worker
-    assert len(reader.keeper.indexes) == 3  # still holds the withdrawn hashes (PDQ, pHash, local)
+    reader._keeper.sync = lambda: 0  # type: ignore[method-assign]  # a lagging worker
+    assert len(reader._keeper.indexes) == 3  # still holds the withdrawn hashes (PDQ, pHash, local)
     assert not reader.match([query])[0].matched
     writer.close()
     reader.close()
@@ -337,7 +337,7 @@ def test_match_records_are_audited_without_query_hashes(registry):
     submit(registry, 1)
     unrelated = image(registry, 42)
     registry.match([registry.query_of_image("u", unrelated)])
-    with registry.store.engine.connect() as conn:
+    with registry._store.engine.connect() as conn:
         details = [r[0] for r in conn.execute(text("SELECT details FROM audit_events"))]
     assert all(unrelated.pdq.hex not in d and unrelated.md5.hex not in d for d in details)
 
@@ -378,7 +378,7 @@ def test_platform_keys(registry):
         registry.revoke_platform("nobody")
     (listed,) = registry.list_platforms()
     assert not listed.active and listed.to_json()["status"] == "revoked"
-    with registry.store.engine.connect() as conn:
+    with registry._store.engine.connect() as conn:
         stored = conn.execute(text("SELECT key_hash FROM platforms")).scalar()
     assert new_key not in stored and key not in stored
 
@@ -390,8 +390,8 @@ def test_index_verify_rebuild_and_snapshot_restart(settings):
     report = registry.verify_index()
     assert report.ok and report.checked == {"pdq": 2, "phash": 2, "local": 2}
     # Damage the in-memory index: verify must say exactly what is wrong.
-    ids, _ = registry.keeper.indexes.indexes[SignalKind.PDQ].export()
-    registry.keeper.indexes.indexes[SignalKind.PDQ].remove(ids[:1])
+    ids, _ = registry._keeper.indexes.indexes[SignalKind.PDQ].export()
+    registry._keeper.indexes.indexes[SignalKind.PDQ].remove(ids[:1])
     broken = registry.verify_index()
     assert not broken.ok and broken.missing["pdq"] == [int(ids[0])]
     assert registry.rebuild_index() == 6  # PDQ, pHash and local of two live images
@@ -402,7 +402,7 @@ def test_index_verify_rebuild_and_snapshot_restart(settings):
     late = submit(other, 4)
     other.close()
     restarted = build_registry(settings)
-    assert restarted.keeper.loaded_from == "snapshot"
+    assert restarted._keeper.loaded_from == "snapshot"
     assert restarted.verify_index().ok
     assert restarted.match([restarted.query_of_image("q", image(restarted, 4))])[0].matched
     assert restarted.case_status(late.number, late.pin).status is CaseStatus.ACTIVE
@@ -412,16 +412,16 @@ def test_index_verify_rebuild_and_snapshot_restart(settings):
 def test_snapshot_older_than_the_logs_retention_is_rebuilt(settings):
     registry = build_registry(settings)
     first = submit(registry, 1)
-    registry.keeper.save_snapshot()
-    position = registry.keeper.indexes.position
+    registry._keeper.save_snapshot()
+    position = registry._keeper.indexes.position
     second = submit(registry, 2)  # after the snapshot: only the log knows it
     registry.close()
     other = build_registry(settings)
-    with other.store.engine.begin() as conn:  # the log's older entries pruned
+    with other._store.engine.begin() as conn:  # the log's older entries pruned
         conn.execute(text("DELETE FROM change_log WHERE seq <= :p"), {"p": position + 1})
     other.close()
     restarted = build_registry(settings)
-    assert restarted.keeper.loaded_from == "database"
+    assert restarted._keeper.loaded_from == "database"
     assert restarted.verify_index().ok
     for receipt, seed in ((first, 1), (second, 2)):
         assert restarted.case_status(receipt.number, receipt.pin).status is CaseStatus.ACTIVE
@@ -434,60 +434,60 @@ def test_snapshot_of_another_history_is_rebuilt(settings):
     snapshot's change P: replaying its tail onto the snapshot would mix two histories."""
     registry = build_registry(settings)
     submit(registry, 1)
-    registry.keeper.save_snapshot()
-    position = registry.keeper.indexes.position
+    registry._keeper.save_snapshot()
+    position = registry._keeper.indexes.position
     registry.close()
     other = build_registry(settings, load_index=False)
-    with other.store.engine.begin() as conn:
+    with other._store.engine.begin() as conn:
         conn.execute(text("UPDATE change_log SET action = 'withdraw' WHERE seq = :p"),
                      {"p": position})
     other.close()
     restarted = build_registry(settings)
-    assert restarted.keeper.loaded_from == "database"
+    assert restarted._keeper.loaded_from == "database"
     assert restarted.verify_index().ok
     restarted.close()
     # The same history is accepted: the snapshot it writes matches the database.
     again = build_registry(settings)
-    assert again.keeper.loaded_from == "snapshot"
+    assert again._keeper.loaded_from == "snapshot"
     again.close()
 
 
 def test_only_one_process_writes_the_snapshot_at_a_time(registry):
     import fcntl
 
-    lock_path = registry.keeper.snapshot_path.with_name(
-        registry.keeper.snapshot_path.name + ".lock")
+    lock_path = registry._keeper.snapshot_path.with_name(
+        registry._keeper.snapshot_path.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+b") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another worker is writing one
-        assert registry.keeper.save_snapshot(if_free=True) is None
-    assert registry.keeper.save_snapshot(if_free=True) == registry.keeper.snapshot_path
+        assert registry._keeper.save_snapshot(if_free=True) is None
+    assert registry._keeper.save_snapshot(if_free=True) == registry._keeper.snapshot_path
 
 
 def test_corrupt_or_future_snapshot_is_rebuilt(settings):
     registry = build_registry(settings)
     submit(registry, 1)
-    path = registry.keeper.save_snapshot()
+    path = registry._keeper.save_snapshot()
     registry.close()
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
     path.write_bytes(bytes(raw))
     again = build_registry(settings)
-    assert again.keeper.loaded_from == "database" and again.verify_index().ok
-    again.keeper.indexes.position = 10_000  # a snapshot from another (newer) database
-    again.keeper.save_snapshot()
+    assert again._keeper.loaded_from == "database" and again.verify_index().ok
+    again._keeper.indexes.position = 10_000  # a snapshot from another (newer) database
+    again._keeper.save_snapshot()
     again.close()
     third = build_registry(settings)
-    assert third.keeper.loaded_from == "database" and third.verify_index().ok
+    assert third._keeper.loaded_from == "database" and third.verify_index().ok
     third.close()
 
 
 def test_ready_reports_lag(registry):
     assert registry.ready()["ready"] is True
-    registry.keeper.indexes.position -= 1  # one entry behind: a commit landing right now
+    registry._keeper.indexes.position -= 1  # one entry behind: a commit landing right now
     state = registry.ready()
     assert state["index_lag"] == 1 and state["ready"] is True
-    registry.keeper.indexes.position -= registry.settings.max_index_lag
+    registry._keeper.indexes.position -= registry.settings.max_index_lag
     state = registry.ready()
     assert state["index_lag"] == registry.settings.max_index_lag + 1
     assert state["ready"] is False
@@ -537,7 +537,7 @@ def test_postgresql_plans_use_the_indexes_after_a_bulk_import(pg_url, tmp_path):
     images = [SubmittedImage((Signal(SignalKind.PDQ, bytes(c)),), 100) for c in codes]
     assert sum(registry.register_bank("bulk", BankKind.IMPORTED, images[i:i + 5000])
                for i in range(0, 20_000, 5000)) == 20_000
-    with registry.store.transaction(write=False) as tx:
+    with registry._store.transaction(write=False) as tx:
         tuples = dict(tx.session.execute(text(
             "SELECT relname, reltuples FROM pg_class WHERE relname IN ('signals', 'change_log')"
         )).all())
@@ -548,7 +548,7 @@ def test_postgresql_plans_use_the_indexes_after_a_bulk_import(pg_url, tmp_path):
             {"p": head}))
     assert tuples["signals"] >= 19_000 and tuples["change_log"] >= 19_000
     assert "Seq Scan" not in plan, plan
-    assert registry.store.refresh_statistics() == []  # nothing stale any more
+    assert registry._store.refresh_statistics() == []  # nothing stale any more
     registry.close()
 
 

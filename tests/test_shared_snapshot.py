@@ -41,7 +41,7 @@ WORKER = textwrap.dedent("""
     settings = Settings.from_env({}, data_dir=str(data), pin_kdf_n=1024, follow_poll_s=0.05)
     registry = build_registry(settings)
     registry.follow_changes()
-    snap = str(registry.keeper.snapshot_path)
+    snap = str(registry._keeper.snapshot_path)
     queries = [Query(str(i), (Signal(SignalKind.PDQ, c),)) for i, c in enumerate(codes)]
     rounds = misses = 0
     while not (data / "stop").exists():
@@ -49,13 +49,13 @@ WORKER = textwrap.dedent("""
             if not any(m.distance == 0 for m in result.matches):
                 misses += 1
         rounds += 1
-        index = registry.keeper.indexes.indexes[SignalKind.PDQ]
+        index = registry._keeper.indexes.indexes[SignalKind.PDQ]
         maps = sorted({line.split()[4] + (" deleted" if "(deleted)" in line else "")
                        for line in open("/proc/self/maps") if snap in line})
         status = {"pid": os.getpid(), "rounds": rounds, "misses": misses,
-                  "adopted": registry.keeper.adopted, "mapped": bool(index.mapped),
+                  "adopted": registry._keeper.adopted, "mapped": bool(index.mapped),
                   "base": index.stats["base"], "delta": index.stats["delta"],
-                  "loaded_from": registry.keeper.loaded_from, "maps": maps}
+                  "loaded_from": registry._keeper.loaded_from, "maps": maps}
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         os.replace(tmp, out)
@@ -135,8 +135,9 @@ def test_the_process_that_compacts_serves_from_the_file_it_wrote(settings: Setti
         rng = np.random.default_rng(12)
         images = pdq_images(rng, 5000)  # past the delta's 4096 bound
         registry.register_bank("bulk", BankKind.IMPORTED, images)
-        wait_until(lambda: registry.keeper.adopted >= 1, timeout=60, what="the compaction snapshot")
-        index = registry.keeper.indexes.indexes[SignalKind.PDQ]
+        wait_until(lambda: registry._keeper.adopted >= 1, timeout=60,
+                   what="the compaction snapshot")
+        index = registry._keeper.indexes.indexes[SignalKind.PDQ]
         assert isinstance(index, MultiIndex) and index.mapped
         assert index.stats["base"] == 5000 and index.stats["delta"] == 0
         assert follower.status.errors == 0
@@ -155,20 +156,20 @@ def test_a_corrupt_new_snapshot_is_refused_and_the_old_tables_go_on_serving(
         rng = np.random.default_rng(13)
         images = pdq_images(rng, 50)
         registry.register_bank("b", BankKind.IMPORTED, images)
-        registry.keeper.sync()
-        path = registry.keeper.snapshot_path
+        registry._keeper.sync()
+        path = registry._keeper.snapshot_path
         # Another process writes a snapshot that is then damaged on disk.
-        other.keeper.load()
-        other.keeper.save_snapshot()
+        other._keeper.load()
+        other._keeper.save_snapshot()
         raw = bytearray(path.read_bytes())
         raw[len(raw) - 5] ^= 0x40
         tmp = path.with_name("damaged")
         tmp.write_bytes(bytes(raw))
         os.replace(tmp, path)
         with caplog.at_level("WARNING", logger="registry.service.indexing"):
-            assert registry.keeper.adopt_snapshot() is False
+            assert registry._keeper.adopt_snapshot() is False
         assert "not switching to the new snapshot" in caplog.text and "checksum" in caplog.text
-        assert registry.keeper.adopt_snapshot() is False  # refused once, not re-read each time
+        assert registry._keeper.adopt_snapshot() is False  # refused once, not re-read each time
         (result,) = registry.match([Query("q", (images[3].signals[0],))])
         assert result.matched
         assert registry.verify_index().ok
@@ -178,8 +179,8 @@ def test_a_corrupt_new_snapshot_is_refused_and_the_old_tables_go_on_serving(
     # On the next start the damaged file is refused and the index rebuilt from the database.
     restarted = build_registry(settings)
     try:
-        assert restarted.keeper.loaded_from == "database" and restarted.verify_index().ok
-        assert restarted.keeper.indexes.indexes[SignalKind.PDQ].mapped  # and the new one shared
+        assert restarted._keeper.loaded_from == "database" and restarted.verify_index().ok
+        assert restarted._keeper.indexes.indexes[SignalKind.PDQ].mapped  # and the new one shared
     finally:
         restarted.close()
 
@@ -209,12 +210,12 @@ def test_a_foreign_or_truncated_snapshot_is_rebuilt_from_the_database(
     with caplog.at_level("INFO", logger="registry.service.indexing"):
         restarted = build_registry(settings)
     try:
-        assert restarted.keeper.loaded_from == "database"
+        assert restarted._keeper.loaded_from == "database"
         assert "rebuilding from the database" in caplog.text
         assert ("not the database's" in caplog.text or "newer than" in caplog.text
                 if damage == "foreign" else "corrupt" in caplog.text)
         assert restarted.verify_index().ok
-        assert len(restarted.keeper.indexes.indexes[SignalKind.PDQ]) == 40
+        assert len(restarted._keeper.indexes.indexes[SignalKind.PDQ]) == 40
     finally:
         restarted.close()
 
@@ -226,11 +227,11 @@ def test_without_a_usable_snapshot_folder_a_process_compacts_in_its_own_memory(
     folder.write_text("not a folder")  # the snapshot folder cannot be made: no lock, no file
     registry = build_registry(settings)
     try:
-        assert registry.keeper.loaded_from == "database"
+        assert registry._keeper.loaded_from == "database"
         follower = registry.follow_changes()
         images = pdq_images(np.random.default_rng(16), 5000)  # past the delta's 4096 bound
         registry.register_bank("bulk", BankKind.IMPORTED, images)
-        index = registry.keeper.indexes.indexes[SignalKind.PDQ]
+        index = registry._keeper.indexes.indexes[SignalKind.PDQ]
         assert isinstance(index, MultiIndex)
         wait_until(lambda: index.stats["delta"] == 0 and index.stats["base"] == 5000,
                  timeout=60, what="the private compaction")

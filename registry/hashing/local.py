@@ -13,7 +13,8 @@ it step by step):
    :data:`QUERY_AREA` (queries; a copy may hold the picture at a smaller scale), aspect kept,
    in two passes: the width first, then the height;
 3. OpenCV 4.12 ORB (the parameters of :func:`_orb`) finds up to 8x the wanted keypoints over
-   its five finest pyramid levels (registration; a query: 2x over all eight levels);
+   its five finest pyramid levels (registration; when they hold fewer than the 112 wanted, a
+   smooth picture, 4x over all eight levels; a query: 2x over all eight levels);
 4. they are spread over a grid (``GRID`` cells a side, 6 x 6): each cell's strongest first,
    round by round, so a textured corner cannot take them all; the chosen ones are kept
    strongest first;
@@ -55,6 +56,7 @@ REGISTER_GRID = 6
 QUERY_GRID = 6
 REGISTER_LEVELS = 5  # a registration keeps ORB's five finest pyramid levels (patches <= 64 px)
 REGISTER_FOUND = 8  # ORB finds this many times the 112 kept, so the grid has cells to fill
+FALLBACK_FOUND = 4  # ... or, with fewer than 112 on those levels, 4x over all eight levels
 QUERY_FOUND = 2
 MIN_KEYPOINTS = LOCAL_MIN_KEYPOINTS  # fewer (a flat or tiny picture): no local signal
 MAX_KEYPOINTS = LOCAL_MAX_KEYPOINTS  # the most a query may send
@@ -206,6 +208,12 @@ def extract(img: Image.Image, *, registration: bool) -> LocalFeatures | None:
            else _orb(QUERY_FOUND * wanted))
     if registration:
         keypoints, descriptors = orb.detectAndCompute(grey, None)  # type: ignore[call-overload]
+        if len(keypoints) < wanted:
+            # A smooth picture has its corners on the coarse levels only (3 of the 2,808
+            # evaluation photos): then all eight levels, as pipeline 3 registered them.
+            orb = _orb(FALLBACK_FOUND * wanted)
+            keypoints, descriptors = orb.detectAndCompute(  # type: ignore[call-overload]
+                grey, None)
         if descriptors is None:
             return None
     else:  # descriptors only for the keypoints kept: 3,000 of up to 6,000 found

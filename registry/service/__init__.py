@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
@@ -46,14 +47,35 @@ from registry.service.follower import Follower
 from registry.service.indexing import IndexKeeper, Progress, VerifyReport
 from registry.store import Store
 
-__all__ = ["CaseReceipt", "CaseView", "Registry", "SubmittedImage", "VerifyReport"]
+__all__ = ["CaseReceipt", "CaseView", "IndexStatus", "Registry", "SubmittedImage",
+           "VerifyReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStatus:
+    """The in-memory index at a glance (cheap: no database read, no sync), for metrics and the
+    operator's commands: change-log position, when it was loaded (0: not yet), hashes per
+    kind (``local`` counts registered images), the snapshot file and the database's dialect."""
+
+    position: int
+    loaded_at: float
+    hashes: dict[str, int]
+    snapshot: str
+    database: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.hashes.values())
 
 
 class Registry:
+    """The registry's verbs over its parts. The store and the index keeper are its own: edges
+    use these methods (tests/test_architecture.py checks that they do)."""
+
     def __init__(self, settings: Settings, store: Store, keeper: IndexKeeper) -> None:
         self.settings = settings
-        self.store = store
-        self.keeper = keeper
+        self._store = store
+        self._keeper = keeper
         self.follower: Follower | None = None
         self.upstream: exchange.Upstream | None = None
         self._anchored = 0
@@ -61,7 +83,7 @@ class Registry:
     def follow_changes(self) -> Follower:
         """Start this process's change-log follower (serving processes; idempotent)."""
         if self.follower is None:
-            self.follower = Follower(self.store, self.keeper, self.settings.follow_poll_s,
+            self.follower = Follower(self._store, self._keeper, self.settings.follow_poll_s,
                                      self.settings.snapshot_every, anchor=self.anchor_audit)
             self.follower.start()
         return self.follower
@@ -80,7 +102,7 @@ class Registry:
     def follow_source(self, bank: str, url: str, key: str,
                       on_step: Callable[[exchange.Step], None] | None = None) -> int:
         """Read a registry's feed into ``bank`` until it has no more; the records read."""
-        read = exchange.catch_up(self.store, self.settings, bank, url,
+        read = exchange.catch_up(self._store, self.settings, bank, url,
                                  exchange.http_fetch(url, key), on_step)
         self._catch_up()
         return read
@@ -89,12 +111,12 @@ class Registry:
                     on_step: Callable[[exchange.Step], None] | None = None
                     ) -> exchange.Upstream:
         """A follower of ``url`` into ``bank``, to run (``.run()``) or start as a thread."""
-        return exchange.Upstream(self.store, self.settings, bank, url,
+        return exchange.Upstream(self._store, self.settings, bank, url,
                                  exchange.http_fetch(url, key), interval_s, on_step)
 
     def restart_source(self, bank: str) -> None:
         """Read a followed bank's source again from its start (after it was restored)."""
-        exchange.restart(self.store, bank)
+        exchange.restart(self._store, bank)
 
     # --- hashing (in memory; the bytes are not kept) -------------------------------------------
     @property
@@ -110,7 +132,7 @@ class Registry:
                     ) -> CaseReceipt:
         """Register the images as a new case. ``strict``: they come from anyone on the web and
         are held to the submit page's shape (``cases.validate_submission``)."""
-        receipt = cases.submit(self.store, self.settings, images, strict=strict)
+        receipt = cases.submit(self._store, self.settings, images, strict=strict)
         self._catch_up()
         return receipt
 
@@ -122,42 +144,42 @@ class Registry:
     def case_status(self, number: str, pin: str, client: str = "") -> CaseView:
         """The case's status if ``pin`` is its PIN; ``client`` is the address asking (wrong
         PINs lock that address out, never the case: see ``registry.service.pins``)."""
-        return cases.status(self.store, self.settings, number, pin, client)
+        return cases.status(self._store, self.settings, number, pin, client)
 
     def withdraw_case(self, number: str, pin: str, client: str = "") -> CaseView:
-        view = cases.withdraw(self.store, self.settings, number, pin, client=client)
+        view = cases.withdraw(self._store, self.settings, number, pin, client=client)
         self._catch_up()
         return view
 
     def operator_withdraw_case(self, number: str) -> CaseView:
-        view = cases.withdraw(self.store, self.settings, number, None, actor="operator")
+        view = cases.withdraw(self._store, self.settings, number, None, actor="operator")
         self._catch_up()
         return view
 
     def unlock_case(self, number: str) -> int:
         """Operator: clear the case's wrong-PIN counters (audited); how many were cleared."""
-        return cases.unlock(self.store, number)
+        return cases.unlock(self._store, number)
 
     def reset_case_pin(self, number: str) -> str:
         """Operator: a new PIN for the case (audited); the old one stops working."""
-        return cases.reset_pin(self.store, self.settings, number)
+        return cases.reset_pin(self._store, self.settings, number)
 
     def _catch_up(self) -> None:
         # A process that never loaded its index (a one-shot CLI command) has nothing to update.
-        if self.keeper.loaded_at:
-            self.keeper.sync()
+        if self._keeper.loaded_at:
+            self._keeper.sync()
 
     def show_case(self, number: str) -> CaseView:
-        return cases.show(self.store, number)
+        return cases.show(self._store, number)
 
     def list_cases(self, status: CaseStatus | None = None, limit: int = 100) -> list[CaseView]:
-        return cases.list_cases(self.store, status, limit)
+        return cases.list_cases(self._store, status, limit)
 
     # --- matching ------------------------------------------------------------------------------
     def match(self, queries: Sequence[Query], platform: Platform | None = None
               ) -> list[QueryResult]:
         actor = f"platform:{platform.name}" if platform else "operator"
-        return matching.match(self.store, self.keeper, self.settings, queries,
+        return matching.match(self._store, self._keeper, self.settings, queries,
                               platform.id if platform else None, actor)
 
     def query_of_image(self, ref: str, image: ImageSignals) -> Query:
@@ -166,87 +188,87 @@ class Registry:
     # --- feedback, feed, banks ----------------------------------------------------------------
     def record_feedback(self, platform: Platform, match_id: str, outcome: str
                         ) -> feedback.FeedbackReceipt:
-        receipt = feedback.record(self.store, self.settings, platform, match_id,
+        receipt = feedback.record(self._store, self.settings, platform, match_id,
                                   feedback.parse_outcome(outcome))
         self._catch_up()
         return receipt
 
     def release_signal(self, signal_id: int) -> None:
-        feedback.release(self.store, signal_id)
+        feedback.release(self._store, signal_id)
         self._catch_up()
 
     def hold_signal(self, signal_id: int) -> None:
         """Operator: quarantine an active hash by decision (audited)."""
-        feedback.hold(self.store, signal_id)
+        feedback.hold(self._store, signal_id)
         self._catch_up()
 
     def quarantined(self) -> list[RegisteredSignal]:
-        with self.store.transaction(write=False) as tx:
+        with self._store.transaction(write=False) as tx:
             return tx.signals.quarantined()
 
     def reported(self) -> list[RegisteredSignal]:
         """Active hashes with not_violating reports since their last review."""
-        with self.store.transaction(write=False) as tx:
+        with self._store.transaction(write=False) as tx:
             return tx.signals.reported()
 
     def read_feed(self, platform: Platform, cursor: str | None, limit: int) -> feed.FeedPage:
-        return feed.read(self.store, platform, cursor, limit)
+        return feed.read(self._store, platform, cursor, limit)
 
     def register_bank(self, bank: str, kind: BankKind, images: Sequence[SubmittedImage]) -> int:
-        count = banks.register(self.store, self.settings, bank, kind, images)
-        self.store.refresh_statistics()  # a bulk import changes what the planner should assume
+        count = banks.register(self._store, self.settings, bank, kind, images)
+        self._store.refresh_statistics()  # a bulk import changes what the planner should assume
         self._catch_up()
         return count
 
     # --- banks and hash lists -------------------------------------------------------------------
     def add_bank(self, name: str, description: str = "",
                  thresholds: dict[SignalKind, Thresholds] | None = None) -> Bank:
-        return banks.add(self.store, self.settings, name, description, thresholds)
+        return banks.add(self._store, self.settings, name, description, thresholds)
 
     def configure_bank(self, name: str, *, enabled: bool | None = None,
                        thresholds: dict[SignalKind, Thresholds] | None = None,
                        description: str | None = None) -> Bank:
-        return banks.configure(self.store, self.settings, name, enabled=enabled,
+        return banks.configure(self._store, self.settings, name, enabled=enabled,
                                thresholds=thresholds, description=description)
 
     def import_list(self, bank: str, fmt: str, items: Iterable[Entry | Problem], *,
                     dry_run: bool = False) -> lists.ImportReport:
         """Apply a hash list's records to ``bank`` in one transaction (nothing when any record
         is bad, or for a dry run)."""
-        report = lists.import_list(self.store, self.settings, bank, fmt, items, dry_run=dry_run)
+        report = lists.import_list(self._store, self.settings, bank, fmt, items, dry_run=dry_run)
         if report.applied:
-            self.store.refresh_statistics()
+            self._store.refresh_statistics()
             self._catch_up()
         return report
 
     def export_list(self, bank: str, fmt: str, out: TextIO, since: str | None = None
                     ) -> lists.ExportReport:
-        return lists.export_list(self.store, bank, fmt, out, since)
+        return lists.export_list(self._store, bank, fmt, out, since)
 
     def purge_case(self, number: str, *, force: bool = False) -> purge.PurgeReport:
         """Erase a withdrawn case's hashes for good (see registry.service.purge). A loaded
         index then writes a new snapshot, so no file on disk holds them either."""
-        report = purge.purge(self.store, number, force=force)
-        if self.keeper.loaded_at and report.signals:
-            self.keeper.sync()
-            self.keeper.save_snapshot()
+        report = purge.purge(self._store, number, force=force)
+        if self._keeper.loaded_at and report.signals:
+            self._keeper.sync()
+            self._keeper.save_snapshot()
         return report
 
     # --- platforms -----------------------------------------------------------------------------
     def add_platform(self, name: str, scopes: Iterable[Scope]) -> tuple[Platform, str]:
-        return platforms.add(self.store, name, scopes)
+        return platforms.add(self._store, name, scopes)
 
     def list_platforms(self) -> list[Platform]:
-        return platforms.list_all(self.store)
+        return platforms.list_all(self._store)
 
     def revoke_platform(self, name: str) -> Platform:
-        return platforms.revoke(self.store, name)
+        return platforms.revoke(self._store, name)
 
     def rotate_platform_key(self, name: str) -> tuple[Platform, str]:
-        return platforms.rotate(self.store, name)
+        return platforms.rotate(self._store, name)
 
     def authenticate(self, key: str | None, scope: Scope) -> Platform:
-        return platforms.authenticate(self.store, key, scope)
+        return platforms.authenticate(self._store, key, scope)
 
     # --- audit ----------------------------------------------------------------------------------
     def audit_trail(self, case: str | None = None, platform: str | None = None,
@@ -254,20 +276,20 @@ class Registry:
         """The audit events (and, for a case, the matches) of one case or platform."""
         if case is not None and platform is not None:
             raise InvalidInput("Name a case or a platform, not both.")
-        found = cases.find(self.store, case) if case is not None else None
+        found = cases.find(self._store, case) if case is not None else None
         if platform is not None:
-            with self.store.transaction(write=False) as tx:
+            with self._store.transaction(write=False) as tx:
                 if tx.platforms.get(platform) is None:
                     raise PlatformNotFound(f"There is no platform named {platform!r}.")
-        return audit.trail(self.store, found, platform, limit)
+        return audit.trail(self._store, found, platform, limit)
 
     def audit_head(self) -> audit.Anchor | None:
         """The audit chain's newest event, signed with the secret key (when one is set)."""
-        return audit.head(self.store, self.settings.secret_key)
+        return audit.head(self._store, self.settings.secret_key)
 
     def anchor_audit(self) -> None:
         """Append the audit head to the data directory's anchor file, if it moved."""
-        self._anchored = audit.write_anchor(self.store, self.settings.secret_key,
+        self._anchored = audit.write_anchor(self._store, self.settings.secret_key,
                                             Path(self.settings.data_dir), self._anchored)
 
     def verify_audit(self, anchors: Sequence[audit.Anchor] = (), *, saved: bool = True
@@ -278,40 +300,40 @@ class Registry:
         path = Path(self.settings.data_dir) / audit.ANCHOR_FILE
         if saved and path.exists():
             found += audit.read_anchors(path)
-        return audit.verify(self.store, self.settings.secret_key, found)
+        return audit.verify(self._store, self.settings.secret_key, found)
 
     # --- index ---------------------------------------------------------------------------------
     def rebuild_index(self, progress: Progress | None = None, snapshot: bool = True) -> int:
-        count = self.keeper.rebuild(progress)
-        self.keeper.sync()
+        count = self._keeper.rebuild(progress)
+        self._keeper.sync()
         if snapshot:
-            self.keeper.save_snapshot()
+            self._keeper.save_snapshot()
         return count
 
     def verify_index(self) -> VerifyReport:
-        return self.keeper.verify()
+        return self._keeper.verify()
 
     @property
     def index_version(self) -> int:
         """The change-log position the index reflects (what a match answer was computed at)."""
-        return self.keeper.indexes.position
+        return self._keeper.indexes.position
 
     def list_banks(self) -> list[dict[str, object]]:
         """Every bank (submissions, imported lists, canary, benign) with its signals by status."""
-        with self.store.transaction(write=False) as tx:
+        with self._store.transaction(write=False) as tx:
             return tx.banks.listing()
 
     def operator_stats(self) -> dict[str, object]:
         """The registry at a glance for its operator: cases by status, signals by bank, kind
         and status, platforms with their matches (all time, last day, last week) and feedback,
         the review queue, and the index's size and lag."""
-        self.keeper.sync()
-        with self.keeper.lock:
-            position = self.keeper.indexes.position
-            live = {k.value: len(i) for k, i in self.keeper.indexes.indexes.items()}
-            live[SignalKind.LOCAL.value] = len(self.keeper.indexes.local)
+        self._keeper.sync()
+        with self._keeper.lock:
+            position = self._keeper.indexes.position
+            live = {k.value: len(i) for k, i in self._keeper.indexes.indexes.items()}
+            live[SignalKind.LOCAL.value] = len(self._keeper.indexes.local)
         at = datetime.now(UTC)
-        with self.store.transaction(write=False) as tx:
+        with self._store.transaction(write=False) as tx:
             head = tx.changes.head()
             out: dict[str, object] = {
                 "at": at.isoformat(),
@@ -321,36 +343,43 @@ class Registry:
                                                     "last_week": at - timedelta(days=7)}),
                 "review": tx.signals.review_queue(),
             }
-        out["index"] = {"kind": self.keeper.options.kind, "position": position,
-                        "lag": head - position, "loaded_from": self.keeper.loaded_from,
+        out["index"] = {"kind": self._keeper.options.kind, "position": position,
+                        "lag": head - position, "loaded_from": self._keeper.loaded_from,
                         "live": live}
         return out
 
     def index_stats(self) -> dict[str, object]:
-        self.keeper.sync()
-        stats = self.keeper.stats()
-        with self.store.transaction(write=False) as tx:
+        self._keeper.sync()
+        stats = self._keeper.stats()
+        with self._store.transaction(write=False) as tx:
             stats["database"] = {"head": tx.changes.head(), "signals": tx.signals.count(),
                                  "cases": tx.cases.count()}
         return stats
 
+    def index_status(self) -> IndexStatus:
+        with self._keeper.lock:
+            hashes = {k.value: len(i) for k, i in self._keeper.indexes.indexes.items()}
+            hashes[SignalKind.LOCAL.value] = len(self._keeper.indexes.local)
+            return IndexStatus(self._keeper.indexes.position, self._keeper.loaded_at, hashes,
+                               str(self._keeper.snapshot_path), self._store.dialect)
+
     def save_snapshot(self) -> str:
-        return str(self.keeper.save_snapshot())
+        return str(self._keeper.save_snapshot())
 
     def ready(self) -> dict[str, object]:
         """Readiness: database reachable, index loaded and caught up (a few entries behind is
         a commit landing right now; more, or a follower that stopped syncing, is not ready)."""
-        db_ok = self.store.ping()
+        db_ok = self._store.ping()
         lag, newest = None, None
         if db_ok:
             try:
-                with self.store.transaction(write=False) as tx:
-                    lag = tx.changes.head() - self.keeper.indexes.position
+                with self._store.transaction(write=False) as tx:
+                    lag = tx.changes.head() - self._keeper.indexes.position
                     newest = tx.audit.head()
             except RegistryError:
                 db_ok = False
-        out: dict[str, object] = {"database": db_ok, "index_loaded": self.keeper.loaded_at > 0,
-                                  "index_lag": lag, "index_position": self.keeper.indexes.position,
+        out: dict[str, object] = {"database": db_ok, "index_loaded": self._keeper.loaded_at > 0,
+                                  "index_lag": lag, "index_position": self._keeper.indexes.position,
                                   "process": os.getpid()}
         following = True
         if self.follower is not None:
@@ -364,7 +393,7 @@ class Registry:
         if newest is not None:  # the audit chain's signed head (registry.service.audit)
             out["audit_head"] = audit.Anchor(
                 *newest, audit.sign(self.settings.secret_key, *newest)).to_json()
-        out["ready"] = bool(db_ok and self.keeper.loaded_at and lag is not None
+        out["ready"] = bool(db_ok and self._keeper.loaded_at and lag is not None
                             and lag <= self.settings.max_index_lag and following)
         return out
 
@@ -373,5 +402,5 @@ class Registry:
             self.upstream.stop()
         if self.follower is not None:
             self.follower.stop()
-        self.keeper.close()
-        self.store.close()
+        self._keeper.close()
+        self._store.close()

@@ -15,7 +15,7 @@ from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from registry.domain import QueryResult, SignalKind
+from registry.domain import QueryResult
 from registry.service import Registry
 from registry.service.banks import CANARY_BANK
 
@@ -56,11 +56,10 @@ class Metrics:
                           registry=r)
         index_position = Gauge("takedown_index_position", "Change-log position of the index",
                                registry=r)
-        for kind in registry.keeper.indexes.indexes:
-            index_size.labels(kind.value).set_function(_size_of(registry, kind))
-        index_age.set_function(lambda: time.time() - registry.keeper.loaded_at
-                               if registry.keeper.loaded_at else 0.0)
-        index_position.set_function(lambda: registry.keeper.indexes.position)
+        for kind in registry.index_status().hashes:
+            index_size.labels(kind).set_function(_size_of(registry, kind))
+        index_age.set_function(lambda: _age(registry.index_status().loaded_at))
+        index_position.set_function(lambda: registry.index_status().position)
 
     def platform_label(self, name: str) -> str:
         if name in self._platform_labels:
@@ -71,8 +70,12 @@ class Metrics:
         return name
 
 
-def _size_of(registry: Registry, kind: SignalKind) -> Callable[[], float]:
-    return lambda: float(len(registry.keeper.indexes.indexes[kind]))
+def _size_of(registry: Registry, kind: str) -> Callable[[], float]:
+    return lambda: float(registry.index_status().hashes.get(kind, 0))
+
+
+def _age(loaded_at: float) -> float:
+    return time.time() - loaded_at if loaded_at else 0.0
 
 
 def install(app: Flask, registry: Registry) -> Metrics:

@@ -5,7 +5,8 @@
 // 1. grey = Pillow convert('L') of the RGB pixels (pillow.js greyLuminance);
 // 2. resized with Pillow's LANCZOS to REGISTER_AREA pixels, aspect kept, the width first;
 // 3. ORB with the parameters of local.py's _orb finds up to REGISTER_FOUND x REGISTER_KEYPOINTS
-//    keypoints over its REGISTER_LEVELS finest pyramid levels;
+//    keypoints over its REGISTER_LEVELS finest pyramid levels (fewer than REGISTER_KEYPOINTS
+//    there, a smooth picture: FALLBACK_FOUND x REGISTER_KEYPOINTS over all eight levels);
 // 4. a canonical order (strongest first, ties by level, y, x), then the grid spread;
 // 5. packed: version u8, count u16, width u16, height u16 (little-endian), then per keypoint a
 //    big-endian u32 x:12 y:12 angle:5 octave:3, then the 32-byte descriptors; sent as base64.
@@ -20,6 +21,7 @@ export const REGISTER_KEYPOINTS = 112;
 export const REGISTER_GRID = 6;
 export const REGISTER_LEVELS = 5;
 export const REGISTER_FOUND = 8;
+export const FALLBACK_FOUND = 4;
 export const MIN_KEYPOINTS = 16;
 export const ANGLE_STEPS = 32;
 const EDGE = 16;
@@ -130,33 +132,49 @@ export function localOfRGB(cv, rgb, width, height) {
   const { grey, width: w, height: h } = analysed(rgb, width, height);
   if (Math.min(w, h) < 2 * EDGE + 1) return null;
   const mat = new cv.Mat(h, w, cv.CV_8UC1);
+  try {
+    mat.data.set(grey);
+    const fine = detect(cv, mat, REGISTER_FOUND * REGISTER_KEYPOINTS, REGISTER_LEVELS);
+    if (fine.kps.length >= REGISTER_KEYPOINTS) return chosen(fine, w, h);
+    // A smooth picture has its corners on the coarse levels only: all eight, as in local.py.
+    return chosen(detect(cv, mat, FALLBACK_FOUND * REGISTER_KEYPOINTS, 8), w, h);
+  } finally {
+    mat.delete();
+  }
+}
+
+/** ORB (local.py's _orb parameters) on the grey Mat: {kps, descriptors} or {kps: []}. */
+function detect(cv, mat, nfeatures, levels) {
   const mask = new cv.Mat();
   const found = new cv.KeyPointVector();
   const desc = new cv.Mat();
-  const orb = new cv.ORB(REGISTER_FOUND * REGISTER_KEYPOINTS, 1.2, REGISTER_LEVELS,
-    EDGE, 0, 2, cv.ORB_HARRIS_SCORE, 31, 12);
+  const orb = new cv.ORB(nfeatures, 1.2, levels, EDGE, 0, 2, cv.ORB_HARRIS_SCORE, 31, 12);
   try {
-    mat.data.set(grey);
     orb.detectAndCompute(mat, mask, found, desc);
     const n = found.size();
-    if (n < MIN_KEYPOINTS || desc.rows !== n) return null;
+    if (desc.rows !== n) return { kps: [] };
     const kps = [];
     for (let i = 0; i < n; i++) {
       const k = found.get(i);
       kps.push({ x: k.pt.x, y: k.pt.y, angle: k.angle, response: k.response,
         octave: k.octave & 7, row: i });
     }
-    // The canonical order of local.py (ORB's own order differs between builds).
-    kps.sort((a, b) => (b.response - a.response) || (a.octave - b.octave) || (a.y - b.y)
-      || (a.x - b.x));
-    const keep = spread(kps.map((k) => k.response), kps.map((k) => k.x), kps.map((k) => k.y),
-      w, h, REGISTER_KEYPOINTS, REGISTER_GRID);
-    return pack(w, h, keep.map((i) => kps[i]), Uint8Array.from(desc.data));
+    return { kps, descriptors: Uint8Array.from(desc.data) };
   } finally {
-    mat.delete();
     mask.delete();
     found.delete();
     desc.delete();
     orb.delete();
   }
+}
+
+/** Steps 4-5 on what ORB found: the spread, packed; null below MIN_KEYPOINTS. */
+function chosen({ kps, descriptors }, w, h) {
+  if (kps.length < MIN_KEYPOINTS) return null;
+  // The canonical order of local.py (ORB's own order differs between builds).
+  kps.sort((a, b) => (b.response - a.response) || (a.octave - b.octave) || (a.y - b.y)
+    || (a.x - b.x));
+  const keep = spread(kps.map((k) => k.response), kps.map((k) => k.x), kps.map((k) => k.y),
+    w, h, REGISTER_KEYPOINTS, REGISTER_GRID);
+  return pack(w, h, keep.map((i) => kps[i]), descriptors);
 }
