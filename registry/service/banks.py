@@ -4,14 +4,12 @@ canary hash matches like any other, in the ``canary`` bank."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 
 from registry.config import Settings
-from registry.domain import Bank, BankKind, ChangeAction, SignalKind, Thresholds
+from registry.domain import Bank, BankKind, SignalKind, Thresholds
 from registry.errors import BankExists, BankNotFound, InvalidInput
-from registry.hashing import PIPELINE_VERSION
-from registry.service.cases import SubmittedImage, validate_submission
+from registry.service.cases import SubmittedImage, register_images, validate_submission
 from registry.store import Store
 
 CANARY_BANK = "canary"
@@ -26,12 +24,8 @@ def register(store: Store, settings: Settings, bank: str, kind: BankKind,
     validate_submission(images, settings, MAX_IMAGES_PER_CALL)
     with store.transaction() as tx:
         bank_id = tx.banks.ensure(bank, kind)
-        ids = tx.signals.add_images(
-            bank_id, None, [(image.rows(settings.pdq_min_quality), secrets.token_hex(8))
-                            for image in images], PIPELINE_VERSION)
-        tx.changes.append(ChangeAction.ADD, ids)
-        tx.audit.record(actor, "bank_registered", bank, {"images": len(images),
-                                                          "signals": len(ids)})
+        ids = register_images(tx, settings, images, bank_id, None,
+                              audit=(actor, "bank_registered", bank))
     return len(ids)
 
 

@@ -167,13 +167,24 @@ def submit(store: Store, settings: Settings, images: Sequence[SubmittedImage], *
         bank_id = tx.banks.ensure(SUBMISSIONS_BANK, BankKind.SUBMISSIONS, "Cases from submitters")
         number = _new_number(tx)
         case_id = tx.cases.add(number, pin_hash)
-        ids = tx.signals.add_images(
-            bank_id, case_id, [(image.rows(settings.pdq_min_quality), secrets.token_hex(8))
-                               for image in images], PIPELINE_VERSION)
-        tx.changes.append(ChangeAction.ADD, ids)
-        tx.audit.record("submitter", "case_submitted", number,
-                        {"images": len(images), "signals": len(ids)})
+        ids = register_images(tx, settings, images, bank_id, case_id,
+                              audit=("submitter", "case_submitted", number))
     return CaseReceipt(number, pin, len(ids))
+
+
+def register_images(tx: Transaction, settings: Settings, images: Sequence[SubmittedImage],
+                    bank_id: int, case_id: int | None, *, audit: tuple[str, str, str]
+                    ) -> list[int]:
+    """The one path of a registration, a case's or a bank's (validated images, inside the
+    caller's transaction): each image's signals with a random grouping key, their additions to
+    the change log, and one audit event ``(actor, event, subject)`` counting them."""
+    ids = tx.signals.add_images(
+        bank_id, case_id, [(image.rows(settings.pdq_min_quality), secrets.token_hex(8))
+                           for image in images], PIPELINE_VERSION)
+    tx.changes.append(ChangeAction.ADD, ids)
+    actor, event, subject = audit
+    tx.audit.record(actor, event, subject, {"images": len(images), "signals": len(ids)})
+    return ids
 
 
 def _new_number(tx: Transaction) -> str:

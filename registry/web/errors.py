@@ -51,7 +51,19 @@ def status_of(err: e.RegistryError) -> int:
     return 500
 
 
+def describe(err: e.RegistryError) -> tuple[int, str]:
+    """The one mapping of a RegistryError at the HTTP edge, for the API and the pages alike:
+    ``(status, code)``. A server-side failure (an unreachable database: 503 ``unavailable``)
+    is logged here, because its message names the database server and is never sent."""
+    status = status_of(err)
+    if status >= 500:
+        log.warning("request failed: %s: %s", err.code, err.message)
+        return status, CODES.get(status, "internal_error")
+    return status, err.code
+
+
 def error_response(status: int, code: str, message: str) -> Response:
+    """The JSON error shape, ``{"error": {"code", "message"}}``, with its status."""
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     return response
@@ -73,13 +85,13 @@ def _flatten(detail: Any, prefix: str = "") -> list[str]:
 def register(app: APIFlask) -> None:
     @app.errorhandler(e.RegistryError)
     def _registry_error(err: e.RegistryError) -> Response:
-        if isinstance(err, e.StorageUnavailable):
-            # The detail names the database server and its error: the operator's log gets it;
-            # clients get the documented code (docs/api.md) and retry with backoff.
-            log.warning("database unavailable: %s", err.message)
-            return error_response(503, "unavailable", "The registry cannot reach its database "
-                                  "right now; retry in a moment.")
-        response = error_response(status_of(err), err.code, err.message)
+        status, code = describe(err)
+        # A server-side failure's detail went to the operator's log; clients get the
+        # documented code (docs/api.md) and retry with backoff.
+        message = (err.message if status < 500 else "The registry cannot reach its database "
+                   "right now; retry in a moment." if status == 503 else
+                   "Something went wrong on our side.")
+        response = error_response(status, code, message)
         if isinstance(err, e.CaseLocked):
             response.headers["Retry-After"] = str(err.retry_after_s)
         if isinstance(err, e.Unauthenticated):

@@ -10,8 +10,6 @@ in their language. Security headers and rate limits are installed in ``install``
 
 from __future__ import annotations
 
-import logging
-
 from apiflask import APIBlueprint
 from flask import Response, current_app, jsonify, render_template, request
 
@@ -22,7 +20,6 @@ from registry.web import csrf, errors, messages
 from registry.web.i18n import _
 from registry.web.submission import parse_submission
 
-log = logging.getLogger(__name__)
 # An APIBlueprint only so APIFlask can walk its hooks; the pages are not part of the API spec.
 bp = APIBlueprint("pages", __name__, enable_openapi=False)
 MAX_IMAGES = MAX_IMAGES_PER_CASE
@@ -99,16 +96,16 @@ def submit_signals() -> tuple[Response, int]:
     """The JavaScript path: signals computed on the submitter's device, as JSON; answers
     ``{"case", "pin", "signals"}`` (201) or the JSON error shape, in the page's language."""
     if request.mimetype != "application/json":
-        return json_error(415, "unsupported_media_type", _(messages.REJECTED))
+        return errors.error_response(415, "unsupported_media_type", _(messages.REJECTED)), 415
     try:
         images = parse_submission(request.get_json(silent=True))
     except RegistryError as err:
-        return json_error(status_of(err), code_of(err), messages.submission_error(err, None))
+        return json_error(err, messages.submission_error(err, None)), status_of(err)
     try:
         receipt = registry().submit_case(images, strict=True)
     except RegistryError as err:
-        return json_error(status_of(err), code_of(err),
-                           messages.submission_error(err, _culprit(images)))
+        return (json_error(err, messages.submission_error(err, _culprit(images))),
+                status_of(err))
     return jsonify(receipt.to_json()), 201
 
 
@@ -175,16 +172,10 @@ def _case_form_error(err: RegistryError, number: str) -> tuple[str, int]:
 
 # --- errors -----------------------------------------------------------------------------------
 def status_of(err: RegistryError) -> int:
-    status = errors.status_of(err)
-    if status >= 500:  # the detail (database server, its error) is for the operator's log
-        log.warning("page request failed: %s: %s", err.code, err.message)
-    return status
+    return errors.describe(err)[0]
 
 
-def code_of(err: RegistryError) -> str:
-    """The API's codes: an unreachable database is ``unavailable`` there too."""
-    return "unavailable" if errors.status_of(err) == 503 else err.code
-
-
-def json_error(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error": {"code": code, "message": message}}), status
+def json_error(err: RegistryError, message: str) -> Response:
+    """``err`` in the API's JSON shape (its status and code: registry.web.errors.describe),
+    with the page's own message (in the page's language)."""
+    return errors.error_response(*errors.describe(err), message)

@@ -24,8 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from registry.errors import RegistryError
 from registry.service import Registry
-from registry.web import csrf, i18n, messages, pages
-from registry.web.errors import status_of
+from registry.web import csrf, errors, i18n, messages, pages
 from registry.web.limits import client_address
 
 log = logging.getLogger(__name__)
@@ -156,7 +155,7 @@ def error_page(status: int, text: str | None = None) -> ResponseReturnValue:
 def _csrf_failure(err: csrf.CsrfFailure) -> ResponseReturnValue:
     text = i18n._(messages.EXPIRED)
     if request.endpoint == JSON_ENDPOINT:
-        return pages.json_error(400, "csrf_failed", text)
+        return errors.error_response(400, "csrf_failed", text)
     return error_page(400, text)
 
 
@@ -166,27 +165,22 @@ def _http_error(err: HTTPException) -> ResponseReturnValue:
     status = err.code or 500
     if request.endpoint == JSON_ENDPOINT:
         text = i18n._(_TEXTS.get(status, _TEXTS[400]), mb=pages.max_mb())
-        return pages.json_error(status, _CODES.get(status, "error"), text)
+        return errors.error_response(status, errors.CODES.get(status, "error"), text)
     return error_page(status)
-
-
-_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-          413: "payload_too_large", 429: "rate_limited"}
 
 
 @pages.bp.errorhandler(RegistryError)
 def _registry_error(err: RegistryError) -> ResponseReturnValue:
-    status = status_of(err)
     if request.endpoint == JSON_ENDPOINT:
-        return pages.json_error(status, err.code, messages.submission_error(err, None))
-    return error_page(status)
+        return pages.json_error(err, messages.submission_error(err, None))
+    return error_page(pages.status_of(err))
 
 
 @pages.bp.errorhandler(Exception)
 def _unexpected(err: Exception) -> ResponseReturnValue:
     log.exception("unexpected error on a page")  # the request body is never logged
     if request.endpoint == JSON_ENDPOINT:
-        return pages.json_error(500, "internal_error", i18n._(_TEXTS[500]))
+        return errors.error_response(500, "internal_error", i18n._(_TEXTS[500]))
     return error_page(500)
 
 
