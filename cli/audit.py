@@ -8,13 +8,12 @@ from pathlib import Path
 
 import click
 
-from cli.main import Context, cli, handle_errors
-from cli.output import emit_json
+from cli.context import Context
+from cli.output import emit_json, json_option
 from registry.errors import InvalidInput
-from registry.service.audit import Anchor, read_anchors
 
 
-@cli.group()
+@click.group()
 def audit() -> None:
     """The hash-chained audit log."""
 
@@ -28,14 +27,15 @@ def audit() -> None:
               help="An audit head seen earlier (e.g. in /readyz); repeatable.")
 @click.option("--no-saved", is_flag=True,
               help="Leave out the anchors the serving processes saved in the data directory.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def verify(ctx: Context, anchor_files: tuple[str, ...], heads: tuple[str, ...], no_saved: bool,
            as_json: bool) -> None:
     """Walk the audit chain and name the first broken link; check every anchor (a head
     published earlier) is still in it, so a cut-off tail or an emptied table shows. Exits 1 when
     anything is wrong."""
+    from registry.service.audit import Anchor, read_anchors
+
     anchors = [Anchor.parse(h, f"--head {h}") for h in heads]
     for name in anchor_files:
         anchors += read_anchors(Path(name))
@@ -59,7 +59,6 @@ def verify(ctx: Context, anchor_files: tuple[str, ...], heads: tuple[str, ...], 
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Append the head to this file (JSON lines) as well as printing it.")
 @click.pass_obj
-@handle_errors
 def anchor(ctx: Context, out: str | None) -> None:
     """Print the audit chain's head (newest event id and digest, signed with
     TAKEDOWN_SECRET_KEY when set): keep it somewhere the database cannot reach, and give it to
@@ -81,9 +80,8 @@ def anchor(ctx: Context, out: str | None) -> None:
               help="Only what this platform did and what was done to it.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
               help="The newest this many events (and matches).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def show(ctx: Context, case: str | None, platform: str | None, limit: int,
          as_json: bool) -> None:
     """Print the audit log's newest events, of one case or platform if named, newest first.

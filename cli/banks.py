@@ -7,24 +7,20 @@ from pathlib import Path
 
 import click
 
-from cli.main import Context, cli, handle_errors
-from cli.output import emit_json
+from cli.context import Context
+from cli.output import JSON_LINES, emit_json, json_option
 from registry.domain import Bank, BankKind, Query, SignalKind, Thresholds, Tier
 from registry.errors import InvalidInput
-from registry.hashing.canary import COUNT, canary_image
-from registry.service import SubmittedImage
-from registry.service.banks import BENIGN_BANK, CANARY_BANK
 
 
-@cli.group()
+@click.group()
 def bank() -> None:
     """The banks: one per source of hashes (submissions, each imported list, canary, benign)."""
 
 
 @bank.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def bank_list(ctx: Context, as_json: bool) -> None:
     """Every bank with its kind and its signals by status (the canary and benign banks too)."""
     banks = ctx.registry(load_index=False).list_banks()
@@ -83,9 +79,8 @@ def _show(bank: Bank, as_json: bool, what: str) -> None:
 @click.argument("name")
 @click.option("--description", default="", help="Where its hashes come from.")
 @THRESHOLD
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def bank_add(ctx: Context, name: str, description: str, thresholds: tuple[str, ...],
              as_json: bool) -> None:
     """Create bank NAME for an imported list (audited); 'takedown import' creates one too."""
@@ -95,9 +90,8 @@ def bank_add(ctx: Context, name: str, description: str, thresholds: tuple[str, .
 
 @bank.command("disable")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def bank_disable(ctx: Context, name: str, as_json: bool) -> None:
     """Stop bank NAME's hashes matching, at once and everywhere (they stay registered; the
     feed still carries them: to take them back from mirrors, withdraw them). Audited."""
@@ -107,9 +101,8 @@ def bank_disable(ctx: Context, name: str, as_json: bool) -> None:
 
 @bank.command("enable")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def bank_enable(ctx: Context, name: str, as_json: bool) -> None:
     """Let bank NAME's hashes match again. Audited."""
     _show(ctx.registry(load_index=False).configure_bank(name, enabled=True), as_json,
@@ -122,9 +115,8 @@ def bank_enable(ctx: Context, name: str, as_json: bool) -> None:
 @click.option("--default-thresholds", is_flag=True,
               help="Drop the bank's own thresholds: the registry's apply.")
 @click.option("--description", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def bank_set(ctx: Context, name: str, thresholds: tuple[str, ...], default_thresholds: bool,
              description: str | None, as_json: bool) -> None:
     """Change bank NAME's thresholds or description (audited)."""
@@ -136,15 +128,18 @@ def bank_set(ctx: Context, name: str, thresholds: tuple[str, ...], default_thres
           as_json, "changed")
 
 
-@cli.command()
+@click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="canary", show_default=True,
               help="Folder to write the canary images to.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def canary(ctx: Context, out: str, as_json: bool) -> None:
     """Write the benign canary images to OUT and register their hashes in the 'canary' bank
     (once), so platforms can test their integration: a canary must match, in bank 'canary'."""
+    from registry.hashing.canary import COUNT, canary_image
+    from registry.service import SubmittedImage
+    from registry.service.banks import CANARY_BANK
+
     registry = ctx.registry()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,20 +161,22 @@ def canary(ctx: Context, out: str, as_json: bool) -> None:
                    f"{len(new)} new ({registered} signals) in bank '{CANARY_BANK}'.")
 
 
-@cli.group()
+@click.group()
 def benign() -> None:
     """The benign bank: common images whose copies must never be matched."""
 
 
 @benign.command("add")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def benign_add(ctx: Context, files: tuple[str, ...], as_json: bool) -> None:
     """Register FILES (pictures that caused false matches: a meme, a stock photo) in the
     benign bank (audited): a query whose whole-picture hashes match one strongly gets no
     whole-picture matches. Local matches stand; benign hashes are left out of the feed."""
+    from registry.service import SubmittedImage
+    from registry.service.banks import BENIGN_BANK
+
     registry = ctx.registry(load_index=False)
     images = []
     for name in files:
@@ -195,7 +192,7 @@ def benign_add(ctx: Context, files: tuple[str, ...], as_json: bool) -> None:
                    f"'{BENIGN_BANK}'.")
 
 
-@cli.group()
+@click.group()
 def quarantine() -> None:
     """Hashes out of matching for review after 'not_violating' feedback from several
     platforms, and the queue of reported ones."""
@@ -204,9 +201,8 @@ def quarantine() -> None:
 @quarantine.command("list")
 @click.option("--reported", is_flag=True,
               help="Active hashes with 'not_violating' reports since their last review instead.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@json_option(JSON_LINES)
 @click.pass_obj
-@handle_errors
 def list_cmd(ctx: Context, reported: bool, as_json: bool) -> None:
     """Quarantined (or, with --reported, reported) hashes, with their bank, case and feedback
     since their last review (not_violating counts platforms, removed counts matches)."""
@@ -224,7 +220,6 @@ def list_cmd(ctx: Context, reported: bool, as_json: bool) -> None:
 @quarantine.command("hold")
 @click.argument("signal_id", type=int)
 @click.pass_obj
-@handle_errors
 def hold(ctx: Context, signal_id: int) -> None:
     """Quarantine active hash SIGNAL_ID by your own decision (audited): it stops matching."""
     ctx.registry(load_index=False).hold_signal(signal_id)
@@ -234,7 +229,6 @@ def hold(ctx: Context, signal_id: int) -> None:
 @quarantine.command("release")
 @click.argument("signal_id", type=int)
 @click.pass_obj
-@handle_errors
 def release(ctx: Context, signal_id: int) -> None:
     """Put quarantined hash SIGNAL_ID back into matching (audited); the reports before this
     review stop counting towards another quarantine."""

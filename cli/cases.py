@@ -3,15 +3,19 @@ unlocking cases."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from cli.main import Context, cli, handle_errors
-from cli.output import emit_json
+from cli.context import Context
+from cli.output import JSON_LINES, emit_json, json_option
 from registry.domain import CaseStatus
-from registry.service import CaseView
+
+if TYPE_CHECKING:
+    from registry.service import CaseView
 
 
-@cli.group()
+@click.group()
 def case() -> None:
     """Inspect, withdraw and unlock cases."""
 
@@ -24,9 +28,8 @@ def _print(view: CaseView) -> None:
 
 @case.command("show")
 @click.argument("number")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def show(ctx: Context, number: str, as_json: bool) -> None:
     """Show case NUMBER: status, signal counts, confirmed takedowns."""
     view = ctx.registry(load_index=False).show_case(number)
@@ -36,9 +39,8 @@ def show(ctx: Context, number: str, as_json: bool) -> None:
 @case.command("list")
 @click.option("--status", type=click.Choice([s.value for s in CaseStatus]), default=None)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@json_option(JSON_LINES)
 @click.pass_obj
-@handle_errors
 def list_cmd(ctx: Context, status: str | None, limit: int, as_json: bool) -> None:
     """List cases, newest first."""
     views = ctx.registry(load_index=False).list_cases(CaseStatus(status) if status else None,
@@ -50,9 +52,8 @@ def list_cmd(ctx: Context, status: str | None, limit: int, as_json: bool) -> Non
 @case.command("withdraw")
 @click.argument("number")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def withdraw(ctx: Context, number: str, yes: bool, as_json: bool) -> None:
     """Withdraw case NUMBER: its hashes stop matching at once (audited as an operator action)."""
     if not yes:
@@ -64,9 +65,8 @@ def withdraw(ctx: Context, number: str, yes: bool, as_json: bool) -> None:
 
 @case.command("unlock")
 @click.argument("number")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def unlock(ctx: Context, number: str, as_json: bool) -> None:
     """Clear every wrong-PIN lockout of case NUMBER, on every device (audited)."""
     cleared = ctx.registry(load_index=False).unlock_case(number)
@@ -79,9 +79,8 @@ def unlock(ctx: Context, number: str, as_json: bool) -> None:
 @case.command("reset-pin")
 @click.argument("number")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def reset_pin(ctx: Context, number: str, yes: bool, as_json: bool) -> None:
     """Give case NUMBER a new PIN, shown once (audited): only after checking, out of band, that
     the person asking is the one the case belongs to. The old PIN stops working."""
@@ -101,9 +100,8 @@ def reset_pin(ctx: Context, number: str, yes: bool, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Purge even though some feed readers have not read "
               "the withdrawal yet (they keep the hashes; the audit event names them).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def purge(ctx: Context, number: str, force: bool, yes: bool, as_json: bool) -> None:
     """Erase withdrawn case NUMBER's hashes for good (the erasure path): the values leave the
     database and the index snapshot; an audit event holding no hash records it. Waits until

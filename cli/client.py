@@ -8,11 +8,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.domain import QUERY_SIGNALS, Signal
 from registry.errors import DegenerateHash, InvalidHash, RegistryError
-from registry.hashing import ImageSignals
+
+if TYPE_CHECKING:
+    from registry.hashing import ImageSignals
 
 # A request holds at most the registry's max_queries (its OpenAPI document says how many);
 # with local signals (~144 KB each, and tens of milliseconds of verification each on the

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli import client
-from cli.main import Context, cli, handle_errors
-from cli.output import emit_json, read_file, show_progress
+from cli.context import Context
+from cli.output import JSON_LINES, emit_json, json_option, read_file, show_progress
 from registry.config import Settings
 from registry.domain import QueryResult
 from registry.errors import RegistryError
-from registry.hashing import DecodeOptions, ImageSignals, compute_signals
-from registry.service import SubmittedImage
+
+if TYPE_CHECKING:
+    from registry.hashing import ImageSignals
 
 FILES = click.argument("files", nargs=-1, required=True,
                        type=click.Path(dir_okay=False, allow_dash=False))
@@ -23,6 +23,8 @@ FILES = click.argument("files", nargs=-1, required=True,
 
 def _hash_files(files: tuple[str, ...], settings: Settings, registration: bool = False
                 ) -> Iterator[tuple[str, ImageSignals | RegistryError]]:
+    from registry.hashing import DecodeOptions, compute_signals
+
     options = DecodeOptions.of(settings)
     with click.progressbar(files, label="Hashing", file=sys.stderr,
                            hidden=not show_progress(len(files))) as bar:
@@ -34,13 +36,12 @@ def _hash_files(files: tuple[str, ...], settings: Settings, registration: bool =
                 yield path, e
 
 
-@cli.command("hash")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.command("hash")
+@json_option(JSON_LINES)
 @click.option("--variants", is_flag=True,
               help="Also compute the registered views (mirror, crops, rotations).")
 @FILES
 @click.pass_obj
-@handle_errors
 def hash_cmd(ctx: Context, as_json: bool, variants: bool, files: tuple[str, ...]) -> None:
     """Compute the signals of image FILES locally (nothing is sent or stored)."""
     failed = False
@@ -63,16 +64,17 @@ def _report_error(path: str, err: RegistryError, as_json: bool) -> None:
     click.echo(f"Error: {path}: {err.message}", err=True)
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help='Print {"case": ..., "pin": ...}.')
+@click.command()
+@json_option('Print {"case": ..., "pin": ...}.')
 @FILES
 @click.pass_obj
-@handle_errors
 def submit(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
     """Register image FILES as one new case and print its case number and PIN (shown once).
 
     Hashing happens here; only the signals are stored. Nothing is registered unless every file
     hashes cleanly."""
+    from registry.service import SubmittedImage
+
     images = []
     for path, result in _hash_files(files, ctx.settings, registration=True):
         if isinstance(result, RegistryError):
@@ -86,15 +88,14 @@ def submit(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
                    f"({receipt.signals} signals registered; the PIN is shown only once.)")
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@click.command()
+@json_option("One JSON object per file.")
 @click.option("--url", default=None, help="Registry to ask (platform mode), e.g. "
               "https://registry.example.org; without it, the local database (operator mode).")
 @click.option("--key", envvar="TAKEDOWN_API_KEY", default=None,
               help="Platform API key for --url [env TAKEDOWN_API_KEY].")
 @FILES
 @click.pass_obj
-@handle_errors
 def match(ctx: Context, as_json: bool, url: str | None, key: str | None,
           files: tuple[str, ...]) -> None:
     """Hash FILES locally and match them. With --url, only the hashes are sent to that
@@ -108,6 +109,8 @@ def match(ctx: Context, as_json: bool, url: str | None, key: str | None,
         _hash_files(files, ctx.settings))
     if url:
         assert key is not None
+        from cli import client  # urllib and ssl: only in platform mode
+
         # Queries are numbered, not named by path (a path may be longer than an id may be);
         # a file the registry could not match gets its own error line, not the batch's.
         queries, sent = [], []

@@ -6,22 +6,22 @@ import sys
 
 import click
 
-from cli.main import Context, cli, handle_errors
-from cli.output import emit_json
-from registry.bootstrap import upgrade_database
+from cli.context import Context
+from cli.output import emit_json, json_option
 
 
-@cli.group()
+@click.group()
 def db() -> None:
     """Database schema."""
 
 
 @db.command("upgrade")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def upgrade(ctx: Context, as_json: bool) -> None:
     """Apply pending migrations to the configured database."""
+    from registry.bootstrap import upgrade_database
+
     revision = upgrade_database(ctx.settings)
     if as_json:
         emit_json({"revision": revision})
@@ -29,15 +29,14 @@ def upgrade(ctx: Context, as_json: bool) -> None:
         click.echo(f"Database is at revision {revision}.")
 
 
-@cli.group()
+@click.group()
 def index() -> None:
     """The in-memory matching index and its snapshot."""
 
 
 @index.command("rebuild")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def rebuild(ctx: Context, as_json: bool) -> None:
     """Rebuild the index from the database and write a fresh snapshot."""
     registry = ctx.registry(load_index=False)
@@ -54,9 +53,8 @@ def rebuild(ctx: Context, as_json: bool) -> None:
 
 
 @index.command("verify")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def verify(ctx: Context, as_json: bool) -> None:
     """Check the index (snapshot + log) against the database; exit 1 on any difference."""
     report = ctx.registry().verify_index()
@@ -76,9 +74,8 @@ def verify(ctx: Context, as_json: bool) -> None:
 
 
 @index.command("stats")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def stats(ctx: Context, as_json: bool) -> None:
     """Index size per signal, change-log position, database counts."""
     data = ctx.registry().index_stats()
@@ -95,9 +92,8 @@ def stats(ctx: Context, as_json: bool) -> None:
 
 
 @index.command("snapshot")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def snapshot(ctx: Context, as_json: bool) -> None:
     """Write a snapshot of the current index (atomic) for fast restarts."""
     path = ctx.registry().save_snapshot()

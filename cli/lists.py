@@ -9,16 +9,18 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from cli.main import Context, cli, handle_errors
-from cli.output import emit_json
+from cli.context import Context
+from cli.output import emit_json, json_option
 from registry.errors import UnreadableFile
 from registry.interop import FORMATS, read
-from registry.service.exchange import Step
-from registry.service.lists import ImportReport
+
+if TYPE_CHECKING:
+    from registry.service.exchange import Step
+    from registry.service.lists import ImportReport
 
 FORMAT = click.Choice(FORMATS)
 
@@ -38,7 +40,7 @@ class _Counted(io.RawIOBase):
         return int(n or 0)
 
 
-@cli.command("import")
+@click.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=FORMAT, required=True, help="The list's format "
               "(docs/formats.md).")
@@ -46,9 +48,8 @@ class _Counted(io.RawIOBase):
               help="The bank it goes into (one per source; created when new).")
 @click.option("--dry-run", is_flag=True, help="Check every record and count what would "
               "change; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@json_option("The report as one JSON object.")
 @click.pass_obj
-@handle_errors
 def import_cmd(ctx: Context, file: str, fmt: str, bank: str, dry_run: bool,
                as_json: bool) -> None:
     """Import hash list FILE into bank NAME, all or nothing: every value is checked as API
@@ -91,18 +92,16 @@ def _print_import(report: ImportReport, file: str) -> None:
         click.echo(f"Imported into bank '{report.bank}': {counts}.")
 
 
-@cli.command("export")
+@click.command("export")
 @click.option("--bank", required=True, metavar="NAME")
 @click.option("--format", "fmt", type=FORMAT, required=True)
 @click.option("--since", default=None, metavar="CURSOR",
               help="Only hashes changed after this cursor (the one the last export printed).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the list to this file (whole or not at all) instead of stdout.")
-@click.option("--json", "as_json", is_flag=True,
-              help="The summary (records, next cursor) as JSON: on stdout with --out, on "
-                   "stderr otherwise.")
+@json_option("The summary (records, next cursor) as JSON: on stdout with --out, on stderr "
+             "otherwise.")
 @click.pass_obj
-@handle_errors
 def export_cmd(ctx: Context, bank: str, fmt: str, since: str | None, out: str | None,
                as_json: bool) -> None:
     """Write bank NAME's hashes, active and withdrawn, in a list format; the next cursor
@@ -127,7 +126,7 @@ def export_cmd(ctx: Context, bank: str, fmt: str, since: str | None, out: str | 
                    f"{report.next_cursor}", err=True)
 
 
-@cli.command()
+@click.command()
 @click.argument("url")
 @click.option("--key", envvar="TAKEDOWN_UPSTREAM_KEY", required=True,
               help="An API key of that registry with the feed scope [env "
@@ -139,10 +138,8 @@ def export_cmd(ctx: Context, bank: str, fmt: str, since: str | None, out: str | 
 @click.option("--from-start", is_flag=True,
               help="Read the whole feed again (after that registry was restored): hashes "
                    "already here change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per page that changed "
-              "something.")
+@json_option("One JSON object per page that changed something.")
 @click.pass_obj
-@handle_errors
 def follow(ctx: Context, url: str, key: str, bank: str, once: bool, interval: float,
            from_start: bool, as_json: bool) -> None:
     """Follow the registry at URL: its hash feed, adds and withdrawals, into bank NAME. Each

@@ -1,62 +1,35 @@
-"""The ``takedown`` click group: global options, error mapping, and the command groups."""
+"""The ``takedown`` click group: global options, the one error mapping, and the commands.
+
+The command modules define their commands standalone and import nothing heavy at module level
+(the service, hashing and web libraries are imported inside the commands), so ``takedown
+--help`` does not load SQLAlchemy, NumPy, OpenCV or Flask."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from registry.bootstrap import build_registry
-from registry.config import Settings
+from cli import audit, banks, cases, hashing, index, lists, platforms, serve, stats
+from cli.context import Context
 from registry.errors import RegistryError
-from registry.service import Registry
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass
-class Context:
-    """Per-invocation state: settings from env + options, and a lazily built registry."""
+class TakedownGroup(click.Group):
+    """The top-level group; the one place a RegistryError raised by any command, however
+    deeply nested, becomes 'Error: <message>' on stderr and exit status 1 (never a
+    traceback). Commands that exit with their own status (sys.exit) keep it."""
 
-    overrides: dict[str, Any]
-    _settings: Settings | None = None
-    _registry: Registry | None = field(default=None, repr=False)
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = Settings.from_env(**self.overrides)
-        return self._settings
-
-    def registry(self, *, load_index: bool = True) -> Registry:
-        if self._registry is None:
-            self._registry = build_registry(self.settings, load_index=load_index)
-        return self._registry
-
-    def close(self) -> None:
-        if self._registry is not None:
-            self._registry.close()
-
-
-def handle_errors(func: F) -> F:
-    """RegistryError -> 'Error: <message>' on stderr and exit 1 (never a traceback)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
+            return super().invoke(ctx)
         except RegistryError as e:
             click.echo(f"Error: {e.message}", err=True)
             sys.exit(1)
 
-    return wrapper  # type: ignore[return-value]
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TakedownGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--database-url", envvar="TAKEDOWN_DATABASE_URL", default=None,
               help="SQLAlchemy URL of the database [env TAKEDOWN_DATABASE_URL; default SQLite "
                    "at DATA_DIR/registry.db].")
@@ -74,19 +47,19 @@ def cli(ctx: click.Context, database_url: str | None, data_dir: str | None) -> N
     ctx.call_on_close(state.close)
 
 
+for _command in (
+    audit.audit,
+    banks.bank, banks.benign, banks.canary, banks.quarantine,
+    cases.case,
+    hashing.hash_cmd, hashing.match, hashing.submit,
+    index.db, index.index,
+    lists.export_cmd, lists.follow, lists.import_cmd,
+    platforms.platform,
+    serve.serve,
+    stats.stats,
+):
+    cli.add_command(_command)
+
+
 def main() -> None:
     cli(prog_name="takedown")
-
-
-# The command modules attach themselves to ``cli``; imported last so they can import it.
-from cli import (  # noqa: E402, F401
-    audit,
-    banks,
-    cases,
-    hashing,
-    index,
-    lists,
-    platforms,
-    serve,
-    stats,
-)

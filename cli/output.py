@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from registry.errors import FileTooLarge, UnreadableFile
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JSON_LINES = "One JSON object per line."
+
+
+def json_option(help: str | None = None) -> Callable[[F], F]:
+    """The ``--json`` flag every command that can print JSON takes, as parameter ``as_json``;
+    ``help`` says what the JSON is where it is more than the command's usual output."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
 
 
 def emit_json(obj: object) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from cli.main import Context, cli, handle_errors
-from cli.output import emit_json
+from cli.context import Context
+from cli.output import JSON_LINES, emit_json, json_option
 from registry.domain import Platform, Scope
 
 
-@cli.group()
+@click.group()
 def platform() -> None:
     """Manage platforms and their API keys."""
 
@@ -24,9 +24,8 @@ def _print(p: Platform) -> None:
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, type=click.Choice([s.value for s in Scope]),
               help="Grant a scope (repeatable; default: match). 'feed' allows reading raw hashes.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"platform": ..., "key": ...}.')
+@json_option('Print {"platform": ..., "key": ...}.')
 @click.pass_obj
-@handle_errors
 def add(ctx: Context, name: str, scopes: tuple[str, ...], as_json: bool) -> None:
     """Create platform NAME and print its API key (shown only this once)."""
     p, key = ctx.registry(load_index=False).add_platform(name, [Scope(s) for s in scopes])
@@ -38,9 +37,8 @@ def add(ctx: Context, name: str, scopes: tuple[str, ...], as_json: bool) -> None
 
 
 @platform.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@json_option(JSON_LINES)
 @click.pass_obj
-@handle_errors
 def list_cmd(ctx: Context, as_json: bool) -> None:
     """List platforms (keys are never shown, only their first characters)."""
     for p in ctx.registry(load_index=False).list_platforms():
@@ -49,9 +47,8 @@ def list_cmd(ctx: Context, as_json: bool) -> None:
 
 @platform.command("revoke")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @click.pass_obj
-@handle_errors
 def revoke(ctx: Context, name: str, as_json: bool) -> None:
     """Revoke platform NAME's key, with immediate effect."""
     p = ctx.registry(load_index=False).revoke_platform(name)
@@ -60,9 +57,8 @@ def revoke(ctx: Context, name: str, as_json: bool) -> None:
 
 @platform.command("rotate")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help='Print {"platform": ..., "key": ...}.')
+@json_option('Print {"platform": ..., "key": ...}.')
 @click.pass_obj
-@handle_errors
 def rotate(ctx: Context, name: str, as_json: bool) -> None:
     """Give platform NAME a new key; the old one stops working at once."""
     p, key = ctx.registry(load_index=False).rotate_platform_key(name)

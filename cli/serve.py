@@ -8,24 +8,24 @@ import sys
 
 import click
 
-from cli.main import Context, cli, handle_errors
-from registry.web import create_app
-from registry.web.wsgi import settle_heap
+from cli.context import Context
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="More than 1: run gunicorn with this many worker processes, each with its "
                    "own index following the change log (the production shape).")
 @click.pass_obj
-@handle_errors
 def serve(ctx: Context, host: str, port: int, workers: int) -> None:
     """Serve the web pages and the API (embedded default: one process, threads)."""
     if workers > 1:
         _gunicorn(ctx, host, port, workers)
     from werkzeug.serving import run_simple
+
+    from registry.web import create_app
+    from registry.web.wsgi import settle_heap
 
     registry = ctx.registry()
     registry.follow_changes()

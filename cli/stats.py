@@ -6,14 +6,13 @@ from typing import Any
 
 import click
 
-from cli.main import Context, cli, handle_errors
-from cli.output import emit_json
+from cli.context import Context
+from cli.output import emit_json, json_option
 
 
-@cli.command("stats")
-@click.option("--json", "as_json", is_flag=True)
+@click.command("stats")
+@json_option()
 @click.pass_obj
-@handle_errors
 def stats(ctx: Context, as_json: bool) -> None:
     """Cases by status, signals by bank, kind and status, platforms with their matches (all
     time, last day, last week) and feedback, the review queue (hashes reported
