@@ -61,7 +61,7 @@ bench-accuracy: $(STAMP)
 	$(BIN)/python bench/accuracy.py
 
 bench-http: $(STAMP)
-	$(BIN)/python bench/http.py
+	$(BIN)/python bench/http_throughput.py
 
 bench-api: $(STAMP)
 	$(BIN)/python bench/api_overhead.py

@@ -44,11 +44,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path, and its http.py would hide the standard
-# library's ``http`` package (as bench/http.py explains): drop it.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-ROOT = _HERE.parent
+ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -60,7 +56,6 @@ import io  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import selectors  # noqa: E402
 import shutil  # noqa: E402
@@ -871,22 +866,12 @@ def enumeration(settings: dict[str, Any]) -> dict[str, Any]:
 
 # --- report -----------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
-    import gunicorn as g
+    from bench.common import machine_info as common_info
 
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     binary = nginx_binary()
-    version = (subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
-               if binary else None)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True, check=False).stdout.strip() or None
-    return {"nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "gunicorn": g.__version__, "nginx": version, "platform": platform.platform(),
-            "git_commit": commit, "loadavg_at_start": list(os.getloadavg())}
+    nginx = (subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
+             if binary else None)
+    return {**common_info("gunicorn"), "nginx": nginx}
 
 
 def print_table(report: dict[str, Any]) -> None:

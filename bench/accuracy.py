@@ -45,10 +45,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/http.py would shadow the standard library's http package: bench/ goes last on the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-sys.path.insert(0, str(ROOT))
-sys.path.append(str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # this tree's registry, also when run from a copy of it
 
 from transforms import variants  # noqa: E402
 

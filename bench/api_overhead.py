@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/http.py would shadow the standard library's http package: keep bench/ off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from registry.bootstrap import build_registry  # noqa: E402

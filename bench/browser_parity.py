@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/ holds a script named http.py: keep it from shadowing the standard library's package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
@@ -140,8 +138,6 @@ def local_matches(photos: list[tuple[str, bytes]], browser: dict[str, str | None
     import base64
 
     import numpy as np
-
-    sys.path.append(str(ROOT / "bench"))
     from transforms import variants
 
     from registry.config import Settings

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -31,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from bench.common import machine_info  # noqa: E402
 from registry.domain import Signal, SignalKind  # noqa: E402
 from registry.interop import ExportRecord, write  # noqa: E402
 
@@ -74,15 +74,6 @@ def takedown(data: Path, *args: str) -> tuple[float, float, dict[str, Any] | str
     return wall, usage.ru_maxrss / 1024, result
 
 
-def machine() -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("bench_http", ROOT / "bench" / "http.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    info: dict[str, Any] = module.machine_info()
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -90,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "import.json"))
     args = p.parse_args(argv)
     recs = records(args.rows)
-    results: dict[str, Any] = {"rows": args.rows, "machine": machine(),
+    results: dict[str, Any] = {"rows": args.rows, "machine": machine_info(),
                                "when": datetime.now(UTC).isoformat(timespec="seconds"),
                                "command": "bench/import_list.py " + " ".join(argv or sys.argv[1:]),
                                "formats": {}}

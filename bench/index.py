@@ -31,7 +31,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -70,43 +69,10 @@ def rss_bytes() -> int:
 
 
 def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_total = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem_total = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=False).stdout.strip() or None
-    except OSError:
-        commit = None
-    return {
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "mem_total_bytes": mem_total,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "platform": platform.platform(),
-        "git_commit": commit,
-        "registry_index": _code_state(),
-        "caches": _caches(),
-        "faiss_compile_options": faiss.get_compile_options(),
-        "loadavg_at_start": list(os.getloadavg()),
-    }
+    from bench.common import machine_info as common_info
+
+    return {**common_info(), "registry_index": _code_state(), "caches": _caches(),
+            "faiss_compile_options": faiss.get_compile_options()}
 
 
 def _code_state() -> dict[str, Any]:

@@ -2,16 +2,17 @@
 """Where one batched ``POST /api/v1/match`` spends its time, stage by stage.
 
 Runs batches of ``--batch`` four-signal queries (PDQ, pHash, MD5, SHA-256, built as
-``bench/http.py`` builds them: no near copies, and half near copies) through
-``create_app(registry).test_client()`` in this process, over a registry that ``bench/http.py``
-set up (same ``--data-dir``, ``--hashes`` and ``--database-url``). Two views of the same request:
+``bench/http_throughput.py`` builds them: no near copies, and half near copies) through
+``create_app(registry).test_client()`` in this process, over a registry that
+``bench/http_throughput.py`` set up (same ``--data-dir``, ``--hashes`` and ``--database-url``).
+Two views of the same request:
 
 * **stage timer**: the functions each stage is made of are wrapped with a timer that records
   wall time and this thread's CPU time, *exclusive* of the nested stages (so the stages add up
   to the request; "rest" is Flask, Werkzeug, the limiter and the test client). The wrappers
   cost about a microsecond a call, a few ms per batch in the per-query stages.
 * **cProfile**: the cumulative time of the same functions, the time by library (the categories
-  of ``bench/http.py --breakdown``) and the functions with the most exclusive time.
+  of ``bench/http_throughput.py --breakdown``) and the functions with the most exclusive time.
 
 Database time shows as wall time with little CPU in this process: the rest is PostgreSQL's own
 CPU and the round trips, which the benchmark's ``server_cpu_ms_per_hash`` does not count.
@@ -30,7 +31,6 @@ import contextlib
 import cProfile
 import functools
 import gc
-import importlib.util
 import json
 import os
 import pstats
@@ -50,13 +50,10 @@ import numpy as np  # noqa: E402
 
 
 def _bench_http() -> Any:
-    """bench/http.py as a module (its name would shadow the standard library's ``http``)."""
-    spec = importlib.util.spec_from_file_location("bench_http", ROOT / "bench" / "http.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_http"] = module
-    spec.loader.exec_module(module)
-    return module
+    """bench/http_throughput.py, whose corpus and queries this profile reuses."""
+    from bench import http_throughput
+
+    return http_throughput
 
 
 class StageTimer:

@@ -22,26 +22,18 @@ Milvus Lite server uses what threads it likes, and its CPU seconds per wall seco
 
 from __future__ import annotations
 
+import argparse
+import gc
+import json
+import os
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-# Run as a script, this folder comes first on sys.path and its http.py would hide the standard
-# library's ``http`` package (pymilvus' dependencies need it). Drop it.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from importlib.metadata import version  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -49,6 +41,7 @@ if str(ROOT) not in sys.path:
 
 import faiss  # noqa: E402
 
+from bench.common import machine_info  # noqa: E402
 from registry.index import MultiIndex  # noqa: E402
 from registry.index.base import SearchResult  # noqa: E402
 
@@ -269,14 +262,7 @@ def measure(n: int, queries: int, seed: int, uri_dir: Path) -> dict[str, Any]:
 
 # --- report ------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": model, "nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "faiss": faiss.__version__,
-            "pymilvus": version("pymilvus"), "milvus_lite": version("milvus-lite")}
+    return machine_info("pymilvus", "milvus-lite")
 
 
 def table(report: dict[str, Any]) -> str:

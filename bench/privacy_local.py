@@ -64,8 +64,6 @@ import numpy.typing as npt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/http.py would shadow the standard library's http package: bench/ goes last on the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from registry.hashing import DecodeOptions, compute_signals  # noqa: E402

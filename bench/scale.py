@@ -30,8 +30,8 @@ Phases (each can be skipped with ``--skip``):
    from 4 client threads until each of the 4 worker processes has reported an index position at
    or past the commit: add-to-visible; then the same for a withdrawal. ``--rounds`` times. Also
    which snapshot file (inode) each worker maps.
-5. **throughput**: ``bench/http.py`` run against PostgreSQL (``--database-url``), 1M hashes,
-   as its own process; its JSON is included.
+5. **throughput**: ``bench/http_throughput.py`` run against PostgreSQL (``--database-url``), 1M
+   hashes, as its own process; its JSON is included.
 6. **milvus**: ``bench/milvus_index.py``'s ``measure``: Milvus Lite (BIN_FLAT), MultiIndex and
    faiss flat on the same ``--milvus-hashes`` codes: insert rate, latency, batched throughput,
    agreement with brute force, the Milvus server's memory and file size.
@@ -47,10 +47,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path and its http.py would hide the standard
-# library's ``http`` package (urllib needs it). Drop it.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
@@ -693,9 +690,9 @@ def phase_throughput(hashes: int, seconds: float) -> dict[str, Any]:
     url = make_pg_database()
     out_path = Path(tempfile.mkdtemp(prefix="takedown-scale-http-")) / "http.json"
     try:
-        subprocess.run([sys.executable, str(ROOT / "bench" / "http.py"), "--hashes", str(hashes),
-                        "--database-url", url, "--seconds", str(seconds), "--no-breakdown",
-                        "--out", str(out_path)], check=True)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "http_throughput.py"),
+                        "--hashes", str(hashes), "--database-url", url, "--seconds",
+                        str(seconds), "--no-breakdown", "--out", str(out_path)], check=True)
         return json.loads(out_path.read_text())  # type: ignore[no-any-return]
     finally:
         drop_pg_database(url)

@@ -11,9 +11,9 @@ while this one restarts and stops its own. The registry gets a fresh database in
 Phases:
 
 1. **setup**: ``--hashes`` images registered through the service (``Registry.register_bank``,
-   2,000 images per call, as ``bench/http.py`` does), each with PDQ, pHash, MD5 and SHA-256
-   (seeded random codes), plus one ~2 MP photo (generated in memory) with every view and local
-   signal a registration computes; the index is built and a snapshot written; a platform key.
+   2,000 images per call, as ``bench/http_throughput.py`` does), each with PDQ, pHash, MD5 and
+   SHA-256 (seeded random codes), plus one ~2 MP photo (generated in memory) with every view and
+   local signal a registration computes; the index is built and a snapshot written; a platform key.
    Then ``gunicorn 'registry.web.wsgi:create()' -w WORKERS`` with ``TAKEDOWN_DATABASE_URL``,
    ``TAKEDOWN_REDIS_URL``, a shared ``TAKEDOWN_SECRET_KEY`` and **generous rate limits**
    (``TAKEDOWN_RATE_LIMIT``, ``TAKEDOWN_SUBMIT_LIMIT`` and ``TAKEDOWN_CASE_LIMIT`` all
@@ -63,10 +63,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this folder comes first on sys.path and its http.py would hide the standard
-# library's ``http`` package from everything (urllib, http.client, locust). Drop it.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 ROOT = _HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -108,14 +105,10 @@ FAULTS = ("kill_worker", "restart_postgres", "redis_outage", "snapshot_readonly"
 
 @functools.cache
 def bench_http() -> Any:
-    """bench/http.py as a module (its data helpers: random codes, digests, JPEGs, queries)."""
-    import importlib.util
+    """bench/http_throughput.py (its data helpers: random codes, digests, JPEGs, queries)."""
+    from bench import http_throughput
 
-    spec = importlib.util.spec_from_file_location("bench_http", _HERE / "http.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return http_throughput
 
 
 def free_port() -> int:
@@ -385,9 +378,10 @@ class SnapshotDir:
 # --- the registry: data, server ---------------------------------------------------------------
 def setup_registry(url: str, data_dir: Path, n: int, seed: int, image_size: tuple[int, int],
                    pin_kdf_n: int, batch: int = 2000) -> dict[str, Any]:
-    """Migrate the fresh database, register ``n`` images of four signals (as bench/http.py
-    setup_data, but nothing but the codes is written to disk: no image), one photo with its
-    registered views, build the index and write its snapshot; a platform key."""
+    """Migrate the fresh database, register ``n`` images of four signals (as
+    bench/http_throughput.py's setup_data, but nothing but the codes is written to disk: no
+    image), one photo with its registered views, build the index and write its snapshot; a
+    platform key."""
     import numpy as np
 
     from registry.bootstrap import build_registry, upgrade_database
@@ -1661,9 +1655,9 @@ def parse_weights(text: str) -> dict[str, int]:
 
 
 def machine() -> dict[str, Any]:
-    bh = bench_http()
-    info: dict[str, Any] = bh.machine_info()
-    return info
+    from bench.common import machine_info
+
+    return machine_info("gunicorn", "locust")
 
 
 def main(argv: list[str] | None = None) -> int:

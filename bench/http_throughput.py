@@ -31,9 +31,9 @@ What it does, in order:
    into the index search (faiss), database work (SQLAlchemy), request/response schemas
    (marshmallow), JSON and the rest.
 
-    .venv/bin/python bench/http.py                        # 1M hashes; ~4 min set-up the 1st time
-    .venv/bin/python bench/http.py --quick                # 20k hashes, short phases (smoke run)
-    .venv/bin/python bench/http.py --hashes 1000000 --seconds 60 --clients 4
+    .venv/bin/python bench/http_throughput.py             # 1M hashes; ~4 min set-up the 1st time
+    .venv/bin/python bench/http_throughput.py --quick     # 20k hashes, short phases (smoke run)
+    .venv/bin/python bench/http_throughput.py --hashes 1000000 --seconds 60 --clients 4
 
 Results go to ``bench/results/http.json`` (``--out``); the table is printed. The benchmark client
 runs on the same machine as the server, so it takes some of the same CPU.
@@ -44,12 +44,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is bench/http.py: run as a script, its folder comes first on sys.path and would hide
-# the standard library's ``http`` package from every module (urllib, http.client). Drop it.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-ROOT = _HERE.parent
+ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -61,7 +56,6 @@ import http.client  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import pstats  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
@@ -78,52 +72,14 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
+from bench.common import machine_info  # noqa: E402
+
 SETUP_VERSION = 2
 PHASES = ("batch", "batch_random", "batch_full", "batch_full_random", "single",
           "single_concurrent", "image", "image_concurrent")
 REGISTER_BATCH = 2000  # images per Registry.register_bank call (imports take up to 10,000)
 NEAR_DUP_MAX_BITS = 16
 HOST = "127.0.0.1"
-
-
-# --- machine ----------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    import faiss
-
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_total = None
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem_total = int(line.split()[1]) * 1024
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=False).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "registry"], cwd=ROOT,
-                               capture_output=True, text=True, check=False).stdout.splitlines()
-    except OSError:
-        commit, dirty = None, []
-    import gunicorn
-
-    return {
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "mem_total_bytes": mem_total,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "faiss": faiss.__version__,
-        "gunicorn": gunicorn.__version__,
-        "platform": platform.platform(),
-        "git_commit": commit,
-        "registry_uncommitted": [line.strip() for line in dirty],
-        "loadavg_at_start": list(os.getloadavg()),
-    }
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -826,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
                                *sys.argv]),
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "machine": machine_info(),
+        "machine": machine_info("gunicorn"),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "notes": [
             "Client and server share the machine: the benchmark's client threads use some of "
