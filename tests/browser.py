@@ -1,6 +1,6 @@
 """Headless Chromium for browser tests: Debian's ``/usr/bin/chromium`` driven by Playwright.
 
-Playwright's own browser downloads do not work here (docs: ../shared/NOTES.md, "Browser"), so
+Playwright's own browser downloads need a download site the project's machines do not reach, so
 tests launch the system Chromium through ``executable_path``. Use::
 
     from tests.browser import launch_chromium, static_server

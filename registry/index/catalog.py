@@ -31,7 +31,8 @@ INDEXED = (*PERCEPTUAL, SignalKind.LOCAL)
 
 def single_thread() -> None:
     """One OpenMP thread per server process: parallelism comes from processes, and two threads
-    on a shared 2-core machine made single queries 5-15x slower (NOTES.md)."""
+    on a shared 2-core machine made single queries 5-15x slower (measured on this project's
+    2-vCPU machines; faiss' OpenMP threads spin while they wait)."""
     faiss.omp_set_num_threads(1)
 
 

@@ -1,6 +1,6 @@
 """FlatIndex: faiss exhaustive Hamming scans over a large base plus a small delta.
 
-Why this shape (measured, see ../shared/NOTES.md and bench/index.py): adding to a large faiss
+Why this shape (measured with bench/index.py, docs/performance.md): adding to a large faiss
 flat index occasionally stalls on a buffer copy and removing one id from 10M costs ~50 ms, so new
 codes go to a small delta index and removals become tombstones; ``compact`` folds both into a new
 base when either grows past a fraction of the base. Ids live beside faiss in a numpy array (row ->

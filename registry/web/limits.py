@@ -1,6 +1,7 @@
 """Per-key rate limits: in memory in the embedded default, in Redis when TAKEDOWN_REDIS_URL is
 set (shared by every worker and machine). Built per app: a module-level limiter would be shared
-by every app the factory builds (NOTES.md)."""
+by every app the factory builds, and its counters with them (Flask-Limiter keeps its storage on
+the limiter object)."""
 
 from __future__ import annotations
 
