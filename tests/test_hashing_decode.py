@@ -742,7 +742,19 @@ def test_max_pixels_above_pillows_default_is_honoured():
     # 9500 x 9500 = 90.25 MP: under the configured 200 MP, over Pillow's default. The header
     # has no pixel data, so the right outcome is TruncatedImage, not ImageTooLarge.
     data = png_header_only(9500, 9500, bit_depth=1, colour=0)
+    before = Image.MAX_IMAGE_PIXELS
     expect(errors.TruncatedImage, "truncated_image", data, DecodeOptions(max_pixels=200_000_000))
+    assert before == Image.MAX_IMAGE_PIXELS  # Pillow's process-wide limit is left alone
+
+
+def test_past_pillows_own_ceiling_is_refused_with_the_ceiling_named():
+    # Pillow refuses past twice its MAX_IMAGE_PIXELS whatever max_pixels says: a clear error.
+    assert Image.MAX_IMAGE_PIXELS is not None
+    side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 10
+    data = png_header_only(side, side, bit_depth=1, colour=0)
+    e = expect(errors.ImageTooLarge, "image_too_large", data,
+               DecodeOptions(max_pixels=side * side + 1))
+    assert str(2 * Image.MAX_IMAGE_PIXELS) in e.message
 
 
 def test_file_over_max_bytes():

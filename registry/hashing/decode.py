@@ -92,9 +92,9 @@ def decode_image(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image
         )
     # Truncated files must fail, never be half-hashed; this is Pillow's default, asserted here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    if Image.MAX_IMAGE_PIXELS is not None and options.max_pixels > Image.MAX_IMAGE_PIXELS:
-        # Our own limit, checked from the header below, replaces Pillow's lower default.
-        Image.MAX_IMAGE_PIXELS = options.max_pixels
+    # Pillow's own bomb limit is process-wide and left alone: our limit is checked from the
+    # header below; Pillow warns past its MAX_IMAGE_PIXELS (ignored) and refuses past twice it
+    # (~179 MP), which caps a max_pixels set higher than that.
     try:
         with warnings.catch_warnings():
             # Pillow warns about oddities it recovers from (corrupt EXIF, bomb-sized images we
@@ -108,9 +108,9 @@ def decode_image(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image
                 img.load()
                 picture = img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        ceiling = min(options.max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or options.max_pixels))
         raise ImageTooLarge(
-            f"The image has more than {options.max_pixels} pixels; the limit stops "
-            "decompression bombs."
+            f"The image has more than {ceiling} pixels; the limit stops decompression bombs."
         ) from None
     except UnidentifiedImageError:
         raise NotAnImage(
