@@ -132,7 +132,7 @@ def _header(position: int, fingerprint: str, sections: list[AnySection],
 def save(path: Path, position: int, sections: list[AnySection], fingerprint: str = "",
          left_out: list[str] | None = None) -> None:
     """``fingerprint`` identifies the change-log entry at ``position`` (see
-    :meth:`registry.store.uow.ChangeLog.fingerprint`): a loader checks that the database it
+    :meth:`registry.store.logs.ChangeLog.fingerprint`): a loader checks that the database it
     replays the tail from has the same history. ``left_out``: kinds whose index lives elsewhere
     (an engine), so a loader that needs them can refuse the file instead of serving them empty."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from registry.interop import KINDS, Entry, ExportRecord, Problem, carries, write
 from registry.service.feed import parse_cursor
 from registry.store import Store, Transaction
 from registry.store.lists import Key, ListedRow
-from registry.store.uow import loaded_signal, stored_payload, stored_value
+from registry.store.values import loaded_signal, stored_payload, stored_value
 
 FLUSH_EVERY = 20_000  # rows per bulk statement
 MAX_REPORTED = 100  # problems listed in a report (all are counted)

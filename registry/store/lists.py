@@ -16,15 +16,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from registry.domain import ChangeAction, SignalKind, SignalStatus
+from registry.store.logs import ChangeLog
 from registry.store.models import ChangeRow, SignalRow
-from registry.store.uow import (
-    ChangeLog,
-    SignalRepository,
-    _aware,
-    _chunks,
-    insert_signals,
-    now,
-)
+from registry.store.signals import SignalRepository
+from registry.store.values import _aware, _chunks, insert_signals, now
 
 Key = tuple[str, str, str]  # (kind, stored value, source_ref)
 PURGED = SignalStatus.PURGED.value

@@ -1,7 +1,7 @@
 """Change notifications: PostgreSQL LISTEN/NOTIFY wakes the index followers of every worker.
 
 Writers send ``NOTIFY takedown_changes`` inside the transaction that appends to the change log
-(:class:`registry.store.uow.ChangeLog`); PostgreSQL delivers it at commit, to every listening
+(:class:`registry.store.logs.ChangeLog`); PostgreSQL delivers it at commit, to every listening
 connection. A :class:`Listener` holds one such connection per worker process. Notifications are
 only a wake-up call: followers still read the log by position and also poll, so a lost
 notification (a dropped connection, a restart) costs at most one poll interval. SQLite has no
