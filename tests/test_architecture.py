@@ -254,6 +254,25 @@ def test_only_bootstrap_builds_the_store_and_index():
                     f"{m.name} constructs {node.func.id}; only registry.bootstrap wires parts")
 
 
+CONCRETE_INDEXES = ("FlatIndex", "MultiIndex", "SampledIndex", "MilvusIndex", "BruteForceIndex")
+
+
+def test_the_service_knows_indexes_only_by_their_protocols():
+    # IndexSet (registry.index.catalog) builds the concrete indexes; the service types them as
+    # HashIndex / Foldable / Compactable (registry.index.base) and never asks for a class.
+    for m in modules(ROOT):
+        if not m.name.startswith("registry.service"):
+            continue
+        tree = ast.parse(m.path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id in CONCRETE_INDEXES:
+                raise AssertionError(f"{m.name}:{node.lineno} names {node.id}")
+        for target in resolve(m, {x.name for x in modules(ROOT)}):
+            assert target not in {f"registry.index.{x}" for x in ("flat", "multi", "sampled",
+                                                                "milvus", "brute")}, (m.name,
+                                                                                     target)
+
+
 def test_the_service_never_reads_the_environment_or_an_edge():
     for m in modules(ROOT):
         if m.name.startswith("registry.service"):

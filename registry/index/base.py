@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -45,6 +45,32 @@ class HashIndex(Protocol):
 
     @property
     def stats(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class Foldable(Protocol):
+    """An in-process index with a delta and tombstones beside its base: ``compact`` folds them
+    into a new base at once (FlatIndex, MultiIndex, SampledIndex)."""
+
+    def compact(self) -> None: ...
+
+
+@runtime_checkable
+class Compactable(Foldable, Protocol):
+    """A foldable index that can also fold in the background (MultiIndex, SampledIndex): the
+    plan is taken under the keeper's lock, built outside it (searches go on), and swapped in
+    under the lock again; ``auto_compact`` off keeps ``add``/``remove`` from folding inline."""
+
+    auto_compact: bool
+
+    @property
+    def needs_compaction(self) -> bool: ...
+
+    def begin_compaction(self) -> Any: ...
+
+    def build(self, plan: Any) -> None: ...
+
+    def finish_compaction(self, plan: Any) -> bool: ...
 
 
 class EngineIndex(HashIndex, Protocol):

@@ -12,34 +12,24 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from registry.domain import ChangeAction, SignalKind
 from registry.errors import SnapshotError
 from registry.index import snapshot
-from registry.index.base import EngineIndex, HashIndex, Ids, SearchResult
+from registry.index.base import (
+    Compactable,
+    EngineIndex,
+    Foldable,
+    HashIndex,
+    Ids,
+    SearchResult,
+)
 from registry.index.catalog import INDEXED, PERCEPTUAL, IndexOptions, IndexSet, close_all
-from registry.index.flat import FlatIndex
 from registry.index.local import Keypoints, Verified
-from registry.index.multi import MultiIndex
-from registry.index.sampled import SampledIndex
 from registry.store import Store
 from registry.store.engine import HeldLock
-
-PlanT = TypeVar("PlanT")
-
-
-class _Compactable(Protocol[PlanT]):
-    """What background compaction needs of an index (MultiIndex, SampledIndex)."""
-
-    @property
-    def needs_compaction(self) -> bool: ...
-    def begin_compaction(self) -> PlanT: ...
-    def build(self, plan: PlanT) -> None: ...
-    def finish_compaction(self, plan: PlanT) -> bool: ...
-
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -309,7 +299,7 @@ class IndexKeeper:
         if self.external and self.external_writer():
             self._fill_external(set(self.external))
         # One build of the local tables once every signal is in, not one per growth step.
-        if isinstance(fresh.local.inner, MultiIndex | SampledIndex):
+        if isinstance(fresh.local.inner, Compactable):
             fresh.local.inner.auto_compact = False
         with self.store.transaction(write=False) as tx:
             position = tx.changes.head()
@@ -329,16 +319,16 @@ class IndexKeeper:
                                 [b for _, b in blobs])
                 if progress:
                     progress(len(blobs))
-        if isinstance(fresh.local.inner, MultiIndex | SampledIndex):
+        if isinstance(fresh.local.inner, Compactable):
             fresh.local.inner.compact()
             fresh.local.inner.auto_compact = self.options.auto_compact
         for kind, (ids, codes) in parts.items():
             if ids:
                 arr = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(-1, kind.bits // 8)
                 index = fresh.indexes[kind]
-                assert isinstance(index, MultiIndex | FlatIndex)
                 index.add(np.concatenate(ids), arr)
-                index.compact()
+                if isinstance(index, Foldable):
+                    index.compact()
         fresh.position = position
         with self.lock:
             self.indexes = fresh
@@ -373,13 +363,13 @@ class IndexKeeper:
         self.options = dataclasses.replace(self.options, auto_compact=False)
         with self.lock:
             for index in (*self.indexes.indexes.values(), self.indexes.local.inner):
-                if isinstance(index, MultiIndex | SampledIndex):
+                if isinstance(index, Compactable):
                     index.auto_compact = False
 
     def needs_compaction(self, kinds: Iterable[SignalKind] = PERCEPTUAL) -> bool:
         """Whether some multi-index of ``kinds`` passed its delta or tombstone bound."""
         with self.lock:
-            return any(isinstance(i, MultiIndex | SampledIndex) and i.needs_compaction
+            return any(isinstance(i, Compactable) and i.needs_compaction
                        for i in (self._inner(k) for k in kinds))
 
     def compact_pending(self, kinds: Iterable[SignalKind] = INDEXED) -> int:
@@ -392,11 +382,11 @@ class IndexKeeper:
         for kind in kinds:
             with self.lock:
                 index = self._inner(kind)
-            if isinstance(index, MultiIndex | SampledIndex):
+            if isinstance(index, Compactable):
                 done += self._compact_one(kind, index)
         return done
 
-    def _compact_one(self, kind: SignalKind, index: _Compactable[Any]) -> bool:
+    def _compact_one(self, kind: SignalKind, index: Compactable) -> bool:
         with self.lock:
             if self._inner(kind) is not index or not index.needs_compaction:
                 return False
