@@ -2,8 +2,9 @@
 
 Why this shape (measured with bench/index.py, docs/performance.md): adding to a large faiss
 flat index occasionally stalls on a buffer copy and removing one id from 10M costs ~50 ms, so new
-codes go to a small delta index and removals become tombstones; ``compact`` folds both into a new
-base when either grows past a fraction of the base. Ids live beside faiss in a numpy array (row ->
+codes go to a small delta index and removals become tombstones (the overlay it shares with
+MultiIndex, ``registry.index.overlay``); ``compact`` folds both into a new base when either grows
+past a fraction of the base. Ids live beside faiss in a numpy array (row ->
 id), so no IDMap wrapper is needed. faiss' binary range search radius is exclusive: we ask for
 ``T + 1`` so that T is inclusive.
 """
@@ -21,9 +22,9 @@ from registry.index.base import (
     check_codes,
     check_pair,
     flat_hits,
-    live_rows,
     merge_hits,
 )
+from registry.index.overlay import Overlay, codes_of
 
 _MIN_DELTA_BEFORE_COMPACT = 4096
 
@@ -36,11 +37,7 @@ class FlatIndex:
         self._ratio = compact_ratio
         self._base = faiss.IndexBinaryFlat(bits)
         self._base_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._delta = faiss.IndexBinaryFlat(bits)
-        self._delta_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._tombstones: set[int] = set()
-        self._tomb_array: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._dead_rows = 0  # rows whose id is tombstoned (an id may own several rows)
+        self._overlay = Overlay(bits)
 
     # --- interface -------------------------------------------------------------------------
     @property
@@ -48,27 +45,23 @@ class FlatIndex:
         return self._bits
 
     def __len__(self) -> int:
-        return int(self._base.ntotal + self._delta.ntotal) - self._dead_rows
+        return int(self._base.ntotal) + self._overlay.delta_rows - self._overlay.dead_rows
 
     def add(self, ids: Ids, codes: Codes) -> None:
         ids, codes = check_pair(ids, codes, self._bits)
         if len(ids) == 0:
             return
-        if self._tombstones and not self._tombstones.isdisjoint(ids.tolist()):
-            self.compact()  # a re-added id must not resurrect its old row
-        self._delta.add(codes)
-        self._delta_ids = np.concatenate([self._delta_ids, ids])
-        if self._delta.ntotal > max(_MIN_DELTA_BEFORE_COMPACT, self._ratio * self._base.ntotal):
+        if self._overlay.resurrects(ids):
+            self.compact()
+        self._overlay.add(ids, codes)
+        if self._overlay.delta_rows > max(_MIN_DELTA_BEFORE_COMPACT,
+                                          self._ratio * self._base.ntotal):
             self.compact()
 
     def remove(self, ids: Ids) -> int:
-        rows, gone = live_rows(ids, self._tombstones, self._base_ids, self._delta_ids)
-        if not rows:
-            return 0
-        self._tombstones |= gone
-        self._tomb_array = np.array(sorted(self._tombstones), dtype=np.int64)
-        self._dead_rows += rows
-        if self._dead_rows > max(1024, self._ratio * (len(self) + self._dead_rows)):
+        rows = self._overlay.remove(ids, self._base_ids)
+        if rows and self._overlay.dead_rows > max(
+                1024, self._ratio * (len(self) + self._overlay.dead_rows)):
             self.compact()
         return rows
 
@@ -78,16 +71,11 @@ class FlatIndex:
             raise ValueError("radius must be >= 0")
         per_query: list[list[tuple[Ids, npt.NDArray[np.int32]]]] = [[] for _ in queries]
         flat_hits(self._base, self._base_ids, queries, radius, per_query)
-        flat_hits(self._delta, self._delta_ids, queries, radius, per_query)
-        return merge_hits(per_query, self._tomb_array)
+        flat_hits(self._overlay.delta, self._overlay.delta_ids, queries, radius, per_query)
+        return merge_hits(per_query, self._overlay.tomb_array)
 
     def export(self) -> tuple[Ids, Codes]:
-        ids = np.concatenate([self._base_ids, self._delta_ids])
-        codes = np.concatenate([codes_of(self._base), codes_of(self._delta)])
-        if self._tombstones:
-            live = ~np.isin(ids, self._tomb_array)
-            ids, codes = ids[live], codes[live]
-        return ids, codes
+        return self._overlay.export(self._base_ids, codes_of(self._base))
 
     # --- maintenance -----------------------------------------------------------------------
     @property
@@ -95,15 +83,14 @@ class FlatIndex:
         return {
             "live": len(self),
             "base": int(self._base.ntotal),
-            "delta": int(self._delta.ntotal),
-            "tombstones": self._dead_rows,
+            "delta": self._overlay.delta_rows,
+            "tombstones": self._overlay.dead_rows,
             "bytes": int(self.memory_bytes),
         }
 
     @property
     def memory_bytes(self) -> int:
-        rows = int(self._base.ntotal + self._delta.ntotal)
-        return rows * (self._bits // 8) + rows * 8 + len(self._tombstones) * 80
+        return int(self._base.ntotal) * (self._bits // 8 + 8) + self._overlay.memory_bytes
 
     def compact(self) -> None:
         """Fold delta and tombstones into a fresh base (a copy, then a swap)."""
@@ -112,11 +99,7 @@ class FlatIndex:
         if len(codes):
             base.add(codes)
         self._base, self._base_ids = base, ids
-        self._delta = faiss.IndexBinaryFlat(self._bits)
-        self._delta_ids = np.zeros(0, dtype=np.int64)
-        self._tombstones = set()
-        self._tomb_array = np.zeros(0, dtype=np.int64)
-        self._dead_rows = 0
+        self._overlay = Overlay(self._bits)
 
     @classmethod
     def from_arrays(cls, bits: int, ids: Ids, codes: Codes, compact_ratio: float = 0.1
@@ -129,11 +112,3 @@ class FlatIndex:
             index._base.add(codes)
         index._base_ids = np.asarray(ids, dtype=np.int64).copy()
         return index
-
-
-def codes_of(index: faiss.IndexBinaryFlat) -> Codes:
-    n = int(index.ntotal)
-    if n == 0:
-        return np.zeros((0, index.code_size), dtype=np.uint8)
-    codes: Codes = faiss.vector_to_array(index.xb).reshape(n, index.code_size)  # type: ignore[attr-defined]
-    return codes

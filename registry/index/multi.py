@@ -21,7 +21,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 
@@ -34,9 +33,8 @@ from registry.index.base import (
     check_codes,
     check_pair,
     hits_per_query,
-    live_rows,
 )
-from registry.index.flat import codes_of
+from registry.index.overlay import Overlay
 
 CHUNK_BITS = 16
 CHUNK_VALUES = 1 << CHUNK_BITS
@@ -181,12 +179,7 @@ class MultiIndex:
         self._ratio = compact_ratio
         self._max_delta = max_delta
         self._base = _Tables(bits, np.zeros(0, np.int64), np.zeros((0, bits // 8), np.uint8))
-        self._delta = faiss.IndexBinaryFlat(bits)
-        self._delta_ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._tombstones: set[int] = set()
-        self._tomb_array: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._dead_rows = 0
-        self._removals: list[int] = []  # ids tombstoned since the last compaction, in order
+        self._overlay = Overlay(bits)  # the delta and the tombstones (registry.index.overlay)
         self._generation = 0  # bumped by every compaction: a stale background plan is dropped
         self.auto_compact = auto_compact
         self.examined = 0  # candidate rows checked by base searches, for the benchmarks
@@ -197,34 +190,28 @@ class MultiIndex:
         return self._bits
 
     def __len__(self) -> int:
-        return len(self._base) + int(self._delta.ntotal) - self._dead_rows
+        return len(self._base) + self._overlay.delta_rows - self._overlay.dead_rows
 
     def add(self, ids: Ids, codes: Codes) -> None:
         ids, codes = check_pair(ids, codes, self._bits)
         if len(ids) == 0:
             return
-        if self._tombstones and not self._tombstones.isdisjoint(ids.tolist()):
-            self.compact()  # a re-added id must not resurrect its old row
-        self._delta.add(codes)
-        self._delta_ids = np.concatenate([self._delta_ids, ids])
+        if self._overlay.resurrects(ids):
+            self.compact()
+        self._overlay.add(ids, codes)
         if self.auto_compact and self.needs_compaction:
             self.compact()
 
     @property
     def needs_compaction(self) -> bool:
         bound = min(self._max_delta, max(_MIN_DELTA_BEFORE_COMPACT, self._ratio * len(self._base)))
-        dead = max(1024, self._ratio * (len(self) + self._dead_rows))
-        return self._delta.ntotal > bound or self._dead_rows > dead
+        dead_rows = self._overlay.dead_rows
+        dead = max(1024, self._ratio * (len(self) + dead_rows))
+        return self._overlay.delta_rows > bound or dead_rows > dead
 
     def remove(self, ids: Ids) -> int:
-        rows, gone = live_rows(ids, self._tombstones, self._base.ids, self._delta_ids)
-        if not rows:
-            return 0
-        self._tombstones |= gone
-        self._removals += sorted(gone)
-        self._tomb_array = np.array(sorted(self._tombstones), dtype=np.int64)
-        self._dead_rows += rows
-        if self.auto_compact and self.needs_compaction:
+        rows = self._overlay.remove(ids, self._base.ids)
+        if rows and self.auto_compact and self.needs_compaction:
             self.compact()
         return rows
 
@@ -243,20 +230,15 @@ class MultiIndex:
             qs.append(np.repeat(np.arange(nq, dtype=np.int64), np.diff(lims)))
             ids.append(base_ids)
             dists.append(dist)
-        if self._delta.ntotal and nq:
-            lims, dist, rows = self._delta.range_search(queries, radius + 1)  # exclusive radius
-            qs.append(np.repeat(np.arange(nq, dtype=np.int64),
-                                np.diff(lims.astype(np.int64))))
-            ids.append(self._delta_ids[rows])
-            dists.append(dist.astype(np.int32, copy=False))
-        return hits_per_query(nq, qs, ids, dists, self._tomb_array)
+        delta = self._overlay.delta_hits(queries, radius)
+        if delta is not None:
+            qs.append(delta[0])
+            ids.append(delta[1])
+            dists.append(delta[2])
+        return hits_per_query(nq, qs, ids, dists, self._overlay.tomb_array)
+
     def export(self) -> tuple[Ids, Codes]:
-        ids = np.concatenate([self._base.ids.full(), self._delta_ids])
-        codes = np.concatenate([self._base.codes, codes_of(self._delta)])
-        if self._tombstones:
-            live = ~np.isin(ids, self._tomb_array)
-            ids, codes = ids[live], codes[live]
-        return ids, codes
+        return self._overlay.export(self._base.ids.full(), self._base.codes)
 
     # --- maintenance -----------------------------------------------------------------------
     @property
@@ -265,8 +247,8 @@ class MultiIndex:
             "live": len(self),
             "mapped": int(self._base.mapped),
             "base": len(self._base),
-            "delta": int(self._delta.ntotal),
-            "tombstones": self._dead_rows,
+            "delta": self._overlay.delta_rows,
+            "tombstones": self._overlay.dead_rows,
             "exact_radius": self.exact_radius,
             "bytes": self.memory_bytes,
         }
@@ -275,9 +257,9 @@ class MultiIndex:
     def memory_parts(self) -> dict[str, int]:
         """:attr:`memory_bytes` by part: the base's (see ``_Tables.memory_parts``), the delta
         and the tombstones."""
-        delta = int(self._delta.ntotal)
-        return {**self._base.memory_parts, "delta": delta * (self._bits // 8 + 8),
-                "tombstones": len(self._tombstones) * 80}
+        o = self._overlay
+        return {**self._base.memory_parts, "delta": o.delta_rows * (self._bits // 8 + 8),
+                "tombstones": len(o.tombstones) * 80}
 
     @property
     def memory_bytes(self) -> int:
@@ -295,7 +277,7 @@ class MultiIndex:
     @property
     def pending(self) -> tuple[int, int]:
         """Rows in the delta and tombstoned rows: what the next base folds in."""
-        return int(self._delta.ntotal), self._dead_rows
+        return self._overlay.delta_rows, self._overlay.dead_rows
 
     def compact(self) -> None:
         """Fold delta and tombstones into a rebuilt base, inline."""
@@ -306,17 +288,15 @@ class MultiIndex:
     def begin_compaction(self) -> CompactionPlan:
         """Freeze what the next base holds (cheap: the delta is small, the base is shared).
         Call under the lock that guards this index."""
-        return CompactionPlan(self._generation, self._base, self._delta_ids.copy(),
-                              codes_of(self._delta), self._tomb_array.copy(),
-                              int(self._delta.ntotal), len(self._removals))
+        o = self._overlay
+        return CompactionPlan(self._generation, self._base, o.delta_ids.copy(), o.delta_codes(),
+                              o.tomb_array.copy(), o.delta_rows, len(o.removals))
 
     def build(self, plan: CompactionPlan) -> None:
         """The slow part, with no lock held: merge and build the new tables."""
-        ids = np.concatenate([plan.base.ids.full(), plan.delta_ids])
-        codes = np.concatenate([plan.base.codes, plan.delta_codes])
-        if len(plan.tomb_array):
-            live = ~np.isin(ids, plan.tomb_array)
-            ids, codes = ids[live], codes[live]
+        ids, codes = Overlay.live(np.concatenate([plan.base.ids.full(), plan.delta_ids]),
+                                  np.concatenate([plan.base.codes, plan.delta_codes]),
+                                  plan.tomb_array)
         plan.tables = _Tables(self._bits, ids, codes)
 
     def finish_compaction(self, plan: CompactionPlan) -> bool:
@@ -325,20 +305,8 @@ class MultiIndex:
         (and nothing changes) when another compaction happened since the plan."""
         if plan.generation != self._generation or plan.tables is None:
             return False
-        late_ids = self._delta_ids[plan.delta_rows:]
-        late_codes = codes_of(self._delta)[plan.delta_rows:]
-        late_removals = set(self._removals[plan.removals:])
         self._base = plan.tables
-        self._delta = faiss.IndexBinaryFlat(self._bits)
-        if len(late_codes):
-            self._delta.add(late_codes)
-        self._delta_ids = late_ids.copy()
-        self._tombstones = late_removals
-        self._removals = sorted(late_removals)
-        self._tomb_array = np.array(sorted(late_removals), dtype=np.int64)
-        dead = np.fromiter(late_removals, dtype=np.int64, count=len(late_removals))
-        self._dead_rows = int(len(self._base.ids.matching(dead))
-                              + np.isin(self._delta_ids, dead).sum()) if len(dead) else 0
+        self._overlay = self._overlay.after(plan.delta_rows, plan.removals, self._base.ids)
         self._generation += 1
         return True
 
