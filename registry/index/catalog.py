@@ -165,7 +165,7 @@ class IndexSet:
         if self.options.external and external is None:
             external = self.options.open_external()
         self.external: dict[SignalKind, EngineIndex] = dict(external or {})
-        self.indexes: dict[SignalKind, FlatIndex | MultiIndex | HashIndex] = {
+        self.indexes: dict[SignalKind, HashIndex] = {
             k: self.external[k] if k in self.external else self.options.new(k)
             for k in PERCEPTUAL
         }
