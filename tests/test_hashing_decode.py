@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import time
 import warnings
 
 import numpy as np
 import pytest
 import simplejpeg
-from PIL import Image, ImageOps, features
+from PIL import Image, ImageFile, ImageOps, features
 
 from registry import errors
 from registry.hashing import DecodeOptions, compute_signals, decode_image
@@ -492,20 +491,37 @@ def test_progressive_jpeg_cut_between_scans(progressive):
         assert "truncated" in e.message
 
 
+@pytest.fixture
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any pixel decoding fails the test: what is refused must be refused from the headers,
+    before a single block is decoded (the cost a bomb would impose)."""
+    def decoded(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)
+    monkeypatch.setattr(Image.Image, "load", decoded)
+
+
+def test_the_no_decoding_fixture_does_catch_a_decode(no_decoding):
+    with pytest.raises(AssertionError, match="pixels were decoded"):
+        decode_image(png_bytes(photo_like(65, (64, 48))))
+    with pytest.raises(AssertionError, match="pixels were decoded"):
+        decode_image(jpeg_bytes(photo_like(66, (1200, 900)), 90))  # the draft path too
+
+
 @pytest.fixture(scope="module")
 def flat_progressive() -> bytes:
     return jpeg_bytes(Image.new("RGB", (2000, 1500), (90, 120, 200)), 90, progressive=True)
 
 
-def test_jpeg_with_too_many_scans_is_refused_before_decoding(flat_progressive):
+def test_jpeg_with_too_many_scans_is_refused_before_decoding(flat_progressive, no_decoding):
     # Each scan is a pass over every block: its last scan repeated (26 bytes each here) made
     # this 3 MP JPEG of under 100 KB take seconds to decode.
     last = flat_progressive[scan_starts(flat_progressive)[-1] : -2]
     data = flat_progressive[:-2] + last * MAX_SCANS + b"\xff\xd9"
     assert len(data) < 100_000
-    start = time.perf_counter()
     e = expect(errors.ImageTooLarge, "image_too_large", data)
-    assert time.perf_counter() - start < 0.5 and str(MAX_SCANS) in e.message
+    assert str(MAX_SCANS) in e.message
 
 
 def test_jpeg_with_a_few_repeated_scans_still_decodes(flat_progressive):
@@ -515,13 +531,11 @@ def test_jpeg_with_a_few_repeated_scans_still_decodes(flat_progressive):
     assert np.array_equal(pixels(decode_image(data)), pillow_alone(data))
 
 
-def test_jpeg_with_too_many_marker_segments_is_refused(flat_progressive):
+def test_jpeg_with_too_many_marker_segments_is_refused(flat_progressive, no_decoding):
     second = scan_starts(flat_progressive)[1]
     comments = b"\xff\xfe\x00\x02" * MAX_SEGMENTS  # empty COM segments between two scans
     data = flat_progressive[:second] + comments + flat_progressive[second:]
-    start = time.perf_counter()
     expect(errors.ImageTooLarge, "image_too_large", data)
-    assert time.perf_counter() - start < 0.5
 
 
 @pytest.fixture(scope="module")
@@ -715,11 +729,9 @@ def test_jpeg_over_max_pixels_even_with_draft():
     ],
     ids=["header-30000^2", "header-8000^2", "bomb-30000^2"],
 )
-def test_decompression_bombs_are_refused_before_decoding(data):
+def test_decompression_bombs_are_refused_before_decoding(data, no_decoding):
     assert len(data) < 200_000
-    start = time.perf_counter()
-    expect(errors.ImageTooLarge, "image_too_large", data)
-    assert time.perf_counter() - start < 1.0  # refused from the header, no pixels decoded
+    expect(errors.ImageTooLarge, "image_too_large", data)  # from the header: no pixel decoded
 
 
 def test_bomb_under_a_small_limit():

@@ -3,7 +3,6 @@ delta/compaction behaviour and input validation."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from unittest import mock
 
@@ -172,7 +171,6 @@ def test_hits_in_base_and_delta_are_merged_and_sorted(bits: int) -> None:
 def test_exact_brute_force_result_on_100k_random_codes_plus_boundary_cases(bits: int) -> None:
     """The index returns exactly the brute-force result set on 100k random codes plus
     boundary cases, with codes spread over base, delta and tombstones."""
-    started = time.monotonic()
     rng = np.random.default_rng(100_000 + bits)
     t = THRESHOLD[bits]
     n = 100_000
@@ -213,7 +211,6 @@ def test_exact_brute_force_result_on_100k_random_codes_plus_boundary_cases(bits:
     # a second radius on a subset, with everything compacted
     flat.compact()
     assert_same(flat, brute, q[:40], t // 2)
-    assert time.monotonic() - started < 20
 
 
 # --- random operation sequences ---------------------------------------------------------------
