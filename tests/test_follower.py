@@ -5,6 +5,8 @@ tests/test_production.py."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from registry.config import Settings
 from registry.domain import BankKind, Query, SignalKind
 from registry.index import MultiIndex
 from registry.service import Registry
-from tests.conftest import pdq_images, wait_until
+from tests.conftest import pdq_images
 
 
 def head(registry: Registry) -> int:
@@ -26,12 +28,14 @@ def follow_other_writer(settings: Settings) -> None:
     writer = build_registry(settings, load_index=False)  # another process, as far as the DB knows
     try:
         follower = server.follow_changes()
-        wait_until(lambda: follower.status.last_sync_at > 0)
+        assert follower.wait_synced()
         rng = np.random.default_rng(1)
         writer.register_bank("other", BankKind.IMPORTED, pdq_images(rng, 20))
         target = head(writer)
-        took = wait_until(lambda: server._keeper.indexes.position >= target)
-        print(f"applied by the follower {took * 1000:.0f} ms after the commit")
+        started = time.perf_counter()
+        assert follower.wait_synced(target)
+        print(f"applied by the follower {(time.perf_counter() - started) * 1000:.0f} ms after "
+              "the commit")
         assert len(server._keeper.indexes.indexes[SignalKind.PDQ]) == 20
         assert server.ready()["ready"] is True
     finally:
@@ -87,15 +91,15 @@ def test_follower_writes_a_snapshot_every_so_many_changes(settings: Settings) ->
         path = server._keeper.snapshot_path
         path.unlink(missing_ok=True)
         follower = server.follow_changes()
-        wait_until(lambda: follower.status.last_sync_at > 0)
+        assert follower.wait_synced()
         writer.register_bank("other", BankKind.IMPORTED,
                              pdq_images(np.random.default_rng(3), 5))
-        target = head(writer)
-        wait_until(lambda: server._keeper.indexes.position >= target)
+        assert follower.wait_synced(head(writer))
         assert not path.exists()  # 5 changes: not yet
         writer.register_bank("other", BankKind.IMPORTED,
                              pdq_images(np.random.default_rng(4), 10))
-        wait_until(path.exists)
+        assert follower.wait_synced(head(writer))  # the round that reached it wrote it
+        assert path.exists()
     finally:
         writer.close()
         server.close()

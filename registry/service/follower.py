@@ -58,6 +58,8 @@ class Follower:
         self._anchored_at = 0.0
         self._anchor_failing = False
         self._snapshot_failing = False
+        self._synced = threading.Condition()  # notified at the end of every sync round
+        self._synced_position = -1  # the index position at the end of the last round
 
     def start(self) -> None:
         if self._thread is None:
@@ -77,6 +79,13 @@ class Follower:
         alive = self._thread is not None and self._thread.is_alive()
         return FollowerStatus(alive, self._last_sync_at, self._notifications, self._errors,
                               self._last_error)
+
+    def wait_synced(self, position: int = 0, timeout: float = 10.0) -> bool:
+        """Block until a sync round has finished with the index at ``position`` or past it
+        (any finished round when 0): True, or False after ``timeout`` seconds. A round that
+        was due to write a snapshot has written it by then."""
+        with self._synced:
+            return self._synced.wait_for(lambda: self._synced_position >= position, timeout)
 
     def _run(self) -> None:
         pause = self.poll_s
@@ -133,3 +142,6 @@ class Follower:
                 if not self._anchor_failing:
                     log.warning("follower: cannot write the audit anchor: %s", e)
                 self._anchor_failing = True
+        with self._synced:
+            self._synced_position = position
+            self._synced.notify_all()
