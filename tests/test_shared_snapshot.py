@@ -22,6 +22,7 @@ from registry.bootstrap import SNAPSHOT_NAME, build_registry
 from registry.config import Settings
 from registry.domain import BankKind, Query, SignalKind
 from registry.index import MultiIndex
+from registry.service import Registry
 from tests.conftest import pdq_images, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +129,11 @@ def test_workers_share_one_mapped_snapshot_and_switch_when_another_compacts(
         writer.close()
 
 
+def _head(registry: Registry) -> int:
+    with registry._store.transaction(write=False) as tx:
+        return int(tx.changes.head())
+
+
 def test_the_process_that_compacts_serves_from_the_file_it_wrote(settings: Settings) -> None:
     registry = build_registry(settings)
     try:
@@ -135,8 +141,10 @@ def test_the_process_that_compacts_serves_from_the_file_it_wrote(settings: Setti
         rng = np.random.default_rng(12)
         images = pdq_images(rng, 5000)  # past the delta's 4096 bound
         registry.register_bank("bulk", BankKind.IMPORTED, images)
-        wait_until(lambda: registry._keeper.adopted >= 1, timeout=60,
-                   what="the compaction snapshot")
+        # The follower's round that reaches the bank's last change compacts by writing a
+        # snapshot and maps it, before it ends.
+        assert follower.wait_synced(_head(registry), timeout=60)
+        assert registry._keeper.adopted >= 1
         index = registry._keeper.indexes.indexes[SignalKind.PDQ]
         assert isinstance(index, MultiIndex) and index.mapped
         assert index.stats["base"] == 5000 and index.stats["delta"] == 0
@@ -233,8 +241,9 @@ def test_without_a_usable_snapshot_folder_a_process_compacts_in_its_own_memory(
         registry.register_bank("bulk", BankKind.IMPORTED, images)
         index = registry._keeper.indexes.indexes[SignalKind.PDQ]
         assert isinstance(index, MultiIndex)
-        wait_until(lambda: index.stats["delta"] == 0 and index.stats["base"] == 5000,
-                 timeout=60, what="the private compaction")
+        # No snapshot can be written: the round compacts in this process' memory instead.
+        assert follower.wait_synced(_head(registry), timeout=60)
+        assert index.stats["delta"] == 0 and index.stats["base"] == 5000
         assert not index.mapped and follower.status.running
         (result,) = registry.match([Query("q", (images[9].signals[0],))])
         assert result.matched
