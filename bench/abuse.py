@@ -72,6 +72,8 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
+from bench.common import free_port, worker_pids  # noqa: E402
+
 HOST = "127.0.0.1"
 LEGIT_ADDR = "127.0.0.2"
 ATTACK_ADDR = "127.0.0.3"
@@ -169,17 +171,8 @@ def nginx_check(conf_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 # --- processes --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def rss_bytes(pids: list[int]) -> int:
@@ -206,7 +199,7 @@ class Process:
         out.close()
 
     def pids(self) -> list[int]:
-        return [self.proc.pid, *children(self.proc.pid)] if self.proc else []
+        return [self.proc.pid, *worker_pids(self.proc.pid)] if self.proc else []
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -778,7 +771,7 @@ def run_scenario(front: str, name: str, setup: Setup, folder: Path,
         recovered = probe.first_success_after(attack_end)
         time.sleep(5.0)
         probe.stop()
-        workers_alive = len(children(stack.app.proc.pid)) if stack.app.proc else 0
+        workers_alive = len(worker_pids(stack.app.proc.pid)) if stack.app.proc else 0
         log = stack.app.log.read_text(errors="replace") if stack.app.log.exists() else ""
         result = {"front": front, "attack": name, "seconds": opts.seconds,
                   "legit": probe.summary(attack_end), "attacker": attack.summary(),

@@ -1,4 +1,5 @@
-"""What every benchmark's report shares: the machine it ran on and the JSON it writes.
+"""What the benchmarks share: the machine a report ran on, the JSON it writes, and the two
+process helpers every server-starting benchmark needs (a free port, a master's workers).
 
 Figures are only comparable on the same machine (docs/performance.md), so each report opens with
 ``machine_info()``: CPU model and count, memory, Python and the numeric libraries, the commit
@@ -11,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import socket
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -68,3 +70,19 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (for a server the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def worker_pids(master: int) -> list[int]:
+    """The child processes of ``master`` (a gunicorn master's workers), sorted; [] if gone."""
+    try:
+        text = Path(f"/proc/{master}/task/{master}/children").read_text()
+    except OSError:
+        return []
+    return sorted(int(p) for p in text.split())

@@ -60,7 +60,6 @@ import pstats  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -72,7 +71,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
-from bench.common import machine_info  # noqa: E402
+from bench.common import free_port, machine_info, worker_pids  # noqa: E402
 
 SETUP_VERSION = 2
 PHASES = ("batch", "batch_random", "batch_full", "batch_full_random", "single",
@@ -269,18 +268,8 @@ def queries(codes: np.ndarray, rng: np.random.Generator, n: int, tag: str, near_
 
 
 # --- server -----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
-def worker_pids(master: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{master}/task/{master}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 def cpu_seconds(pids: list[int]) -> float:

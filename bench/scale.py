@@ -73,6 +73,7 @@ if str(ROOT) not in sys.path:
 
 import faiss  # noqa: E402
 
+from bench.common import free_port  # noqa: E402
 from registry.domain import SignalKind  # noqa: E402
 from registry.index import MultiIndex  # noqa: E402
 from registry.index.catalog import IndexOptions, IndexSet  # noqa: E402
@@ -611,7 +612,7 @@ def phase_visibility(workers: int, rounds: int, background: int) -> dict[str, An
 
     for _ in range(0, background, 50):
         registry.register_bank("bench", BankKind.IMPORTED, [image() for _ in range(50)])
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, TAKEDOWN_DATABASE_URL=url, TAKEDOWN_DATA_DIR=str(tmp),
                TAKEDOWN_SECRET_KEY="bench", TAKEDOWN_RATE_LIMIT="1000000 per minute")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"),
@@ -677,12 +678,6 @@ def _head(registry: Any) -> int:
         return int(tx.changes.head())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- phase 4: throughput on PostgreSQL --------------------------------------------------------

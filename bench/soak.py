@@ -81,7 +81,6 @@ import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -99,6 +98,8 @@ SECRET = "soak-bench-secret-" + "s" * 24
 MB = 1024 * 1024
 DEFAULT_WEIGHTS = {"match_batch": 12, "match_image": 4, "submit": 2, "case_status": 1,
                    "withdraw": 1}
+from bench.common import free_port, worker_pids  # noqa: E402  (standard library only)
+
 FAULTS = ("kill_worker", "restart_postgres", "redis_outage", "snapshot_readonly",
           "snapshot_full", "db_lock")
 
@@ -111,18 +112,8 @@ def bench_http() -> Any:
     return http_throughput
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
-def worker_pids(master: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{master}/task/{master}/children").read_text()
-    except OSError:
-        return []
-    return sorted(int(p) for p in text.split())
 
 
 def is_root() -> bool:
