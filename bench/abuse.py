@@ -171,10 +171,6 @@ def nginx_check(conf_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 # --- processes --------------------------------------------------------------------------------
-
-
-
-
 def rss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:

@@ -1,5 +1,5 @@
-"""What the benchmarks share: the machine a report ran on, the JSON it writes, and the two
-process helpers every server-starting benchmark needs (a free port, a master's workers).
+"""What the benchmarks share: the machine a report ran on, and the two process helpers every
+server-starting benchmark needs (a free port, a master's workers).
 
 Figures are only comparable on the same machine (docs/performance.md), so each report opens with
 ``machine_info()``: CPU model and count, memory, Python and the numeric libraries, the commit
@@ -9,7 +9,6 @@ and whether ``registry/`` had uncommitted changes, and the load when the run sta
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import socket
@@ -63,13 +62,6 @@ def machine_info(*packages: str) -> dict[str, Any]:
     for package in packages:
         info[package] = _version(package)
     return info
-
-
-def write_report(report: dict[str, Any], out: Path) -> None:
-    """Write ``report`` as indented JSON to ``out`` (its folder made if needed) and say where."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
