@@ -464,9 +464,13 @@ def test_nginx_bounds_the_requests_in_progress_per_address(served):
         # nginx counts a request once it has read its header, and there is no event to await
         # from outside: under load (the whole suite on 2 cores) 16 headers can take longer than
         # any fixed pause. So the 17th is retried until refused; one that nginx took as still
-        # within the limit is closed (freeing its slot) and the next try comes later.
-        deadline, data = time.monotonic() + 20, b""
+        # within the limit is closed (freeing its slot) and the next try comes later. Before
+        # each try the 16 send one more body byte: nginx drops a body that is silent for
+        # client_body_timeout (10 s), which would free every slot and leave nothing to refuse.
+        deadline, data = time.monotonic() + 40, b""
         while time.monotonic() < deadline:
+            for s in held:
+                s.sendall(b"x")
             extra = abuse.connect(served.port, abuse.ATTACK_ADDR)
             held.append(extra)
             extra.sendall(head + b"x")
