@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml setup.py registry/index/_mih.c
 	@# installed only as root, otherwise those tests skip with the reason.
 	command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum)
+	@# The privacy test traces the native decoders' system calls with strace.
+	command -v strace >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace)
 	@# The abuse tests run the documented nginx configuration in front of gunicorn; the package's
 	@# own service is not started (the tests start nginx with their own configuration).
 	test -x /usr/sbin/nginx || [ "$$(id -u)" != 0 ] || \

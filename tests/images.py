@@ -114,3 +114,23 @@ def png_bomb(width: int, height: int) -> bytes:
         + chunk(b"IDAT", b"".join(parts))
         + chunk(b"IEND", b"")
     )
+
+
+def boxed(img: Image.Image, fmt: str, quality: int = 90, **params: object) -> bytes:
+    """``img`` as a HEIF (pillow-heif, HEVC) or AVIF (Pillow, AV1) file, made in memory."""
+    out = io.BytesIO()
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.from_pillow(img).save(out, quality=quality, **params)
+    else:
+        img.save(out, fmt, quality=quality, **params)
+    return out.getvalue()
+
+
+def with_ispe(data: bytes, width: int, height: int) -> bytes:
+    """A HEIF/AVIF file with every ``ispe`` property declaring ``width`` x ``height``."""
+    out, at = bytearray(data), 0
+    while (at := data.find(b"ispe", at + 1)) > 0:
+        out[at + 8:at + 16] = struct.pack(">II", width, height)
+    return bytes(out)

@@ -35,7 +35,15 @@ from registry.hashing.local import LocalFeatures, unpack
 from registry.hashing.signals import compute_signals
 from registry.service.cases import SubmittedImage
 from tests.browser import WorkerPage, launch_chromium, static_server
-from tests.images import blurred_checkerboard, gradient, photo_like, png_header_only, rings
+from tests.images import (
+    blurred_checkerboard,
+    boxed,
+    gradient,
+    photo_like,
+    png_header_only,
+    rings,
+    with_ispe,
+)
 
 PHOTOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "originals"
 PHOTO_SAMPLE = 60
@@ -220,10 +228,10 @@ def _with_alpha(img: Image.Image) -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
-def _exif_rotated(img: Image.Image, orientation: int) -> bytes:
+def _exif_rotated(img: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return _encode(img, "JPEG", quality=90, exif=exif)
+    return _encode(img, fmt, quality=90, exif=exif)
 
 
 def _icc_swapped_primaries() -> bytes:
@@ -333,6 +341,11 @@ def generated_images() -> list[tuple[str, bytes, str]]:
     ]
     from PIL import features
 
+    if features.check("avif"):  # Chromium decodes AVIF itself (HEIC it cannot: refused below)
+        images += [
+            ("photo.avif", _encode(photo_like(34, (320, 240)), "AVIF", quality=90), "image/avif"),
+            ("exif6.avif", _exif_rotated(photo_like(35, (320, 240)), 6, "AVIF"), "image/avif"),
+        ]
     if features.check("webp"):
         images += [
             ("lossless.webp", _encode(photo_like(19, (300, 220)), "WEBP", lossless=True),
@@ -473,6 +486,24 @@ def test_worker_refuses_what_the_server_refuses(worker_page: WorkerPage, name: s
     assert [m["type"] for m in messages].count("error") == 1
     assert final["type"] == "error" and final["code"] == code, final
     assert final["message"].endswith(".") and final["message"][0].isupper()
+
+
+def test_heif_and_avif_boxes_are_read_as_the_server_reads_them(worker_page: WorkerPage) -> None:
+    """HEIC (Chromium cannot decode it) is refused as unsupported, for the page to offer the
+    server's in-memory path; a damaged or bomb AVIF is refused from its boxes with the server's
+    error code and message (registry/hashing/isobmff.py and its port in decode.js)."""
+    final = worker_page.hash("IMG_0001.HEIC", boxed(photo_like(36, (256, 192)), "HEIF"))[0][-1]
+    assert final["type"] == "error" and final["code"] == "unsupported_format", final
+    assert "HEIC" in final["message"]
+    avif = boxed(photo_like(37, (256, 192)), "AVIF")
+    bad = {"bomb.avif": with_ispe(avif, 30_000, 30_000), "cut.avif": avif[: len(avif) // 2],
+           "cut-ftyp.avif": avif[:20], "no-size.avif": avif.replace(b"ispe", b"free")}
+    for name, data in bad.items():
+        with pytest.raises(RegistryError) as refused:
+            decode_image(data)
+        final = worker_page.hash(name, data)[0][-1]
+        assert final["type"] == "error", (name, final)
+        assert (final["code"], final["message"]) == (refused.value.code, refused.value.message)
 
 
 def test_the_worker_applies_the_limits_the_page_gives_it(chromium: tuple[Any, str]) -> None:

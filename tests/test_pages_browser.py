@@ -21,6 +21,7 @@ from PIL import Image
 from cli.main import cli
 from tests.browser import launch_chromium
 from tests.conftest import FAST_KDF, encode, photo
+from tests.images import boxed
 from tests.test_serve import free_port, serve, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -346,6 +347,28 @@ def test_keyboard_and_labels(context, base):
                          && !e.getAttribute('aria-label'))
             .map(e => e.outerHTML)""")
         assert unlabelled == []
+
+
+def test_a_heic_photo_is_offered_the_server_path_and_registers_there(context, base):
+    """Chromium cannot decode HEIC (iPhone photos): the page says so, sends nothing, and offers
+    the server's in-memory hashing, which registers it."""
+    page = context.new_page()
+    posts: list[str] = []
+    page.on("request", lambda r: r.method == "POST" and posts.append(r.url))
+    page.goto(f"{base}/submit?lang=en")
+    heic = {"name": "IMG_0042.HEIC", "mimeType": "image/heic",
+            "buffer": boxed(photo(62, (1000, 750)), "HEIF")}
+    page.set_input_files("#images", files=[heic])
+    page.check("#consent")
+    page.click("#submit-button")
+    page.wait_for_selector("#fallback:not([hidden])")
+    assert "cannot open IMG_0042.HEIC" in page.inner_text("#alert-text")
+    assert posts == []
+    with page.expect_navigation():
+        page.click("#fallback-button")
+    assert [p.split("?")[0] for p in posts] == [base + "/submit"]
+    assert re.fullmatch(r"[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-.",
+                        page.inner_text("#case-number").strip())
 
 
 def test_a_browser_that_cannot_hash_offers_the_server_as_a_second_choice(context, base):

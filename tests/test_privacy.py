@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -85,3 +89,49 @@ def test_hashing_opens_no_files(monkeypatch):
     compute_signals(raw)
     compute_signals(encode(Image.open(__import__("io").BytesIO(raw)).convert("RGB")))
     assert opened == []
+
+
+TRACED = """
+import io, os
+from registry.hashing import compute_signals
+from tests.images import boxed, photo_like
+
+files = [boxed(photo_like(1, (640, 480)), "HEIF"), boxed(photo_like(2, (640, 480)), "AVIF")]
+out = io.BytesIO()
+photo_like(3, (640, 480)).save(out, "JPEG")
+files.append(out.getvalue())
+for data in files:  # warm up: every codec library loaded, every lazy import done
+    compute_signals(data, registration=True)
+for marker in ("/takedown-trace-start", None, "/takedown-trace-end"):
+    if marker is None:
+        for data in files:
+            compute_signals(data, registration=True)
+    else:
+        try:
+            os.stat(marker)
+        except FileNotFoundError:
+            pass
+"""
+
+
+def test_native_decoders_touch_no_file_while_hashing(tmp_path):
+    """The C libraries (libheif, libavif, libjpeg-turbo, OpenCV) are outside Python's open(),
+    so the process is traced: between two markers, hashing a HEIC, an AVIF and a JPEG makes no
+    file or file-descriptor system call at all (no open, write, temp file, pipe)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (Debian package strace)")
+    log = tmp_path / "trace.log"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [strace, "-f", "-qq", "-e", "trace=%file,%desc", "-o", str(log), sys.executable, "-c",
+         TRACED], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
+        text=True, timeout=300)
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = log.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "/takedown-trace-start" in line)
+    end = next(i for i, line in enumerate(lines) if "/takedown-trace-end" in line)
+    assert end > start
+    assert lines[start + 1:end] == [], lines[start + 1:start + 20]

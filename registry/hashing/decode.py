@@ -2,12 +2,16 @@
 
 Rules (the same for registration and queries, and ported to the browser):
 - only still-image formats we support are opened; animated images use their first frame;
+  HEIC/HEIF (iPhone photos) through pillow-heif's libheif, AVIF through Pillow's libavif, each
+  its primary picture only (no thumbnails, depth maps or burst frames);
 - a pixel limit checked from the header, before any pixel is decoded, stops decompression bombs;
 - JPEGs may be decoded by DCT scaling (``draft``) to at least ``draft_size`` per side, which is
   5-10x faster than a full decode and moves PDQ a few bits (docs/hashing.md);
 - a file that ends before its picture data does is refused (``TruncatedImage``), a JPEG too when
   an end marker was written early; data after a JPEG's end marker (EOI) is ignored;
-- EXIF orientation is applied, as browsers do;
+- EXIF orientation is applied, as browsers do; a HEIF picture's rotation and mirroring boxes
+  (irot/imir, where iPhones record the orientation) are applied by libheif, which then reports
+  orientation 1, so a picture is never turned twice;
 - alpha is flattened onto black: ``c' = (c * a + 127) // 255`` per channel;
 - 16-bit greyscale keeps its high byte (as browsers do); palette, CMYK, LAB, YCbCr and 1-bit
   become RGB.
@@ -50,19 +54,22 @@ and browsers stop at the EOI, and so do we.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 import simplejpeg  # type: ignore[import-untyped]
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from registry.config import Settings, default
 from registry.errors import EmptyImage, FileTooLarge, ImageTooLarge, NotAnImage, TruncatedImage
+from registry.hashing import isobmff
 
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF")
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with more pictures after the first's EOI
 TRUNCATED = "The image file is truncated: it ends before its data."
 DAMAGED = "The image file is corrupt: part of its picture data is damaged."
@@ -92,6 +99,10 @@ def decode_image(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image
         )
     # Truncated files must fail, never be half-hashed; this is Pillow's default, asserted here.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    _open_heif()
+    boxed = isobmff.family(data)  # HEIF or AVIF: sizes and completeness from the boxes
+    if boxed is not None:
+        _check_boxes(data, boxed, options.max_pixels)
     # Pillow's own bomb limit is process-wide and left alone: our limit is checked from the
     # header below; Pillow warns past its MAX_IMAGE_PIXELS (ignored) and refuses past twice it
     # (~179 MP), which caps a max_pixels set higher than that.
@@ -113,15 +124,37 @@ def decode_image(data: bytes, options: DecodeOptions = DecodeOptions()) -> Image
             f"The image has more than {ceiling} pixels; the limit stops decompression bombs."
         ) from None
     except UnidentifiedImageError:
+        if boxed is not None:  # its boxes are whole, but the decoder cannot read them
+            raise TruncatedImage(f"The {boxed} file is corrupt and cannot be decoded.") from None
         raise NotAnImage(
             f"The file is not an image in a supported format ({', '.join(FORMATS)})."
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
-        # Pillow reports truncation and corrupt streams as OSError/SyntaxError and friends.
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, RuntimeError) as e:
+        # Pillow reports truncation and corrupt streams as OSError/SyntaxError and friends;
+        # libheif and libavif as RuntimeError.
         if "truncated" in str(e).lower() or isinstance(e, EOFError):
             raise TruncatedImage(TRUNCATED) from None
         raise TruncatedImage("The image file is corrupt and cannot be decoded.") from None
     return to_rgb(_oriented(picture))
+
+
+def _check_boxes(data: bytes, family: str, max_pixels: int) -> None:
+    try:
+        largest = isobmff.largest_picture(data)
+    except isobmff.BoxError as e:
+        if e.truncated:
+            raise TruncatedImage(TRUNCATED) from None
+        raise TruncatedImage(f"The {family} file is corrupt and cannot be decoded.") from None
+    if largest is None:
+        raise TruncatedImage(f"The {family} file declares no picture size; it is corrupt.")
+    _check_pixels(largest, max_pixels)
+
+
+@functools.cache
+def _open_heif() -> None:
+    """Let Pillow open HEIF files (once per process, on first use: nothing at import): only
+    the primary picture is read; its size comes from the header before anything is decoded."""
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:

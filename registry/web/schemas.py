@@ -87,7 +87,8 @@ class ImageMatchResponse(QueryResultOut):
 class ImageUpload(Schema):
     file = File(  # type: ignore[no-untyped-call]
         required=True,
-        metadata={"description": "The image (JPEG, PNG, GIF, WebP, BMP or TIFF); hashed in "
+        metadata={"description": "The image (JPEG, PNG, GIF, WebP, BMP, TIFF, HEIC/HEIF or "
+                                 "AVIF); hashed in "
                                  "memory, never stored"})
 
 

@@ -71,7 +71,7 @@ def seeds() -> dict[str, bytes]:
         img = rgb.convert(mode) if mode not in ("I;16", "PA") else (
             Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257)
             if mode == "I;16" else rgb.convert("P").convert("PA"))
-        for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"):
+        for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "AVIF"):
             data = _save(img, fmt)
             if data is not None:
                 out[f"{mode.replace(';', '')}.{fmt.lower()}"] = data
@@ -100,6 +100,11 @@ def seeds() -> dict[str, bytes]:
         if data is not None:
             out[name] = data
     out.update(_jpeg_edge_seeds(rgb))
+    import pillow_heif
+
+    heif = io.BytesIO()
+    pillow_heif.from_pillow(rgb).save(heif, quality=80)
+    out["photo.heic"] = heif.getvalue()
     return out
 
 

@@ -121,10 +121,13 @@ const FILE_ERRORS = {
   image_too_large: 'tooLarge',
   truncated_image: 'damaged',
   not_an_image: 'unreadable',
-  unsupported_format: 'unreadable',
 };
 
 function refusalOf(code, file) {
+  // A format the server reads and this browser cannot (HEIC, TIFF): the server still could.
+  if (code === 'unsupported_format') {
+    return new Refusal(format(strings.cannotOpen, { file: file.name }), { file, offerServer: true });
+  }
   if (code in FILE_ERRORS) return new Refusal(format(strings[FILE_ERRORS[code]], { file: file.name }), { file });
   // hashing_failed (e.g. out of memory): this browser cannot do it; the server still could.
   return new Refusal(format(strings.browserFailed, { file: file.name }), { file, offerServer: true });

@@ -1,8 +1,10 @@
 // Decoding a picked file into RGB pixels, inside the worker, with the rules of
 // registry/hashing/decode.py:
 //
-// - only the formats the server accepts (JPEG, PNG, GIF, WebP, BMP; TIFF is accepted by the
-//   server but browsers cannot decode it) and at most limits.maxBytes;
+// - only the formats the server accepts (JPEG, PNG, GIF, WebP, BMP, AVIF; TIFF and HEIC/HEIF
+//   are accepted by the server but Chromium cannot decode them: refused with
+//   'unsupported_format', and the page offers the server's in-memory path) and at most
+//   limits.maxBytes;
 // - the pixel count is read from the file header and checked (limits.maxPixels) before
 //   decoding. Both limits are the server's settings (max_upload_bytes, max_image_pixels),
 //   given to the worker by the page; this module holds no copy of them;
@@ -105,6 +107,70 @@ function bmpInfo(b) {
   return { width: Math.abs(i32le(b, 18)), height: Math.abs(i32le(b, 22)) };
 }
 
+// HEIF and AVIF (ISO base media boxes; registry/hashing/isobmff.py, the same rules): the
+// family from the ftyp brands, and the largest picture any ispe property declares, read from
+// meta > iprp > ipco. A box running past the end of the file is a truncated file.
+const HEIF_BRANDS = ['heic', 'heix', 'heim', 'heis', 'hevc', 'hevx', 'mif1', 'msf1'];
+const AVIF_BRANDS = ['avif', 'avis'];
+const MAX_BOXES = 4096;
+const CONTAINERS = { meta: 4, iprp: 0, ipco: 0 };
+
+function boxFamily(b) {
+  if (b.length < 16 || ascii(b, 4, 4) !== 'ftyp') return null;
+  const size = u32be(b, 0);
+  if (size < 16 || size > 4096) return null;
+  const end = Math.min(size, b.length); // a file cut inside its ftyp box is known (truncated)
+  const brands = [ascii(b, 8, 4)];
+  for (let i = 16; i + 4 <= end; i += 4) brands.push(ascii(b, i, 4));
+  if (brands.some((x) => AVIF_BRANDS.includes(x))) return 'AVIF';
+  if (brands.some((x) => HEIF_BRANDS.includes(x))) return 'HEIF';
+  return null;
+}
+
+function largestPicture(b, family) {
+  const corrupt = () => new HashError('truncated_image',
+    `The ${family} file is corrupt and cannot be decoded.`);
+  let count = 0;
+  let largest = null;
+  const walk = (start, end) => {
+    let at = start;
+    while (at < end) {
+      if (++count > MAX_BOXES) throw corrupt();
+      if (end - at < 8) throw end === b.length ? truncated() : corrupt();
+      let size = u32be(b, at);
+      const kind = ascii(b, at + 4, 4);
+      let body = at + 8;
+      if (size === 1) {
+        if (end - at < 16) throw end === b.length ? truncated() : corrupt();
+        size = u32be(b, at + 8) * 4294967296 + u32be(b, at + 12);
+        body = at + 16;
+      } else if (size === 0) {
+        size = end - at;
+      }
+      if (size < body - at || at + size > end) throw at + size > b.length ? truncated() : corrupt();
+      foundMeta = foundMeta || kind === 'meta';
+      if (kind in CONTAINERS) {
+        walk(body + CONTAINERS[kind], at + size);
+      } else if (kind === 'ispe' && at + size - body >= 12) {
+        const width = u32be(b, body + 4);
+        const height = u32be(b, body + 8);
+        if (largest === null || width * height > largest.width * largest.height) {
+          largest = { width, height };
+        }
+      }
+      at += size;
+    }
+  };
+  let foundMeta = false;
+  walk(0, b.length);
+  if (largest === null && !foundMeta) throw truncated(); // the file ends before its meta box
+  if (largest === null) {
+    throw new HashError('truncated_image',
+      `The ${family} file declares no picture size; it is corrupt.`);
+  }
+  return largest;
+}
+
 /** The format and, where the header tells, the size of an image file; throws HashError. */
 export function sniff(bytes, limits) {
   const { maxBytes } = checkLimits(limits);
@@ -131,12 +197,19 @@ export function sniff(bytes, limits) {
     return { format: 'WEBP', size: webpInfo(b) };
   }
   if (b.length >= 2 && ascii(b, 0, 2) === 'BM') return { format: 'BMP', size: bmpInfo(b) };
+  const family = boxFamily(b);
+  if (family === 'AVIF') return { format: 'AVIF', size: largestPicture(b, family) };
+  if (family === 'HEIF') {
+    throw new HashError('unsupported_format',
+      'This browser cannot read HEIC or HEIF images; convert the picture to JPEG, or have ' +
+      'the server hash it in memory.');
+  }
   if (b.length >= 4 && (ascii(b, 0, 4) === 'II*\0' || ascii(b, 0, 4) === 'MM\0*')) {
     throw new HashError('unsupported_format',
       'This browser cannot read TIFF images; save the picture as JPEG or PNG and pick it again.');
   }
   throw new HashError('not_an_image',
-    'The file is not an image in a supported format (JPEG, PNG, GIF, WEBP, BMP).');
+    'The file is not an image in a supported format (JPEG, PNG, GIF, WEBP, BMP, AVIF).');
 }
 
 /** Refuse a size over the pixel limit (the server's check, same message). */
