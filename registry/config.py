@@ -41,6 +41,12 @@ class Settings:
     max_upload_bytes: int = _setting(
         20 * 1024 * 1024, "Largest image file accepted, in bytes."
     )
+    max_video_bytes: int = _setting(
+        200 * 1024 * 1024, "Largest video file hashed (bytes), by the CLI or the server.")
+    max_video_pixels: int = _setting(
+        4096 * 2304, "Largest video frame (width x height) accepted; 4K phone video fits.")
+    max_video_seconds: int = _setting(
+        900, "Longest video hashed (seconds), from its header and from its frames' timestamps.")
     jpeg_draft_size: int = _setting(
         512,
         "JPEGs are decoded by DCT scaling to at least this many pixels per side (0 = full "
@@ -188,7 +194,8 @@ class Settings:
                     raise ConfigError(
                         f"With TAKEDOWN_INDEX=multi the {kind.value} strong threshold (plus the "
                         f"extra probes) can be at most {limit}; use TAKEDOWN_INDEX=flat for more.")
-        if self.max_image_pixels <= 0 or self.max_upload_bytes <= 0 or self.max_queries <= 0:
+        if min(self.max_image_pixels, self.max_upload_bytes, self.max_queries,
+               self.max_video_bytes, self.max_video_pixels, self.max_video_seconds) <= 0:
             raise ConfigError("Size limits must be positive.")
         if self.proxy_hops < 0:
             raise ConfigError("TAKEDOWN_PROXY_HOPS must be 0 or more.")

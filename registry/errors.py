@@ -76,6 +76,18 @@ class FileTooLarge(ImageError):
     code = "file_too_large"
 
 
+class NotAVideo(ImageError):
+    """Not a video in a supported container, no video stream, or no decodable frame."""
+
+    code = "not_a_video"
+
+
+class VideoTooLarge(ImageTooLarge):
+    """A video past the frame-size, duration or frame-count limits."""
+
+    code = "video_too_large"
+
+
 class CursorAhead(InvalidInput):
     """A feed cursor past the end of this registry's change log: the registry was restored from
     an older backup or replaced; a mirror that went on from its cursor would miss records."""

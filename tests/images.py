@@ -134,3 +134,50 @@ def with_ispe(data: bytes, width: int, height: int) -> bytes:
     while (at := data.find(b"ispe", at + 1)) > 0:
         out[at + 8:at + 16] = struct.pack(">II", width, height)
     return bytes(out)
+
+
+def clip(frames: list[np.ndarray], fps: int = 24, fmt: str = "mp4", codec: str = "libx264",
+         crf: int = 23, audio: bool = False) -> bytes:
+    """A video of ``frames`` (H x W x 3 uint8, even sizes for 4:2:0), made in memory by PyAV."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast", "crf": str(crf)}
+        sound = container.add_stream("aac", rate=16_000) if audio else None
+        for i, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+            container.mux(stream.encode(frame))
+            if sound is not None and i % max(1, fps // 10) == 0:
+                tone = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.float32), format="fltp",
+                                                  layout="mono")
+                tone.sample_rate = 16_000
+                container.mux(sound.encode(tone))
+        container.mux(stream.encode())
+        if sound is not None:
+            container.mux(sound.encode())
+    return out.getvalue()
+
+
+def pan(seed: int, seconds: float, fps: int = 24, size: tuple[int, int] = (640, 360),
+        travel: float = 0.3) -> list[np.ndarray]:
+    """Frames of a camera panning across a photo-like picture ``travel`` of its width."""
+    width, height = size
+    wide = np.asarray(photo_like(seed, (int(width * (1 + travel)) + 2, height)))
+    count = max(1, round(seconds * fps))
+    shift = [round(i * width * travel / max(1, count - 1)) for i in range(count)]
+    return [wide[:, s:s + width] for s in shift]
+
+
+def slideshow(seeds: list[int], seconds_each: float, fps: int = 24,
+              size: tuple[int, int] = (640, 360)) -> list[np.ndarray]:
+    """Frames of still pictures shown one after another."""
+    out = []
+    for seed in seeds:
+        picture = np.asarray(photo_like(seed, size))
+        out += [picture] * max(1, round(seconds_each * fps))
+    return out

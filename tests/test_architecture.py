@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry.domain": {"registry.errors"},
     "registry.config": {"registry.errors", "registry.domain"},
     "registry.hashing": CORE | {"numpy", "PIL", "imagehash", "pdqhash", "scipy", "cv2",
-                                "simplejpeg", "pillow_heif"},
+                                "simplejpeg", "pillow_heif", "av"},
     "registry.index": CORE | {"numpy", "faiss", "cv2", "xxhash", "pymilvus"},
     "registry.store": {"registry.errors", "registry.domain", "sqlalchemy", "alembic",
                        "psycopg"},  # psycopg: the LISTEN connection (store.notify)

@@ -1,0 +1,274 @@
+"""Video signals: the file's digests and a bounded set of frame PDQ hashes with timestamps.
+
+The definition (one place; the submit page's port follows it):
+
+1. **Containers**: only MP4/QuickTime/3GP (ISO base media, not a HEIF/AVIF still), Matroska/
+   WebM and AVI, recognised by their first bytes and opened with that demuxer named, so FFmpeg
+   never probes its other formats (playlists and concat lists name other files and URLs).
+   Decoded in memory by PyAV (FFmpeg) from the bytes given: no file is ever written.
+2. **Limits**, before a frame is decoded where the container says: file size
+   (``max_video_bytes``), frame size (``max_video_pixels``), duration (``max_video_seconds``,
+   from the header and again from the frames' own timestamps while decoding), and a cap on
+   decoded frames (``MAX_FPS`` per second of the limit) so an endless or timestamp-less stream
+   ends quickly. Only the first video stream is read; audio is ignored; a file with no video
+   stream or no decodable frame is refused.
+3. **Candidates**: the first frame at or after each multiple of 1 / ``CANDIDATE_FPS`` seconds
+   of presentation time (from the first frame's), converted to RGB and, when its short side is
+   above ``FRAME_SIZE``, reduced (area filter) to that short side; its PDQ is computed as for
+   a still image (``signals.pdq_of``), so a screenshot of the video matches its frame.
+4. **Kept frames**: a candidate of PDQ quality >= ``MIN_QUALITY`` is kept when it is more than
+   ``d`` bits from the last kept frame: so every candidate is within ``d`` bits of a kept frame
+   (the last one kept before it). ``d`` starts at ``DEDUP_BITS`` and grows by ``DEDUP_STEP``
+   until the kept frames fit ``FRAMES_PER_MINUTE`` per started minute (37 bytes each: at most
+   2 KiB per minute of video); the ``d`` used is stored with them.
+
+The value of a ``vpdq`` signal (:func:`pack`): a version byte, ``d``, the frame count (u16),
+the duration in milliseconds (u32), then per kept frame its timestamp in milliseconds (u32),
+its PDQ quality (u8) and its 32-byte PDQ hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import math
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image
+
+from registry.config import Settings, default
+from registry.domain import Signal
+from registry.errors import EmptyImage, FileTooLarge, InvalidInput, NotAVideo, VideoTooLarge
+from registry.hashing import isobmff
+from registry.hashing.signals import digests_of, pdq_of
+
+VERSION = 1
+CANDIDATE_FPS = 4
+FRAME_SIZE = 512  # short side at most, as a still registration's views are computed
+MIN_QUALITY = 50  # as for stills: flatter frames (fades, black) match too much
+DEDUP_BITS = 16
+DEDUP_STEP = 8
+FRAMES_PER_MINUTE = 54  # 54 x 37 + 8 bytes: under 2 KiB per minute
+MAX_FPS = 240  # decoded frames per second of the duration limit
+_HEAD = struct.Struct(">BBHI")
+_FRAME = struct.Struct(">IB32s")
+FRAME_BYTES = _FRAME.size
+
+
+@dataclass(frozen=True, slots=True)
+class VideoOptions:
+    max_bytes: int = default("max_video_bytes")
+    max_pixels: int = default("max_video_pixels")
+    max_seconds: int = default("max_video_seconds")
+
+    @classmethod
+    def of(cls, settings: Settings) -> VideoOptions:
+        return cls(settings.max_video_bytes, settings.max_video_pixels, settings.max_video_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    ms: int  # presentation time from the first frame, in milliseconds
+    quality: int
+    pdq: bytes  # 32 bytes, Meta's bit order (signals.pdq_of)
+
+    @property
+    def hex(self) -> str:
+        return self.pdq.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFrames:
+    """The kept frames of one video, with the dedup distance used and its duration."""
+
+    frames: tuple[Frame, ...]
+    dedup_bits: int
+    duration_ms: int
+
+    def pack(self) -> bytes:
+        head = _HEAD.pack(VERSION, self.dedup_bits, len(self.frames), self.duration_ms)
+        return head + b"".join(_FRAME.pack(f.ms, f.quality, f.pdq) for f in self.frames)
+
+    @property
+    def text(self) -> str:
+        return base64.b64encode(self.pack()).decode("ascii")
+
+    @classmethod
+    def unpack(cls, data: bytes) -> VideoFrames:
+        if len(data) < _HEAD.size:
+            raise InvalidInput("A vpdq value is too short to hold its header.")
+        version, dedup, count, duration = _HEAD.unpack_from(data)
+        if version != VERSION:
+            raise InvalidInput(f"Unknown vpdq layout version {version}; this registry reads "
+                               f"version {VERSION}.")
+        if count == 0 or len(data) != _HEAD.size + count * FRAME_BYTES:
+            raise InvalidInput(f"A vpdq value of {count} frames must be "
+                               f"{_HEAD.size + count * FRAME_BYTES} bytes; it is {len(data)}.")
+        frames = tuple(Frame(ms, q, pdq) for ms, q, pdq in
+                       _FRAME.iter_unpack(data[_HEAD.size:]))
+        if any(b.ms < a.ms for a, b in itertools.pairwise(frames)):
+            raise InvalidInput("A vpdq value's frames must be in time order.")
+        if any(f.quality > 100 for f in frames):
+            raise InvalidInput("A vpdq frame's quality is at most 100.")
+        return cls(frames, dedup, duration)
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSignals:
+    md5: Signal
+    sha256: Signal
+    frames: VideoFrames
+    width: int
+    height: int
+
+
+# --- containers -------------------------------------------------------------------------------
+def container_of(data: bytes) -> str | None:
+    """The FFmpeg demuxer for a supported container, from the first bytes; None otherwise."""
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"  # also WebM
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    if len(data) >= 12 and data[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
+        if data[4:8] == b"ftyp" and isobmff.family(data) is not None:
+            return None  # a HEIF or AVIF still
+        return "mov"
+    return None
+
+
+def _pdq_bytes(img: Image.Image) -> tuple[bytes, int]:
+    signal, quality = pdq_of(img)
+    return bytes.fromhex(signal.hex), quality
+
+
+def _reduced(frame: object, width: int, height: int) -> Image.Image:
+    short = min(width, height)
+    if short > FRAME_SIZE:
+        scale = FRAME_SIZE / short
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        array = frame.to_ndarray(format="rgb24", width=w, height=h,  # type: ignore[attr-defined]
+                                 interpolation="AREA")
+    else:
+        array = frame.to_ndarray(format="rgb24")  # type: ignore[attr-defined]
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+def candidates(data: bytes, options: VideoOptions = VideoOptions()
+               ) -> tuple[list[Frame], int, tuple[int, int]]:
+    """Every candidate frame (rule 3) of every quality, the duration in ms and the frame size."""
+    import av  # PyAV: FFmpeg's demuxers and decoders, in memory
+
+    if not data:
+        raise EmptyImage("The file is empty.")
+    if len(data) > options.max_bytes:
+        raise FileTooLarge(f"The video is {len(data)} bytes; the limit is {options.max_bytes} "
+                           "bytes.")
+    demuxer = container_of(data)
+    if demuxer is None:
+        raise NotAVideo("The file is not a video in a supported container (MP4, MOV, 3GP, "
+                        "WebM, MKV, AVI).")
+    try:
+        container = av.open(io.BytesIO(data), mode="r", format=demuxer,
+                            options={"enable_drefs": "0"} if demuxer == "mov" else {})
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise NotAVideo(f"The file is not a readable video: {_reason(e)}.") from None
+    with container:
+        if not container.streams.video:
+            raise NotAVideo("The file holds no video stream (audio only?).")
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"  # one core's worth, deterministic order
+        width, height = stream.codec_context.width, stream.codec_context.height
+        _check_size(width, height, options)
+        declared = _declared_seconds(container, stream)
+        if declared is not None and declared > options.max_seconds:
+            raise VideoTooLarge(f"The video lasts {declared:.0f} s; the limit is "
+                                f"{options.max_seconds} s.")
+        out: list[Frame] = []
+        first: Fraction | None = None
+        decoded, next_at, last_ms = 0, Fraction(0), 0
+        limit = options.max_seconds * MAX_FPS
+        step = Fraction(1, CANDIDATE_FPS)
+        try:
+            for frame in container.decode(stream):
+                decoded += 1
+                if decoded > limit:
+                    raise VideoTooLarge(f"The video has more than {limit} frames within its "
+                                        f"{options.max_seconds} s limit.")
+                _check_size(frame.width, frame.height, options)
+                if frame.pts is None or frame.time_base is None:
+                    continue
+                at = Fraction(frame.pts) * frame.time_base
+                if first is None:
+                    first = at
+                since = at - first
+                if since < 0:
+                    continue  # a frame shown before the first (reordering): not a candidate
+                if since > options.max_seconds:
+                    raise VideoTooLarge(f"The video runs past {options.max_seconds} s; the "
+                                        "limit stops endless streams.")
+                last_ms = max(last_ms, int(since * 1000))
+                if since < next_at:
+                    continue
+                pdq, quality = _pdq_bytes(_reduced(frame, frame.width, frame.height))
+                out.append(Frame(int(since * 1000), quality, pdq))
+                next_at = (math.floor(since / step) + 1) * step
+        except av.error.FFmpegError as e:
+            if not out:
+                raise NotAVideo(f"No frame of the video could be decoded: {_reason(e)}.") from None
+            # A damaged tail: the frames before it stand (a partly downloaded clip).
+    if not out:
+        raise NotAVideo("No frame of the video could be decoded.")
+    return out, last_ms, (width, height)
+
+
+def keep(frames: list[Frame], duration_ms: int) -> VideoFrames:
+    """Rule 4: the kept frames within the budget, and the distance ``d`` that achieved it."""
+    budget = FRAMES_PER_MINUTE * max(1, math.ceil(duration_ms / 60_000))
+    usable = [f for f in frames if f.quality >= MIN_QUALITY]
+    if not usable:
+        raise NotAVideo("Every frame of the video is too plain (for example black or one "
+                        "colour) to be recognised reliably.")
+    words = np.frombuffer(b"".join(f.pdq for f in usable), dtype=">u8").reshape(-1, 4)
+    d = DEDUP_BITS
+    while True:
+        kept = [0]
+        for i in range(1, len(usable)):
+            diff = np.bitwise_xor(words[i], words[kept[-1]])
+            if int(sum(int(x).bit_count() for x in diff)) > d:
+                kept.append(i)
+        if len(kept) <= budget or d >= 255:
+            return VideoFrames(tuple(usable[i] for i in kept[:budget]), d, duration_ms)
+        d += DEDUP_STEP
+
+
+def compute_video_signals(data: bytes, options: VideoOptions = VideoOptions()) -> VideoSignals:
+    """Digests of the file and its kept frame hashes (the module's rules 1-4)."""
+    found, duration, (width, height) = candidates(data, options)
+    md5, sha256 = digests_of(data)
+    return VideoSignals(md5, sha256, keep(found, duration), width, height)
+
+
+def _check_size(width: int, height: int, options: VideoOptions) -> None:
+    if width <= 0 or height <= 0:
+        raise NotAVideo("The video's frames have no pixels.")
+    if width * height > options.max_pixels:
+        raise VideoTooLarge(f"The video's frames are {width}x{height} pixels; the limit is "
+                            f"{options.max_pixels} pixels.")
+
+
+def _declared_seconds(container: object, stream: object) -> float | None:
+    duration = getattr(container, "duration", None)  # in AV_TIME_BASE (microseconds)
+    if duration:
+        return float(duration) / 1_000_000
+    if getattr(stream, "duration", None) and getattr(stream, "time_base", None):
+        return float(stream.duration * stream.time_base)  # type: ignore[attr-defined]
+    return None
+
+
+def _reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return str(text).rstrip(".").split(": '")[0][:120] or type(e).__name__
