@@ -14,7 +14,7 @@ from registry.domain import QUERY_SIGNALS, Signal
 from registry.errors import DegenerateHash, InvalidHash, RegistryError
 
 if TYPE_CHECKING:
-    from registry.hashing import ImageSignals
+    from registry.hashing import ImageSignals, VideoSignals
 
 # A request holds at most the registry's max_queries (its OpenAPI document says how many);
 # with local signals (~144 KB each, and tens of milliseconds of verification each on the
@@ -28,11 +28,16 @@ class ApiError(RegistryError):
     code = "api_error"
 
 
-def query_json(ref: str, image: ImageSignals, min_quality: int) -> dict[str, Any]:
+def query_json(ref: str, image: ImageSignals | VideoSignals, min_quality: int
+               ) -> dict[str, Any]:
     """The API query for one hashed file: its signals, less those the registry would refuse
     (a PDQ under ``min_quality``, a hash of a blank picture): one such file must not make the
     registry refuse a whole batch. ``DegenerateHash`` when nothing usable is left."""
+    from registry.hashing import VideoSignals
+
     signals = {k: v for k, v in image.to_json().items() if k in QUERY_SIGNALS}
+    if isinstance(image, VideoSignals):  # its digests and frames (checked when they were kept)
+        return {"id": ref, "signals": signals}
     if image.pdq_quality < min_quality:
         signals.pop("pdq", None)
     if image.content is not None and image.content.quality < min_quality:

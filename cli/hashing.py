@@ -15,23 +15,31 @@ from registry.domain import QueryResult
 from registry.errors import RegistryError
 
 if TYPE_CHECKING:
-    from registry.hashing import ImageSignals
+    from registry.hashing import ImageSignals, VideoSignals
+
+    Hashed = ImageSignals | VideoSignals
 
 FILES = click.argument("files", nargs=-1, required=True,
                        type=click.Path(dir_okay=False, allow_dash=False))
 
 
 def _hash_files(files: tuple[str, ...], settings: Settings, registration: bool = False
-                ) -> Iterator[tuple[str, ImageSignals | RegistryError]]:
-    from registry.hashing import DecodeOptions, compute_signals
+                ) -> Iterator[tuple[str, Hashed | RegistryError]]:
+    """Each file's signals: a video's (MP4, MOV, WebM, MKV, AVI, by its first bytes) or an
+    image's; or the error that stopped it."""
+    from registry.hashing import DecodeOptions, VideoOptions, compute_signals
+    from registry.hashing.video import compute_video_signals, container_of
 
-    options = DecodeOptions.of(settings)
+    options, video = DecodeOptions.of(settings), VideoOptions.of(settings)
     with click.progressbar(files, label="Hashing", file=sys.stderr,
                            hidden=not show_progress(len(files))) as bar:
         for path in bar:
             try:
-                data = read_file(path, settings.max_upload_bytes)
-                yield path, compute_signals(data, options, registration=registration)
+                data = read_file(path, max(settings.max_upload_bytes, settings.max_video_bytes))
+                if container_of(data) is not None:
+                    yield path, compute_video_signals(data, video)
+                else:
+                    yield path, compute_signals(data, options, registration=registration)
             except RegistryError as e:
                 yield path, e
 
@@ -43,7 +51,9 @@ def _hash_files(files: tuple[str, ...], settings: Settings, registration: bool =
 @FILES
 @click.pass_obj
 def hash_cmd(ctx: Context, as_json: bool, variants: bool, files: tuple[str, ...]) -> None:
-    """Compute the signals of image FILES locally (nothing is sent or stored)."""
+    """Compute the signals of image or video FILES locally (nothing is sent or stored)."""
+    from registry.hashing import VideoSignals
+
     failed = False
     for path, result in _hash_files(files, ctx.settings, registration=variants):
         if isinstance(result, RegistryError):
@@ -51,6 +61,10 @@ def hash_cmd(ctx: Context, as_json: bool, variants: bool, files: tuple[str, ...]
             _report_error(path, result, as_json)
         elif as_json:
             emit_json({"file": path, **result.to_json()})
+        elif isinstance(result, VideoSignals):
+            kept = result.frames
+            click.echo(f"{path}\tvideo frames={len(kept.frames)} "
+                       f"duration={kept.duration_ms / 1000:.1f}s md5={result.md5.hex}")
         else:
             click.echo(f"{path}\tpdq={result.pdq.hex} quality={result.pdq_quality} "
                        f"phash={result.phash.hex} md5={result.md5.hex}")
@@ -69,17 +83,20 @@ def _report_error(path: str, err: RegistryError, as_json: bool) -> None:
 @FILES
 @click.pass_obj
 def submit(ctx: Context, as_json: bool, files: tuple[str, ...]) -> None:
-    """Register image FILES as one new case and print its case number and PIN (shown once).
+    """Register image or video FILES as one new case and print its case number and PIN
+    (shown once).
 
     Hashing happens here; only the signals are stored. Nothing is registered unless every file
     hashes cleanly."""
+    from registry.hashing import VideoSignals
     from registry.service import SubmittedImage
 
     images = []
     for path, result in _hash_files(files, ctx.settings, registration=True):
         if isinstance(result, RegistryError):
             raise type(result)(f"{path}: {result.message}")
-        images.append(SubmittedImage.from_image(result))
+        images.append(SubmittedImage.from_video(result) if isinstance(result, VideoSignals)
+                      else SubmittedImage.from_image(result))
     receipt = ctx.registry(load_index=False).submit_case(images)
     if as_json:
         emit_json(receipt.to_json())
@@ -105,7 +122,7 @@ def match(ctx: Context, as_json: bool, url: str | None, key: str | None,
         raise click.UsageError("--url needs --key (or TAKEDOWN_API_KEY).")
     if key and not url:
         raise click.UsageError("--key is only used with --url.")
-    hashed: list[tuple[str, ImageSignals | RegistryError]] = list(
+    hashed: list[tuple[str, Hashed | RegistryError]] = list(
         _hash_files(files, ctx.settings))
     if url:
         assert key is not None
@@ -129,7 +146,10 @@ def match(ctx: Context, as_json: bool, url: str | None, key: str | None,
     else:
         good = [(p, r) for p, r in hashed if not isinstance(r, RegistryError)]
         registry = ctx.registry()
-        found = registry.match([registry.query_of_image(p, r) for p, r in good])
+        from registry.hashing import VideoSignals
+
+        found = registry.match([registry.query_of_video(p, r) if isinstance(r, VideoSignals)
+                                else registry.query_of_image(p, r) for p, r in good])
         results = {p: _local_json(res) for (p, _), res in zip(good, found, strict=True)}
     failed = False
     for path, result in hashed:

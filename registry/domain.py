@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 import secrets
 import struct
@@ -36,6 +37,10 @@ class SignalKind(StrEnum):
     MD5 = "md5"
     SHA256 = "sha256"
     LOCAL = "local"
+    # The kept frame hashes of a video (registry.hashing.video): a query signal. Registered,
+    # its frames are stored as PDQ signals labelled ``frame@<ms>``, so stills and PDQ-only
+    # platforms match them too.
+    VPDQ = "vpdq"
 
     @property
     def bits(self) -> int:
@@ -51,6 +56,11 @@ class SignalKind(StrEnum):
     def is_local(self) -> bool:
         return self is SignalKind.LOCAL
 
+    @property
+    def packed(self) -> bool:
+        """A variable-length value written as base64 (local keypoints, video frames)."""
+        return self is SignalKind.LOCAL or self is SignalKind.VPDQ
+
     @classmethod
     def parse(cls, name: str) -> SignalKind:
         kind = _BY_NAME.get(name) if isinstance(name, str) else None
@@ -61,7 +71,7 @@ class SignalKind(StrEnum):
 
 
 _BITS = {SignalKind.PDQ: 256, SignalKind.PHASH: 64, SignalKind.MD5: 128, SignalKind.SHA256: 256,
-         SignalKind.LOCAL: 256}
+         SignalKind.LOCAL: 256, SignalKind.VPDQ: 256}
 # A dict lookup: parsing runs for every signal of every query (1000 queries x 4 per request).
 _BY_NAME = {k.value: k for k in SignalKind}
 _HEX = re.compile(r"[0-9a-f]+")
@@ -74,10 +84,28 @@ LOCAL_MIN_KEYPOINTS = 16
 # A match query's signal names and the kind each is parsed as (the API and `takedown match
 # --url` both read this).
 QUERY_SIGNALS = {"pdq": "pdq", "pdq_content": "pdq", "pdq_frame": "pdq", "phash": "phash",
-                 "md5": "md5", "sha256": "sha256", "local": "local"}
+                 "md5": "md5", "sha256": "sha256", "local": "local", "vpdq": "vpdq"}
 LOCAL_REGISTER_KEYPOINTS = 112  # a registered image stores at most this many (<= 4,039 bytes)
 LOCAL_MAX_KEYPOINTS = 4096
 LOCAL_MAX_TEXT = 4 * ((LOCAL_HEADER.size + LOCAL_MAX_KEYPOINTS * LOCAL_KEYPOINT_BYTES + 2) // 3)
+# The layout of a vpdq signal (registry.hashing.video defines it): version, dedup distance,
+# frame count, duration in ms; then per frame its time in ms, PDQ quality and 32-byte PDQ.
+VPDQ_HEADER = struct.Struct(">BBHI")
+VPDQ_FRAME = struct.Struct(">IB32s")
+VPDQ_MAX_FRAMES = 1024  # 54 a minute for the longest video (TAKEDOWN_MAX_VIDEO_SECONDS 900)
+VPDQ_MAX_TEXT = 4 * ((VPDQ_HEADER.size + VPDQ_MAX_FRAMES * VPDQ_FRAME.size + 2) // 3)
+FRAME_LABEL = "frame@"  # a registered video frame's view label: frame@<ms>
+
+
+def frame_label(ms: int) -> str:
+    return f"{FRAME_LABEL}{ms}"
+
+
+def frame_ms(label: str) -> int | None:
+    """The time of a registered video frame from its label; None for any other view."""
+    if label.startswith(FRAME_LABEL) and label[len(FRAME_LABEL):].isdigit():
+        return int(label[len(FRAME_LABEL):])
+    return None
 
 # Digests of the empty file: a list entry with these matches every broken upload.
 _EMPTY_DIGESTS = {
@@ -97,8 +125,8 @@ class Signal:
     def parse(cls, kind: SignalKind | str, text: object) -> Signal:
         """Strictly parse lowercase hex of the kind's exact length; reject degenerate values."""
         kind = SignalKind.parse(kind) if isinstance(kind, str) else kind
-        if kind is SignalKind.LOCAL:
-            return cls._parse_local(text)
+        if kind.packed:
+            return cls._parse_packed(kind, text)
         if not isinstance(text, str):
             raise InvalidHash(f"The {kind.value} signal must be a string of hex digits.")
         digits = kind.bits // 4
@@ -115,19 +143,22 @@ class Signal:
         return signal
 
     @classmethod
-    def _parse_local(cls, text: object) -> Signal:
+    def _parse_packed(cls, kind: SignalKind, text: object) -> Signal:
+        name = kind.value
         if not isinstance(text, str) or not text:
-            raise InvalidHash("The local signal must be a base64 string.")
-        if len(text) > LOCAL_MAX_TEXT:
-            raise InvalidHash(f"A local signal is at most {LOCAL_MAX_TEXT} base64 characters "
-                              f"({LOCAL_MAX_KEYPOINTS} keypoints); this one has {len(text)}.")
+            raise InvalidHash(f"The {name} signal must be a base64 string.")
+        most, what = ((LOCAL_MAX_TEXT, f"{LOCAL_MAX_KEYPOINTS} keypoints") if kind.is_local
+                      else (VPDQ_MAX_TEXT, f"{VPDQ_MAX_FRAMES} frames"))
+        if len(text) > most:
+            raise InvalidHash(f"A {name} signal is at most {most} base64 characters "
+                              f"({what}); this one has {len(text)}.")
         if not _B64.fullmatch(text):
-            raise InvalidHash("A local signal must be standard base64 (A-Z, a-z, 0-9, +, /).")
+            raise InvalidHash(f"A {name} signal must be standard base64 (A-Z, a-z, 0-9, +, /).")
         try:
             blob = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidHash("A local signal must be valid base64 with its padding.") from None
-        signal = cls(SignalKind.LOCAL, blob)
+            raise InvalidHash(f"A {name} signal must be valid base64 with its padding.") from None
+        signal = cls(kind, blob)
         signal.check_not_degenerate()
         return signal
 
@@ -137,8 +168,8 @@ class Signal:
 
     @property
     def text(self) -> str:
-        """The value as the API and the CLI write it: hex, or base64 for ``local``."""
-        if self.kind is SignalKind.LOCAL:
+        """The value as the API and the CLI write it: hex, or base64 for ``local``/``vpdq``."""
+        if self.kind.packed:
             return base64.b64encode(self.value).decode("ascii")
         return self.value.hex()
 
@@ -160,6 +191,8 @@ class Signal:
         signal must be well formed and hold enough keypoints to be verified geometrically."""
         if self.kind is SignalKind.LOCAL:
             self._check_local()
+        elif self.kind is SignalKind.VPDQ:
+            self.frames()
         elif self.kind.perceptual:
             bits = self.kind.bits
             ones = self.popcount
@@ -190,11 +223,34 @@ class Signal:
             raise DegenerateHash(f"This local signal has {n} keypoints; at least "
                                  f"{LOCAL_MIN_KEYPOINTS} are needed to verify a match.")
 
+    def frames(self) -> list[tuple[int, int, Signal]]:
+        """A vpdq signal's frames: (time in ms, PDQ quality, PDQ signal), in time order; raises
+        :class:`InvalidHash` when the value is not well formed."""
+        if self.kind is not SignalKind.VPDQ:
+            return []
+        if len(self.value) < VPDQ_HEADER.size:
+            raise InvalidHash("A vpdq signal is too short to hold its header.")
+        version, _, n, _ = VPDQ_HEADER.unpack_from(self.value)
+        if version != 1:
+            raise InvalidHash(f"A vpdq signal of format {version} is not understood (format 1).")
+        want = VPDQ_HEADER.size + n * VPDQ_FRAME.size
+        if len(self.value) != want or not 0 < n <= VPDQ_MAX_FRAMES:
+            raise InvalidHash(f"A vpdq signal holds 1 to {VPDQ_MAX_FRAMES} frames of "
+                              f"{VPDQ_FRAME.size} bytes after its header; this one does not.")
+        out = [(ms, quality, Signal(SignalKind.PDQ, pdq)) for ms, quality, pdq in
+               VPDQ_FRAME.iter_unpack(self.value[VPDQ_HEADER.size:])]
+        if any(b[0] < a[0] for a, b in itertools.pairwise(out)):
+            raise InvalidHash("A vpdq signal's frames must be in time order.")
+        if any(quality > 100 for _, quality, _ in out):
+            raise InvalidHash("A vpdq frame's PDQ quality is at most 100.")
+        return out
+
     def __sub__(self, other: Signal) -> int:
         if other.kind is not self.kind:
             raise TypeError(f"cannot compare {self.kind.value} with {other.kind.value}")
-        if self.kind is SignalKind.LOCAL:
-            raise TypeError("local signals are compared by geometric verification, not bits")
+        if self.kind.packed:
+            raise TypeError(f"{self.kind.value} signals are compared frame by frame or by "
+                            "geometric verification, not bits")
         a = int.from_bytes(self.value, "big")
         b = int.from_bytes(other.value, "big")
         return (a ^ b).bit_count()
@@ -391,6 +447,9 @@ class Match:
     # registered picture they span (``distance`` is then their median descriptor distance).
     inliers: int | None = None
     coverage: float | None = None
+    # vpdq matches only: query frames matched (in time order, for a registered video), and
+    # their fraction of the query's usable frames (``distance``: the closest frame's).
+    frames: int | None = None
 
     def to_json(self, *, with_case: bool = False) -> dict[str, object]:
         out: dict[str, object] = {
@@ -403,6 +462,9 @@ class Match:
         }
         if self.inliers is not None:
             out["inliers"] = self.inliers
+            out["coverage"] = self.coverage
+        if self.frames is not None:
+            out["frames"] = self.frames
             out["coverage"] = self.coverage
         if with_case:
             out["case"] = self.case

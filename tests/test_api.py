@@ -25,7 +25,8 @@ from registry.service import Registry, SubmittedImage
 from registry.web import create_app
 from tests.conftest import FAST_KDF, encode, photo
 
-API_PATHS = {"/api/v1/match", "/api/v1/match/image", "/api/v1/feedback", "/api/v1/feed"}
+API_PATHS = {"/api/v1/match", "/api/v1/match/image", "/api/v1/match/video", "/api/v1/feedback",
+             "/api/v1/feed"}
 MATCH_KEYS = {"match_id", "signal", "distance", "tier", "bank", "confidence"}
 FEED_KEYS = {"seq", "status", "id", "signal", "value", "bank", "view", "pipeline_version", "at"}
 SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")

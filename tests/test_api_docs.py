@@ -5,8 +5,8 @@ The server is the real thing (``python -m cli serve`` in a subprocess) on a fres
 the canary bank registered (``takedown canary``) and a real key (``takedown platform add``); a
 second server on the same data, limited to 3 requests per 2 seconds, answers the blocks marked
 ``server=throttled``. Blocks run in a scratch folder holding ``canary/`` and an unrelated
-``photo.jpg``, with ``TAKEDOWN_URL`` and ``TAKEDOWN_API_KEY`` set as the guide tells the reader to
-set them; ``operator`` blocks also see the server's ``TAKEDOWN_DATA_DIR``.
+``photo.jpg`` and ``clip.mp4``, with ``TAKEDOWN_URL`` and ``TAKEDOWN_API_KEY`` set as the guide
+tells the reader to set them; ``operator`` blocks also see the server's ``TAKEDOWN_DATA_DIR``.
 
 Block attributes (after the language on the fence line): ``run=NAME`` (checked by
 ``CHECKS[NAME]``), ``needs=A,B`` (python blocks of the same language are prepended as source,
@@ -32,7 +32,9 @@ from pathlib import Path
 
 import pytest
 
+from registry.domain import Signal
 from tests.conftest import encode, photo
+from tests.images import clip, pan
 from tests.test_serve import stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +149,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"})
     _cli(env, work, "canary", "--out", "canary")
     (work / "photo.jpg").write_bytes(encode(photo(4242)))
+    (work / "clip.mp4").write_bytes(clip(pan(4243, 3)))
     key = json.loads(_cli(env, work, "platform", "add", "docs-test", "--scope", "match",
                           "--scope", "feed", "--json"))["key"]
     procs, urls, logs = [], {}, []
@@ -284,6 +287,14 @@ def check_match_image(r: subprocess.CompletedProcess[str], live: Live) -> None:
         assert re.fullmatch(f"[0-9a-f]{{{digits}}}", answer["signals"][name])
 
 
+def check_match_video(r: subprocess.CompletedProcess[str], live: Live) -> None:
+    answer = json.loads(r.stdout)
+    assert answer["id"] == "clip.mp4" and answer["matched"] is False  # nothing registered
+    assert Signal.parse("vpdq", answer["signals"]["vpdq"]).frames()
+    for name in ("md5", "sha256"):
+        assert re.fullmatch(f"[0-9a-f]{{{HEX[name]}}}", answer["signals"][name])
+
+
 def check_feedback_curl(r: subprocess.CompletedProcess[str], live: Live) -> None:
     receipt = json.loads(r.stdout)
     assert receipt["outcome"] == "removed" and receipt["recorded"] is True
@@ -380,6 +391,7 @@ CHECKS: dict[str, Check] = {
     "client": check_client,
     "match-py": check_match_py,
     "match-image": check_match_image,
+    "match-video": check_match_video,
     "feedback-curl": check_feedback_curl,
     "feedback-py": check_feedback_py,
     "feed-curl": check_feed_curl,

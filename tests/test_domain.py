@@ -28,7 +28,7 @@ from registry.domain import (
     normalise_pin,
 )
 
-KINDS = [k for k in SignalKind if not k.is_local]  # fixed-width hex kinds
+KINDS = [k for k in SignalKind if not k.packed]  # fixed-width hex kinds
 DIGITS = {SignalKind.PDQ: 64, SignalKind.PHASH: 16, SignalKind.MD5: 32, SignalKind.SHA256: 64}
 
 
@@ -53,7 +53,8 @@ def balanced(kind: SignalKind) -> str:
 
 # --- SignalKind ---------------------------------------------------------------------------------
 def test_signal_kinds():
-    assert [k.value for k in SignalKind] == ["pdq", "phash", "md5", "sha256", "local"]
+    assert [k.value for k in SignalKind] == ["pdq", "phash", "md5", "sha256", "local", "vpdq"]
+    assert [k.packed for k in SignalKind] == [False] * 4 + [True, True]
     assert {k: k.bits for k in KINDS} == {
         SignalKind.PDQ: 256,
         SignalKind.PHASH: 64,

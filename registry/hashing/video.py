@@ -22,18 +22,17 @@ The definition (one place; the submit page's port follows it):
    until the kept frames fit ``FRAMES_PER_MINUTE`` per started minute (37 bytes each: at most
    2 KiB per minute of video); the ``d`` used is stored with them.
 
-The value of a ``vpdq`` signal (:func:`pack`): a version byte, ``d``, the frame count (u16),
+The value of a ``vpdq`` signal (:meth:`VideoFrames.pack`; the layout is
+``registry.domain.VPDQ_HEADER``/``VPDQ_FRAME``): a version byte, ``d``, the frame count (u16),
 the duration in milliseconds (u32), then per kept frame its timestamp in milliseconds (u32),
-its PDQ quality (u8) and its 32-byte PDQ hash.
+its PDQ quality (u8) and its 32-byte PDQ hash. Registered, each frame becomes a PDQ signal
+labelled ``frame@<ms>`` (``registry.service.cases``).
 """
 
 from __future__ import annotations
 
-import base64
 import io
-import itertools
 import math
-import struct
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -41,8 +40,8 @@ import numpy as np
 from PIL import Image
 
 from registry.config import Settings, default
-from registry.domain import Signal
-from registry.errors import EmptyImage, FileTooLarge, InvalidInput, NotAVideo, VideoTooLarge
+from registry.domain import VPDQ_FRAME, VPDQ_HEADER, Signal, SignalKind
+from registry.errors import EmptyImage, FileTooLarge, NotAVideo, VideoTooLarge
 from registry.hashing import isobmff
 from registry.hashing.signals import digests_of, pdq_of
 
@@ -54,9 +53,7 @@ DEDUP_BITS = 16
 DEDUP_STEP = 8
 FRAMES_PER_MINUTE = 54  # 54 x 37 + 8 bytes: under 2 KiB per minute
 MAX_FPS = 240  # decoded frames per second of the duration limit
-_HEAD = struct.Struct(">BBHI")
-_FRAME = struct.Struct(">IB32s")
-FRAME_BYTES = _FRAME.size
+FRAME_BYTES = VPDQ_FRAME.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,31 +87,23 @@ class VideoFrames:
     duration_ms: int
 
     def pack(self) -> bytes:
-        head = _HEAD.pack(VERSION, self.dedup_bits, len(self.frames), self.duration_ms)
-        return head + b"".join(_FRAME.pack(f.ms, f.quality, f.pdq) for f in self.frames)
+        head = VPDQ_HEADER.pack(VERSION, self.dedup_bits, len(self.frames), self.duration_ms)
+        return head + b"".join(VPDQ_FRAME.pack(f.ms, f.quality, f.pdq) for f in self.frames)
+
+    @property
+    def signal(self) -> Signal:
+        return Signal(SignalKind.VPDQ, self.pack())
 
     @property
     def text(self) -> str:
-        return base64.b64encode(self.pack()).decode("ascii")
+        return self.signal.text
 
     @classmethod
     def unpack(cls, data: bytes) -> VideoFrames:
-        if len(data) < _HEAD.size:
-            raise InvalidInput("A vpdq value is too short to hold its header.")
-        version, dedup, count, duration = _HEAD.unpack_from(data)
-        if version != VERSION:
-            raise InvalidInput(f"Unknown vpdq layout version {version}; this registry reads "
-                               f"version {VERSION}.")
-        if count == 0 or len(data) != _HEAD.size + count * FRAME_BYTES:
-            raise InvalidInput(f"A vpdq value of {count} frames must be "
-                               f"{_HEAD.size + count * FRAME_BYTES} bytes; it is {len(data)}.")
-        frames = tuple(Frame(ms, q, pdq) for ms, q, pdq in
-                       _FRAME.iter_unpack(data[_HEAD.size:]))
-        if any(b.ms < a.ms for a, b in itertools.pairwise(frames)):
-            raise InvalidInput("A vpdq value's frames must be in time order.")
-        if any(f.quality > 100 for f in frames):
-            raise InvalidInput("A vpdq frame's quality is at most 100.")
-        return cls(frames, dedup, duration)
+        """The frames of a packed value; raises ``InvalidHash`` when it is not well formed."""
+        frames = Signal(SignalKind.VPDQ, data).frames()
+        _, dedup, _, duration = VPDQ_HEADER.unpack_from(data)
+        return cls(tuple(Frame(ms, q, pdq.value) for ms, q, pdq in frames), dedup, duration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +113,15 @@ class VideoSignals:
     frames: VideoFrames
     width: int
     height: int
+
+    def signals(self) -> tuple[Signal, ...]:
+        return (self.md5, self.sha256, self.frames.signal)
+
+    def to_json(self) -> dict[str, object]:
+        return {"md5": self.md5.hex, "sha256": self.sha256.hex, "vpdq": self.frames.text,
+                "frames": len(self.frames.frames), "duration_ms": self.frames.duration_ms,
+                "dedup_bits": self.frames.dedup_bits, "width": self.width,
+                "height": self.height}
 
 
 # --- containers -------------------------------------------------------------------------------

@@ -28,7 +28,14 @@ from registry.domain import (
     Thresholds,
 )
 from registry.errors import InvalidInput, PlatformNotFound, RegistryError
-from registry.hashing import DecodeOptions, ImageSignals, compute_signals
+from registry.hashing import (
+    DecodeOptions,
+    ImageSignals,
+    VideoOptions,
+    VideoSignals,
+    compute_signals,
+    compute_video_signals,
+)
 from registry.interop import Entry, Problem
 from registry.service import (
     audit,
@@ -127,6 +134,10 @@ class Registry:
         """Signals of an image held in memory; ``registration`` adds the registered views."""
         return compute_signals(data, self.decode_options, registration=registration)
 
+    def hash_video(self, data: bytes) -> VideoSignals:
+        """Digests and kept frame hashes of a video held in memory (registry.hashing.video)."""
+        return compute_video_signals(data, VideoOptions.of(self.settings))
+
     # --- cases ---------------------------------------------------------------------------------
     def submit_case(self, images: Sequence[SubmittedImage], *, strict: bool = False
                     ) -> CaseReceipt:
@@ -184,6 +195,9 @@ class Registry:
 
     def query_of_image(self, ref: str, image: ImageSignals) -> Query:
         return matching.query_of_image(ref, image, self.settings)
+
+    def query_of_video(self, ref: str, video: VideoSignals) -> Query:
+        return Query(ref, video.signals())
 
     # --- feedback, feed, banks ----------------------------------------------------------------
     def record_feedback(self, platform: Platform, match_id: str, outcome: str

@@ -19,11 +19,12 @@ from registry.domain import (
     Signal,
     SignalKind,
     SignalStatus,
+    frame_label,
     generate_pin,
     normalise_pin,
 )
 from registry.errors import CaseLocked, CaseNotFound, InvalidInput, LowQualityHash, WrongPin
-from registry.hashing import PIPELINE_VERSION, ImageSignals, variants
+from registry.hashing import PIPELINE_VERSION, ImageSignals, VideoSignals, variants
 from registry.service import pins
 from registry.store import Store, Transaction
 
@@ -48,14 +49,24 @@ class SubmittedImage:
             views.insert(0, ("content", image.content.pdq, image.content.quality))
         return cls(image.signals(), image.pdq_quality, tuple(views))
 
+    @classmethod
+    def from_video(cls, video: VideoSignals) -> SubmittedImage:
+        return cls(video.signals())
+
     def rows(self, min_quality: int) -> list[tuple[Signal, str, int | None]]:
         """``(signal, label, quality)`` of everything to store for this image. Views below the
         quality floor, and orientation views whose hash does not follow from the image's own
         (``variants.predicted_pdq``: not a view of this picture), are left out."""
         out: list[tuple[Signal, str, int | None]] = [
             (s, "full" if s.kind.perceptual or s.kind.is_local else "",
-             self.pdq_quality if s.kind is SignalKind.PDQ else None) for s in self.signals]
+             self.pdq_quality if s.kind is SignalKind.PDQ else None)
+            for s in self.signals if s.kind is not SignalKind.VPDQ]
         seen = {s.value for s in self.signals}
+        for s in self.signals:  # a video: each kept frame is stored as a PDQ signal
+            for ms, quality, frame in s.frames():
+                if quality >= min_quality and frame.value not in seen:
+                    seen.add(frame.value)
+                    out.append((frame, frame_label(ms), quality))
         main = next((s for s in self.signals if s.kind is SignalKind.PDQ), None)
         for label, signal, quality in self.views:
             if main is not None and not view_agrees(label, signal, main):
@@ -124,7 +135,11 @@ def validate_submission(images: Sequence[SubmittedImage], settings: Settings,
             raise InvalidInput(f"Image {n} has no signals.")
         if len(set(kinds)) != len(kinds):
             raise InvalidInput(f"Image {n} has the same signal twice.")
-        if strict and not {SignalKind.PDQ, SignalKind.MD5, SignalKind.SHA256} <= set(kinds):
+        if SignalKind.VPDQ in kinds:
+            if set(kinds) - {SignalKind.VPDQ, SignalKind.MD5, SignalKind.SHA256} or image.views:
+                raise InvalidInput(f"Image {n}: a video carries its vpdq, md5 and sha256 "
+                                   "signals only (its frames are its views).")
+        elif strict and not {SignalKind.PDQ, SignalKind.MD5, SignalKind.SHA256} <= set(kinds):
             raise InvalidInput(
                 f"Image {n}: a case's image carries its pdq, md5 and sha256 signals (as the "
                 "submit page computes them); bare digests or a lone hash are not accepted.")

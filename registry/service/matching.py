@@ -9,12 +9,24 @@ A query whose whole-picture hashes (PDQ, pHash, digests) match a hash of the ``b
 common image an operator found causing false matches) exactly or in the strong tier gets no
 whole-picture matches: it is a copy of that image, not of a victim's. Its local matches stand (a
 collage may put a benign picture beside a victim's, and the local signal is what finds the
-victim's there). Such queries are counted in the audit record of the request.
+victim's there), and so do its video matches (one frame of a common intro must not hide the
+rest). Such queries are counted in the audit record of the request.
 
 Each bank's policy applies per request (``banks``: a few rows, read with the hits): a disabled
 bank's hashes match nothing, and a bank with thresholds tighter than the registry's (never
 looser: those are the measured false-positive bar and the search radius) tiers its perceptual
 hits by its own.
+
+A video query (a ``vpdq`` signal: its kept frame hashes) looks each usable frame up in the PDQ
+index, where a registered video's frames are PDQ signals labelled ``frame@<ms>``. Per query
+and registered image the frame hits make one ``vpdq`` match: for a registered still, when any
+frame matches it (tiered as PDQ); for a registered video, when at least ``VIDEO_MIN_FRAMES``
+query frames (or all of a shorter query's) match frames of it in the same time order (the
+longest chain of pairs whose registered times never go back) and that chain holds at least
+``VIDEO_MIN_SHARE`` of the query's usable frames or of the registered video's frames; strong
+with ``VIDEO_STRONG_FRAMES`` and ``VIDEO_STRONG_SHARE`` and a frame within the PDQ strong
+threshold. These are first choices, to be set by ``bench/accuracy_video.py``. A still query
+matches a registered video's frame as any PDQ hit does (signal ``pdq``).
 
 A pHash hit is returned only beside another signal of the same query matching the same
 registered image (PDQ, local or a digest): 64 bits matched up to 7 apart are a supporting
@@ -25,7 +37,9 @@ each such hit, with 64 one-bit variants in one request, spells the registered pH
 
 from __future__ import annotations
 
+import bisect
 import secrets
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -41,6 +55,7 @@ from registry.domain import (
     SignalStatus,
     Tier,
     confidence,
+    frame_ms,
     local_confidence,
 )
 from registry.errors import InvalidInput, TooManyQueries
@@ -59,11 +74,14 @@ class _Hit:
     tier: Tier
     inliers: int | None = None
     coverage: float | None = None
+    frames: int | None = None
 
     @property
     def order(self) -> tuple[int, int, int, int]:
-        # Within a query: the strongest evidence first (for local, the most inliers).
-        rank = -(self.inliers or 0) if self.kind is SignalKind.LOCAL else self.distance
+        # Within a query: the strongest evidence first (for local, the most inliers; for a
+        # video, the most frames).
+        rank = (-(self.inliers or 0) if self.kind is SignalKind.LOCAL
+                else -(self.frames or 0) if self.kind is SignalKind.VPDQ else self.distance)
         return (self.query, 0 if self.tier is Tier.EXACT else 1, rank, self.signal_id)
 
 
@@ -96,15 +114,21 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
     keeper.sync()
     hits = (_perceptual_hits(keeper, settings, queries) + _local_hits(keeper, settings, queries)
             + _exact_hits(store, queries))
-    if not hits:
+    frame_hits, usable = _frame_hits(keeper, settings, queries)
+    if not hits and not frame_hits:
         _audit(store, actor, len(queries), [])
         return [QueryResult(q.id) for q in queries]
     with store.transaction(write=False) as tx:
         by_id = tx.banks.by_id()
-        registered = tx.signals.get_many((h.signal_id for h in hits), by_id)
+        registered = tx.signals.get_many(
+            [*(h.signal_id for h in hits), *(f[2] for f in frame_hits)], by_id)
+        lengths = tx.signals.frames_per_image(
+            reg.image_key for f in frame_hits if (reg := registered.get(f[2])) is not None
+            and frame_ms(reg.label) is not None) if frame_hits else {}
+    hits += _video_hits(frame_hits, usable, lengths, registered, settings)
     banks = {b.name: b for b in by_id.values()}
     hits = _by_bank_policy(hits, registered, banks, settings)
-    benign = {h.query for h in hits if h.tier is not Tier.WEAK and h.kind is not SignalKind.LOCAL
+    benign = {h.query for h in hits if h.tier is not Tier.WEAK and not h.kind.packed
               and (reg := registered.get(h.signal_id)) is not None
               and reg.bank_kind is BankKind.BENIGN and reg.status is SignalStatus.ACTIVE}
     def image_of(reg: RegisteredSignal) -> str | int:
@@ -122,7 +146,7 @@ def match(store: Store, keeper: IndexKeeper, settings: Settings, queries: Sequen
         reg = registered.get(h.signal_id)
         if (reg is None or reg.status is not SignalStatus.ACTIVE
                 or reg.bank_kind is BankKind.BENIGN  # suppresses; never a match itself
-                or (h.query in benign and h.kind is not SignalKind.LOCAL)
+                or (h.query in benign and not h.kind.packed)
                 or (h.kind is SignalKind.PHASH and (h.query, image_of(reg)) not in corroborated)):
             continue
         key = (h.query, h.kind, reg.case_number or reg.image_key or h.signal_id)
@@ -203,6 +227,94 @@ def _local_hits(keeper: IndexKeeper, settings: Settings, queries: Sequence[Query
     return hits
 
 
+VIDEO_MIN_FRAMES = 2  # query frames in time order for a video to match a registered video
+VIDEO_STRONG_FRAMES = 5
+VIDEO_MIN_SHARE = 0.5  # of the query's frames, or of the registered video's, in that order
+VIDEO_STRONG_SHARE = 0.8
+
+
+def _frame_hits(keeper: IndexKeeper, settings: Settings, queries: Sequence[Query]
+                ) -> tuple[list[tuple[int, int, int, int]], Counter[int]]:
+    """(query, frame time in ms, registered signal id, distance) for every usable frame of
+    every vpdq query signal within the PDQ weak threshold, and the usable frames per query."""
+    which = [(qi, ms, frame) for qi, q in enumerate(queries) for s in q.signals
+             if s.kind is SignalKind.VPDQ for ms, quality, frame in s.frames()
+             if quality >= settings.pdq_min_quality]
+    usable = Counter(qi for qi, _, _ in which)
+    if not which:
+        return [], usable
+    results = keeper.search(SignalKind.PDQ, [f.value for _, _, f in which],
+                            settings.thresholds(SignalKind.PDQ).weak)
+    out = [(qi, ms, sid, dist) for (qi, ms, _), result in zip(which, results, strict=True)
+           for sid, dist in zip(result.ids.tolist(), result.distances.tolist(), strict=True)]
+    return out, usable
+
+
+def _video_hits(frame_hits: list[tuple[int, int, int, int]], usable: Counter[int],
+                lengths: dict[str, int], registered: dict[int, RegisteredSignal],
+                settings: Settings) -> list[_Hit]:
+    """One vpdq hit per (query, registered image) from the frame hits (the module's rule)."""
+    groups: dict[tuple[int, str | int], list[tuple[int, int | None, int, int]]] = (
+        defaultdict(list))
+    for qi, q_ms, sid, dist in frame_hits:
+        reg = registered.get(sid)
+        if reg is None or reg.status is not SignalStatus.ACTIVE:
+            continue
+        image = reg.image_key or reg.case_number or reg.id
+        groups[(qi, image)].append((q_ms, frame_ms(reg.label), dist, sid))
+    thresholds = settings.thresholds(SignalKind.PDQ)
+    hits = []
+    for (qi, image), pairs in groups.items():
+        frames_of_video = [p for p in pairs if p[1] is not None]
+        if frames_of_video:
+            chain = _in_time_order(frames_of_video)
+            matched = len({q for q, _, _, _ in chain})
+            # The share of the query's frames in the chain, or of the registered video's (a
+            # registered clip inside a longer query video).
+            share = max(matched / usable[qi],
+                        len({r for _, r, _, _ in chain}) / max(1, lengths.get(str(image), 0)))
+            if matched < min(VIDEO_MIN_FRAMES, usable[qi]) or share < VIDEO_MIN_SHARE:
+                continue
+            best = min(chain, key=lambda p: p[2])
+            strong = (matched >= min(VIDEO_STRONG_FRAMES, usable[qi])
+                      and share >= VIDEO_STRONG_SHARE and best[2] <= thresholds.strong)
+            tier, distance = (Tier.STRONG if strong else Tier.WEAK), best[2]
+        else:  # a registered still: any frame of the query matching it
+            best = min(pairs, key=lambda p: p[2])
+            matched = len({q for q, _, _, _ in pairs})
+            found = thresholds.tier(best[2])
+            assert found is not None  # searched up to the weak threshold
+            tier, distance = found, best[2]
+        hits.append(_Hit(qi, best[3], SignalKind.VPDQ, distance, tier,
+                         coverage=round(matched / usable[qi], 4), frames=matched))
+    return hits
+
+
+def _in_time_order(pairs: list[tuple[int, int | None, int, int]]
+                   ) -> list[tuple[int, int | None, int, int]]:
+    """The longest chain of (query ms, registered ms, ...) pairs with both times never going
+    back; pairs of one query frame are ordered by falling registered time so that at most one
+    of them (or several of equal time) joins the chain. O(n log n)."""
+    ordered = sorted(pairs, key=lambda p: (p[0], -(p[1] or 0)))
+    tails: list[int] = []  # tails[k]: registered time ending the best chain of length k + 1
+    ends: list[int] = []  # the index in ``ordered`` of that chain's last pair
+    back: list[int] = [-1] * len(ordered)
+    for i, p in enumerate(ordered):
+        r = p[1] or 0
+        k = bisect.bisect_right(tails, r)
+        back[i] = ends[k - 1] if k else -1
+        if k == len(tails):
+            tails.append(r)
+            ends.append(i)
+        else:
+            tails[k], ends[k] = r, i
+    chain, i = [], ends[-1] if ends else -1
+    while i >= 0:
+        chain.append(ordered[i])
+        i = back[i]
+    return chain[::-1]
+
+
 def _exact_hits(store: Store, queries: Sequence[Query]) -> list[_Hit]:
     hits: list[_Hit] = []
     wanted = {kind: [(qi, s.hex) for qi, q in enumerate(queries) for s in q.signals
@@ -218,6 +330,14 @@ def _exact_hits(store: Store, queries: Sequence[Query]) -> list[_Hit]:
 
 
 def _match(hit: _Hit, reg: RegisteredSignal, settings: Settings, bank: Bank | None) -> Match:
+    if hit.kind is SignalKind.VPDQ:
+        return Match(
+            match_id="m_" + secrets.token_hex(10), signal=hit.kind, distance=hit.distance,
+            tier=hit.tier, bank=reg.bank,
+            confidence=confidence(hit.tier, hit.distance, settings.thresholds(SignalKind.PDQ),
+                                  reg.not_violating),
+            signal_id=hit.signal_id, case=reg.case_number, coverage=hit.coverage,
+            frames=hit.frames)
     if hit.kind is SignalKind.LOCAL:
         return Match(
             match_id="m_" + secrets.token_hex(10), signal=hit.kind, distance=hit.distance,

@@ -8,6 +8,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from registry.domain import (
+    FRAME_LABEL,
     Bank,
     BankKind,
     RegisteredSignal,
@@ -62,6 +63,17 @@ class SignalRepository:
         if status is not None:
             stmt = stmt.where(SignalRow.status == status.value)
         return list(self.s.scalars(stmt))
+
+    def frames_per_image(self, image_keys: Iterable[str]) -> dict[str, int]:
+        """How many video frames (PDQ signals labelled ``frame@<ms>``) each image holds."""
+        keys = sorted(set(image_keys) - {""})
+        if not keys:
+            return {}
+        rows = self.s.execute(select(SignalRow.image_key, func.count())
+                              .where(SignalRow.image_key.in_(keys),
+                                     SignalRow.label.like(FRAME_LABEL + "%"))
+                              .group_by(SignalRow.image_key))
+        return {str(k): int(n) for k, n in rows}
 
     def count_by_case(self, case_id: int) -> dict[str, int]:
         rows = self.s.execute(select(SignalRow.kind, func.count())

@@ -30,7 +30,7 @@ bearer_key = limits.bearer_key
 
 
 _MEDIA = {"api.match": "application/json", "api.feedback": "application/json",
-          "api.match_image": "multipart/form-data"}
+          "api.match_image": "multipart/form-data", "api.match_video": "multipart/form-data"}
 
 
 @bp.before_request
@@ -146,6 +146,27 @@ def match_image(files: dict[str, Any]) -> dict[str, Any]:
     (result,) = registry().match([query], platform=g.platform)
     record_matches([result])
     signals = {k: v for k, v in image.to_json().items() if isinstance(v, str)}
+    return {"index_version": registry().index_version, **result_json(result),
+            "signals": signals}
+
+
+@bp.post("/match/video")
+@bp.input(schemas.VideoUpload, location="files", arg_name="files")
+@bp.output(schemas.ImageMatchResponse)
+@bp.doc(security=SECURITY, responses=[400, 401, 403, 413, 415, 422, 429])
+def match_video(files: dict[str, Any]) -> dict[str, Any]:
+    """Match a video: multipart field ``file``, decoded and hashed in memory (never stored);
+    its kept frame hashes are matched against registered videos (frames in time order) and
+    stills (any frame), and the answer includes the computed signals (``vpdq``, digests).
+    Sending the ``vpdq`` signal to ``/match`` instead keeps the video on your side."""
+    upload = files["file"]
+    data = upload.read()
+    video = registry().hash_video(data)
+    del data
+    query = registry().query_of_video(upload.filename or "file", video)
+    (result,) = registry().match([query], platform=g.platform)
+    record_matches([result])
+    signals = {k: v for k, v in video.to_json().items() if isinstance(v, str)}
     return {"index_version": registry().index_version, **result_json(result),
             "signals": signals}
 

@@ -8,7 +8,7 @@ from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Nested, S
 from apiflask.validators import Length, OneOf, Range, Regexp
 from marshmallow import ValidationError
 
-from registry.domain import LOCAL_MAX_TEXT
+from registry.domain import LOCAL_MAX_TEXT, VPDQ_MAX_TEXT
 
 
 def _hex(digits: int) -> str:
@@ -39,6 +39,11 @@ class Signals(Schema):
                        "standard base64 of the packed layout; `takedown hash` and the "
                        "browser compute it. Up to 4,096 keypoints per query.",
         "maxLength": LOCAL_MAX_TEXT})
+    vpdq = String(metadata={
+        "description": "A video's kept frame hashes (PDQ per frame with its time and quality, "
+                       "docs/hashing.md#video), standard base64 of the packed layout; "
+                       "`takedown hash VIDEO` computes it. Up to 1,024 frames.",
+        "maxLength": VPDQ_MAX_TEXT})
 
 
 class MatchQuery(Schema):
@@ -55,13 +60,17 @@ class MatchRequest(Schema):
 
 class MatchOut(Schema):
     match_id = String(metadata={"description": "Quote it when you send feedback"})
-    signal = String(metadata={"description": "pdq, phash, md5, sha256 or local"})
+    signal = String(metadata={"description": "pdq, phash, md5, sha256, local or vpdq"})
     distance = Integer(metadata={"description": "Hamming bits (0 for digests; for local, the "
-                                                "median over the inlier keypoints)"})
+                                                "median over the inlier keypoints; for vpdq, the "
+                                                "closest matched frame)"})
     inliers = Integer(metadata={"description": "local only: keypoints consistent with one "
                                                "similarity transform"})
-    coverage = Float(metadata={"description": "local only: fraction of the registered picture "
-                                              "the inliers span"})
+    coverage = Float(metadata={"description": "local: fraction of the registered picture the "
+                                              "inliers span; vpdq: fraction of the query "
+                                              "video's frames matched"})
+    frames = Integer(metadata={"description": "vpdq only: query frames matched (for a "
+                                              "registered video, in time order)"})
     tier = String(validate=OneOf(["exact", "strong", "weak"]))
     bank = String()
     confidence = Float(metadata={"description": "0-1, lowered by not_violating feedback"})
@@ -90,6 +99,13 @@ class ImageUpload(Schema):
         metadata={"description": "The image (JPEG, PNG, GIF, WebP, BMP, TIFF, HEIC/HEIF or "
                                  "AVIF); hashed in "
                                  "memory, never stored"})
+
+
+class VideoUpload(Schema):
+    file = File(  # type: ignore[no-untyped-call]
+        required=True,
+        metadata={"description": "The video (MP4, MOV, 3GP, WebM, MKV or AVI) up to the "
+                                 "upload limit; decoded and hashed in memory, never stored"})
 
 
 class FeedbackRequest(Schema):
