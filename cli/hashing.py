@@ -37,7 +37,7 @@ def _hash_files(files: tuple[str, ...], settings: Settings, registration: bool =
             try:
                 data = read_file(path, max(settings.max_upload_bytes, settings.max_video_bytes))
                 if container_of(data) is not None:
-                    yield path, compute_video_signals(data, video)
+                    yield path, compute_video_signals(data, video, registration=registration)
                 else:
                     yield path, compute_signals(data, options, registration=registration)
             except RegistryError as e:

@@ -51,12 +51,13 @@ def test_containers_are_recognised_from_their_first_bytes(panned):
 
 
 def test_candidates_are_four_per_second_and_every_one_is_near_a_kept_frame(panned):
-    found, duration, size = candidates(panned)
+    found, boxed, duration, size = candidates(panned)
+    assert boxed == []  # not asked for
     assert size == (640, 360)
     assert 5_900 <= duration <= 6_000
     assert [f.ms // 250 for f in found] == list(range(len(found)))  # one per quarter second
     assert len(found) == 6 * CANDIDATE_FPS
-    kept = keep(found, duration)
+    kept = keep(found, duration, registration=False)  # a query's: no storage budget
     assert kept.dedup_bits == DEDUP_BITS
     assert 1 < len(kept.frames) < len(found)
     for f in found:  # rule 4: each candidate is within d bits of the last frame kept before it
@@ -75,10 +76,12 @@ def test_a_slideshow_keeps_one_frame_per_picture(slides):
 def test_the_frames_fit_the_budget_per_minute():
     frames = [np.asarray(photo_like(100 + i, (160, 96))) for i in range(70 * CANDIDATE_FPS)]
     data = clip(frames, fps=CANDIDATE_FPS)  # 70 s of a different picture every candidate
-    v = compute_video_signals(data)
-    assert len(v.frames.frames) <= 2 * FRAMES_PER_MINUTE
-    assert v.frames.dedup_bits >= DEDUP_BITS
-    assert len(v.frames.pack()) <= 2 * 2048  # two started minutes
+    v = compute_video_signals(data, registration=True)
+    assert len(v.frames.frames) <= FRAMES_PER_MINUTE * v.frames.duration_ms / 60_000
+    assert v.frames.dedup_bits > DEDUP_BITS  # grown to fit
+    assert len(v.frames.pack()) <= 2048 * 70 / 60  # under 2 KiB per minute
+    query = compute_video_signals(data)  # a query keeps every distinct candidate
+    assert len(query.frames.frames) > 2 * len(v.frames.frames)
 
 
 def test_the_packed_value_round_trips_and_bad_values_are_refused(panned):
@@ -177,3 +180,17 @@ def test_an_endless_stream_is_stopped_by_its_timestamps_or_its_frame_count(panne
     monkeypatch.setattr(video, "MAX_FPS", 2)  # frames without advancing time: capped by count
     with pytest.raises(errors.VideoTooLarge, match="more than 20 frames"):
         compute_video_signals(panned, VideoOptions(max_seconds=10))
+
+
+def test_a_query_carries_content_frames_when_its_frames_have_bars():
+    frames = pan(8, 3, travel=0.1)
+    barred = [np.vstack([np.full((60, 640, 3), 255, np.uint8), f]) for f in frames]
+    query = compute_video_signals(clip(barred))
+    assert query.content is not None
+    registered = compute_video_signals(clip(frames), registration=True)
+    assert registered.content is None  # one set of frames: each content box
+    inside, whole = query.content.frames[0].pdq, query.frames.frames[0].pdq
+    original = registered.frames.frames[0].pdq
+    assert bits(inside, original) < bits(whole, original)
+    assert bits(inside, original) <= 24
+    assert "vpdq_content" in query.to_json()

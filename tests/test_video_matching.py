@@ -34,7 +34,7 @@ def original(frames) -> bytes:
 
 @pytest.fixture
 def registered(registry, original):
-    video = registry.hash_video(original)
+    video = registry.hash_video(original, registration=True)
     return registry.submit_case([SubmittedImage.from_video(video)]), video
 
 

@@ -121,7 +121,7 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
     md5, sha256 = digests_of(data)
     work = work_array(img)
     box = content_box(img, work=work)
-    trimmed = _shaved(box, img)
+    trimmed = shaved(box, img)
     content = frame = None
     if trimmed and registration:
         content = _variant("content", img.crop(box))
@@ -132,7 +132,7 @@ def compute_signals(data: bytes, options: DecodeOptions | None = None, *,
         small = view_source(img)
         content = _variant("content", _cut(img, small, box))
         frame_box = content_box(img, FRAME_RULES, work=work)  # the conservative box
-        if frame_box != box and _shaved(frame_box, img):
+        if frame_box != box and shaved(frame_box, img):
             frame = _variant("frame", _cut(img, small, frame_box))
     variants: tuple[Variant, ...] = ()
     if registration:
@@ -165,6 +165,6 @@ def _cut(img: Image.Image, small: Image.Image, box: tuple[int, int, int, int]) -
                        round(box[3] * sy)))
 
 
-def _shaved(box: tuple[int, int, int, int], img: Image.Image) -> bool:
+def shaved(box: tuple[int, int, int, int], img: Image.Image) -> bool:
     area = (box[2] - box[0]) * (box[3] - box[1])
     return area < (1 - _MIN_TRIM) * img.width * img.height

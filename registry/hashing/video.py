@@ -15,12 +15,19 @@ The definition (one place; the submit page's port follows it):
 3. **Candidates**: the first frame at or after each multiple of 1 / ``CANDIDATE_FPS`` seconds
    of presentation time (from the first frame's), converted to RGB and, when its short side is
    above ``FRAME_SIZE``, reduced (area filter) to that short side; its PDQ is computed as for
-   a still image (``signals.pdq_of``), so a screenshot of the video matches its frame.
+   a still image (``signals.pdq_of``), so a screenshot of the video matches its frame. A
+   registration hashes each candidate's content box (``content.content_box``: letterbox and
+   pillarbox bars, a border; the whole frame where nothing is peeled), a query both.
 4. **Kept frames**: a candidate of PDQ quality >= ``MIN_QUALITY`` is kept when it is more than
    ``d`` bits from the last kept frame: so every candidate is within ``d`` bits of a kept frame
    (the last one kept before it). ``d`` starts at ``DEDUP_BITS`` and grows by ``DEDUP_STEP``
-   until the kept frames fit ``FRAMES_PER_MINUTE`` per started minute (37 bytes each: at most
-   2 KiB per minute of video); the ``d`` used is stored with them.
+   until the kept frames fit the budget: for a registration ``FRAMES_PER_MINUTE`` per minute
+   of its duration (at least ``MIN_FRAMES``; 37 bytes each: under 2 KiB per minute of video),
+   for a query ``VPDQ_MAX_FRAMES`` (queries are not stored); the ``d`` used is kept with them.
+5. **Content frames** (queries, as a still query carries its content-box PDQ): each
+   candidate's content box (caption bars, borders, the chrome of a screen recording) where it
+   peels something, its PDQ, kept by rule 4 as a second signal (``vpdq_content``) when any
+   frame had a box.
 
 The value of a ``vpdq`` signal (:meth:`VideoFrames.pack`; the layout is
 ``registry.domain.VPDQ_HEADER``/``VPDQ_FRAME``): a version byte, ``d``, the frame count (u16),
@@ -40,10 +47,11 @@ import numpy as np
 from PIL import Image
 
 from registry.config import Settings, default
-from registry.domain import VPDQ_FRAME, VPDQ_HEADER, Signal, SignalKind
+from registry.domain import VPDQ_FRAME, VPDQ_HEADER, VPDQ_MAX_FRAMES, Signal, SignalKind
 from registry.errors import EmptyImage, FileTooLarge, NotAVideo, VideoTooLarge
 from registry.hashing import isobmff
-from registry.hashing.signals import digests_of, pdq_of
+from registry.hashing.content import content_box
+from registry.hashing.signals import digests_of, pdq_of, shaved
 
 VERSION = 1
 CANDIDATE_FPS = 4
@@ -51,7 +59,8 @@ FRAME_SIZE = 512  # short side at most, as a still registration's views are comp
 MIN_QUALITY = 50  # as for stills: flatter frames (fades, black) match too much
 DEDUP_BITS = 16
 DEDUP_STEP = 8
-FRAMES_PER_MINUTE = 54  # 54 x 37 + 8 bytes: under 2 KiB per minute
+FRAMES_PER_MINUTE = 54  # 54 x 37 + 8 bytes: under 2 KiB per minute (registrations)
+MIN_FRAMES = 4  # a registration keeps at least this many, however short
 MAX_FPS = 240  # decoded frames per second of the duration limit
 FRAME_BYTES = VPDQ_FRAME.size
 
@@ -113,12 +122,16 @@ class VideoSignals:
     frames: VideoFrames
     width: int
     height: int
+    content: VideoFrames | None = None  # a query's content-box frames, where any was peeled
 
     def signals(self) -> tuple[Signal, ...]:
-        return (self.md5, self.sha256, self.frames.signal)
+        inside = () if self.content is None else (self.content.signal,)
+        return (self.md5, self.sha256, self.frames.signal, *inside)
 
     def to_json(self) -> dict[str, object]:
+        inside = {} if self.content is None else {"vpdq_content": self.content.text}
         return {"md5": self.md5.hex, "sha256": self.sha256.hex, "vpdq": self.frames.text,
+                **inside,
                 "frames": len(self.frames.frames), "duration_ms": self.frames.duration_ms,
                 "dedup_bits": self.frames.dedup_bits, "width": self.width,
                 "height": self.height}
@@ -155,9 +168,11 @@ def _reduced(frame: object, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
-def candidates(data: bytes, options: VideoOptions = VideoOptions()
-               ) -> tuple[list[Frame], int, tuple[int, int]]:
-    """Every candidate frame (rule 3) of every quality, the duration in ms and the frame size."""
+def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: bool = False
+               ) -> tuple[list[Frame], list[Frame], int, tuple[int, int]]:
+    """Every candidate frame (rule 3) of every quality; with ``content``, each candidate's
+    content box as well (rule 5; the whole frame where nothing is peeled, an empty list when
+    no frame had a box); the duration in ms and the frame size."""
     import av  # PyAV: FFmpeg's demuxers and decoders, in memory
 
     if not data:
@@ -186,6 +201,7 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions()
             raise VideoTooLarge(f"The video lasts {declared:.0f} s; the limit is "
                                 f"{options.max_seconds} s.")
         out: list[Frame] = []
+        boxed: list[Frame] = []
         first: Fraction | None = None
         decoded, next_at, last_ms = 0, Fraction(0), 0
         limit = options.max_seconds * MAX_FPS
@@ -211,8 +227,14 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions()
                 last_ms = max(last_ms, int(since * 1000))
                 if since < next_at:
                     continue
-                pdq, quality = _pdq_bytes(_reduced(frame, frame.width, frame.height))
+                picture = _reduced(frame, frame.width, frame.height)
+                pdq, quality = _pdq_bytes(picture)
                 out.append(Frame(int(since * 1000), quality, pdq))
+                if content:
+                    box = content_box(picture)
+                    if shaved(box, picture):
+                        pdq, quality = _pdq_bytes(picture.crop(box))
+                    boxed.append(Frame(int(since * 1000), quality, pdq))
                 next_at = (math.floor(since / step) + 1) * step
         except av.error.FFmpegError as e:
             if not out:
@@ -220,12 +242,15 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions()
             # A damaged tail: the frames before it stand (a partly downloaded clip).
     if not out:
         raise NotAVideo("No frame of the video could be decoded.")
-    return out, last_ms, (width, height)
+    if boxed == out:
+        boxed = []
+    return out, boxed, last_ms, (width, height)
 
 
-def keep(frames: list[Frame], duration_ms: int) -> VideoFrames:
+def keep(frames: list[Frame], duration_ms: int, registration: bool = True) -> VideoFrames:
     """Rule 4: the kept frames within the budget, and the distance ``d`` that achieved it."""
-    budget = FRAMES_PER_MINUTE * max(1, math.ceil(duration_ms / 60_000))
+    budget = (max(MIN_FRAMES, math.floor(FRAMES_PER_MINUTE * duration_ms / 60_000))
+              if registration else VPDQ_MAX_FRAMES)
     usable = [f for f in frames if f.quality >= MIN_QUALITY]
     if not usable:
         raise NotAVideo("Every frame of the video is too plain (for example black or one "
@@ -243,11 +268,19 @@ def keep(frames: list[Frame], duration_ms: int) -> VideoFrames:
         d += DEDUP_STEP
 
 
-def compute_video_signals(data: bytes, options: VideoOptions = VideoOptions()) -> VideoSignals:
-    """Digests of the file and its kept frame hashes (the module's rules 1-4)."""
-    found, duration, (width, height) = candidates(data, options)
+def compute_video_signals(data: bytes, options: VideoOptions = VideoOptions(), *,
+                          registration: bool = False) -> VideoSignals:
+    """Digests of the file and its kept frame hashes (the module's rules 1-5): a registration's
+    within the storage budget; a query's with its content-box frames too."""
+    found, boxed, duration, (width, height) = candidates(data, options, content=True)
     md5, sha256 = digests_of(data)
-    return VideoSignals(md5, sha256, keep(found, duration), width, height)
+    if registration:  # the picture as shown: letterbox and pillarbox bars peeled
+        return VideoSignals(md5, sha256, keep(boxed or found, duration), width, height)
+    inside = None
+    if boxed and any(f.quality >= MIN_QUALITY for f in boxed):
+        inside = keep(boxed, duration, registration)
+    return VideoSignals(md5, sha256, keep(found, duration, registration), width, height,
+                        inside)
 
 
 def _check_size(width: int, height: int, options: VideoOptions) -> None:

@@ -134,9 +134,12 @@ class Registry:
         """Signals of an image held in memory; ``registration`` adds the registered views."""
         return compute_signals(data, self.decode_options, registration=registration)
 
-    def hash_video(self, data: bytes) -> VideoSignals:
-        """Digests and kept frame hashes of a video held in memory (registry.hashing.video)."""
-        return compute_video_signals(data, VideoOptions.of(self.settings))
+    def hash_video(self, data: bytes, *, registration: bool = False) -> VideoSignals:
+        """Digests and kept frame hashes of a video held in memory (registry.hashing.video);
+        ``registration`` keeps them within the storage budget, a query keeps more and its
+        content-box frames."""
+        return compute_video_signals(data, VideoOptions.of(self.settings),
+                                     registration=registration)
 
     # --- cases ---------------------------------------------------------------------------------
     def submit_case(self, images: Sequence[SubmittedImage], *, strict: bool = False

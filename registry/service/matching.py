@@ -240,7 +240,7 @@ def _frame_hits(keeper: IndexKeeper, settings: Settings, queries: Sequence[Query
     which = [(qi, ms, frame) for qi, q in enumerate(queries) for s in q.signals
              if s.kind is SignalKind.VPDQ for ms, quality, frame in s.frames()
              if quality >= settings.pdq_min_quality]
-    usable = Counter(qi for qi, _, _ in which)
+    usable = Counter(qi for qi, _ in {(qi, ms) for qi, ms, _ in which})  # distinct times
     if not which:
         return [], usable
     results = keeper.search(SignalKind.PDQ, [f.value for _, _, f in which],

@@ -44,6 +44,11 @@ class Signals(Schema):
                        "docs/hashing.md#video), standard base64 of the packed layout; "
                        "`takedown hash VIDEO` computes it. Up to 1,024 frames.",
         "maxLength": VPDQ_MAX_TEXT})
+    vpdq_content = String(metadata={
+        "description": "The same for the picture inside each frame's caption bars, borders "
+                       "or screen-recording chrome (`takedown hash VIDEO` prints it when any "
+                       "frame has them)",
+        "maxLength": VPDQ_MAX_TEXT})
 
 
 class MatchQuery(Schema):
