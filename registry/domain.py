@@ -85,7 +85,7 @@ LOCAL_MIN_KEYPOINTS = 16
 # --url` both read this).
 QUERY_SIGNALS = {"pdq": "pdq", "pdq_content": "pdq", "pdq_frame": "pdq", "phash": "phash",
                  "md5": "md5", "sha256": "sha256", "local": "local", "vpdq": "vpdq",
-                 "vpdq_content": "vpdq"}
+                 "vpdq_content": "vpdq", "vpdq_frame": "vpdq"}
 LOCAL_REGISTER_KEYPOINTS = 112  # a registered image stores at most this many (<= 4,039 bytes)
 LOCAL_MAX_KEYPOINTS = 4096
 LOCAL_MAX_TEXT = 4 * ((LOCAL_HEADER.size + LOCAL_MAX_KEYPOINTS * LOCAL_KEYPOINT_BYTES + 2) // 3)

@@ -59,7 +59,7 @@ def test_a_trimmed_reencoded_smaller_copy_matches_in_order(registry, registered,
     m = found["vpdq"]
     assert m.case == receipt.number and m.tier.value == "strong"
     assert m.frames is not None and m.frames >= 5 and m.coverage is not None
-    assert 0.5 <= m.coverage <= 1.0
+    assert 0.5 <= m.coverage <= 1.0 and 0.75 <= m.confidence <= 1.0
     assert m.to_json()["frames"] == m.frames
 
 
@@ -87,7 +87,7 @@ def test_a_video_showing_a_registered_still_matches_it(registry):
         [SubmittedImage.from_image(compute_signals(still, registration=True))])
     show = registry.hash_video(clip(slideshow([30, 31, 32], 2.0), crf=30))
     m = matches(registry, registry.query_of_video("slides", show))["vpdq"]
-    assert m.case == receipt.number and m.frames == 1
+    assert m.case == receipt.number and m.frames == 1 and 0 < m.confidence <= 1
     assert m.coverage == pytest.approx(1 / 3, abs=0.01)
 
 

@@ -16,18 +16,20 @@ The definition (one place; the submit page's port follows it):
    of presentation time (from the first frame's), converted to RGB and, when its short side is
    above ``FRAME_SIZE``, reduced (area filter) to that short side; its PDQ is computed as for
    a still image (``signals.pdq_of``), so a screenshot of the video matches its frame. A
-   registration hashes each candidate's content box (``content.content_box``: letterbox and
-   pillarbox bars, a border; the whole frame where nothing is peeled), a query both.
+   registration hashes each candidate's frame box (``content.content_box`` with
+   ``FRAME_RULES``, the conservative peel: letterbox and pillarbox bars, a border of the edge's
+   own colour; the whole frame where nothing is peeled).
 4. **Kept frames**: a candidate of PDQ quality >= ``MIN_QUALITY`` is kept when it is more than
-   ``d`` bits from the last kept frame: so every candidate is within ``d`` bits of a kept frame
-   (the last one kept before it). ``d`` starts at ``DEDUP_BITS`` and grows by ``DEDUP_STEP``
-   until the kept frames fit the budget: for a registration ``FRAMES_PER_MINUTE`` per minute
-   of its duration (at least ``MIN_FRAMES``; 37 bytes each: under 2 KiB per minute of video),
-   for a query ``VPDQ_MAX_FRAMES`` (queries are not stored); the ``d`` used is kept with them.
-5. **Content frames** (queries, as a still query carries its content-box PDQ): each
-   candidate's content box (caption bars, borders, the chrome of a screen recording) where it
-   peels something, its PDQ, kept by rule 4 as a second signal (``vpdq_content``) when any
-   frame had a box.
+   ``d = DEDUP_BITS`` bits from the last kept frame: so every candidate is within ``d`` bits of
+   a kept frame (the last one kept before it). Past the budget (for a registration
+   ``FRAMES_PER_MINUTE`` per minute of its duration, at least ``MIN_FRAMES``, 37 bytes each:
+   under 2 KiB per minute of video; for a query ``VPDQ_MAX_FRAMES``, queries not being
+   stored) that many are taken evenly spaced among them (a pan or a fast cut): the guarantee
+   then no longer holds, but a copy's candidates at the same times find them.
+5. **Query frames**: the whole frame; as a still query carries its content-box and frame-box
+   PDQs, each candidate's content box (caption bars, borders, the chrome of a screen
+   recording) and frame box, kept by rule 4 as the signals ``vpdq_content`` and ``vpdq_frame``
+   when any frame had such a box (and they differ).
 
 The value of a ``vpdq`` signal (:meth:`VideoFrames.pack`; the layout is
 ``registry.domain.VPDQ_HEADER``/``VPDQ_FRAME``): a version byte, ``d``, the frame count (u16),
@@ -50,7 +52,7 @@ from registry.config import Settings, default
 from registry.domain import VPDQ_FRAME, VPDQ_HEADER, VPDQ_MAX_FRAMES, Signal, SignalKind
 from registry.errors import EmptyImage, FileTooLarge, NotAVideo, VideoTooLarge
 from registry.hashing import isobmff
-from registry.hashing.content import content_box
+from registry.hashing.content import FRAME_RULES, content_box, work_array
 from registry.hashing.signals import digests_of, pdq_of, shaved
 
 VERSION = 1
@@ -58,7 +60,6 @@ CANDIDATE_FPS = 4
 FRAME_SIZE = 512  # short side at most, as a still registration's views are computed
 MIN_QUALITY = 50  # as for stills: flatter frames (fades, black) match too much
 DEDUP_BITS = 16
-DEDUP_STEP = 8
 FRAMES_PER_MINUTE = 54  # 54 x 37 + 8 bytes: under 2 KiB per minute (registrations)
 MIN_FRAMES = 4  # a registration keeps at least this many, however short
 MAX_FPS = 240  # decoded frames per second of the duration limit
@@ -123,13 +124,15 @@ class VideoSignals:
     width: int
     height: int
     content: VideoFrames | None = None  # a query's content-box frames, where any was peeled
+    framed: VideoFrames | None = None  # a query's frame-box frames (conservative), likewise
 
     def signals(self) -> tuple[Signal, ...]:
-        inside = () if self.content is None else (self.content.signal,)
+        inside = tuple(v.signal for v in (self.content, self.framed) if v is not None)
         return (self.md5, self.sha256, self.frames.signal, *inside)
 
     def to_json(self) -> dict[str, object]:
-        inside = {} if self.content is None else {"vpdq_content": self.content.text}
+        inside = {name: v.text for name, v in (("vpdq_content", self.content),
+                                               ("vpdq_frame", self.framed)) if v is not None}
         return {"md5": self.md5.hex, "sha256": self.sha256.hex, "vpdq": self.frames.text,
                 **inside,
                 "frames": len(self.frames.frames), "duration_ms": self.frames.duration_ms,
@@ -169,10 +172,10 @@ def _reduced(frame: object, width: int, height: int) -> Image.Image:
 
 
 def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: bool = False
-               ) -> tuple[list[Frame], list[Frame], int, tuple[int, int]]:
+               ) -> tuple[list[Frame], list[Frame], list[Frame], int, tuple[int, int]]:
     """Every candidate frame (rule 3) of every quality; with ``content``, each candidate's
-    content box as well (rule 5; the whole frame where nothing is peeled, an empty list when
-    no frame had a box); the duration in ms and the frame size."""
+    content box and frame box as well (rule 5; the whole frame where nothing is peeled, an
+    empty list when no frame had such a box); the duration in ms and the frame size."""
     import av  # PyAV: FFmpeg's demuxers and decoders, in memory
 
     if not data:
@@ -202,6 +205,7 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
                                 f"{options.max_seconds} s.")
         out: list[Frame] = []
         boxed: list[Frame] = []
+        framed: list[Frame] = []
         first: Fraction | None = None
         decoded, next_at, last_ms = 0, Fraction(0), 0
         limit = options.max_seconds * MAX_FPS
@@ -231,10 +235,15 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
                 pdq, quality = _pdq_bytes(picture)
                 out.append(Frame(int(since * 1000), quality, pdq))
                 if content:
-                    box = content_box(picture)
-                    if shaved(box, picture):
-                        pdq, quality = _pdq_bytes(picture.crop(box))
-                    boxed.append(Frame(int(since * 1000), quality, pdq))
+                    whole = out[-1]
+                    work = work_array(picture)
+                    for rules, into in ((None, boxed), (FRAME_RULES, framed)):
+                        box = content_box(picture, rules, work=work)
+                        if shaved(box, picture):
+                            pdq, quality = _pdq_bytes(picture.crop(box))
+                            into.append(Frame(whole.ms, quality, pdq))
+                        else:
+                            into.append(whole)
                 next_at = (math.floor(since / step) + 1) * step
         except av.error.FFmpegError as e:
             if not out:
@@ -244,7 +253,9 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
         raise NotAVideo("No frame of the video could be decoded.")
     if boxed == out:
         boxed = []
-    return out, boxed, last_ms, (width, height)
+    if framed == out:
+        framed = []
+    return out, boxed, framed, last_ms, (width, height)
 
 
 def keep(frames: list[Frame], duration_ms: int, registration: bool = True) -> VideoFrames:
@@ -256,31 +267,33 @@ def keep(frames: list[Frame], duration_ms: int, registration: bool = True) -> Vi
         raise NotAVideo("Every frame of the video is too plain (for example black or one "
                         "colour) to be recognised reliably.")
     words = np.frombuffer(b"".join(f.pdq for f in usable), dtype=">u8").reshape(-1, 4)
-    d = DEDUP_BITS
-    while True:
-        kept = [0]
-        for i in range(1, len(usable)):
-            diff = np.bitwise_xor(words[i], words[kept[-1]])
-            if int(sum(int(x).bit_count() for x in diff)) > d:
-                kept.append(i)
-        if len(kept) <= budget or d >= 255:
-            return VideoFrames(tuple(usable[i] for i in kept[:budget]), d, duration_ms)
-        d += DEDUP_STEP
+    kept = [0]
+    for i in range(1, len(usable)):
+        diff = np.bitwise_xor(words[i], words[kept[-1]])
+        if int(sum(int(x).bit_count() for x in diff)) > DEDUP_BITS:
+            kept.append(i)
+    if len(kept) > budget:  # evenly in time among the distinct frames: a copy's frames at
+        step = (len(kept) - 1) / (budget - 1)  # the same times then find theirs
+        kept = [kept[round(j * step)] for j in range(budget)]
+    return VideoFrames(tuple(usable[i] for i in kept), DEDUP_BITS, duration_ms)
 
 
 def compute_video_signals(data: bytes, options: VideoOptions = VideoOptions(), *,
                           registration: bool = False) -> VideoSignals:
     """Digests of the file and its kept frame hashes (the module's rules 1-5): a registration's
     within the storage budget; a query's with its content-box frames too."""
-    found, boxed, duration, (width, height) = candidates(data, options, content=True)
+    found, boxed, framed, duration, (width, height) = candidates(data, options, content=True)
     md5, sha256 = digests_of(data)
     if registration:  # the picture as shown: letterbox and pillarbox bars peeled
-        return VideoSignals(md5, sha256, keep(boxed or found, duration), width, height)
-    inside = None
-    if boxed and any(f.quality >= MIN_QUALITY for f in boxed):
-        inside = keep(boxed, duration, registration)
+        return VideoSignals(md5, sha256, keep(framed or found, duration), width, height)
+
+    def kept(frames: list[Frame]) -> VideoFrames | None:
+        if frames and any(f.quality >= MIN_QUALITY for f in frames):
+            return keep(frames, duration, registration)
+        return None
+
     return VideoSignals(md5, sha256, keep(found, duration, registration), width, height,
-                        inside)
+                        kept(boxed), kept(framed) if framed != boxed else None)
 
 
 def _check_size(width: int, height: int, options: VideoOptions) -> None:

@@ -23,7 +23,7 @@ and registered image the frame hits make one ``vpdq`` match: for a registered st
 frame matches it (tiered as PDQ); for a registered video, when at least ``VIDEO_MIN_FRAMES``
 query frames (or all of a shorter query's) match frames of it in the same time order (the
 longest chain of pairs whose registered times never go back) and that chain holds at least
-``VIDEO_MIN_SHARE`` of the query's usable frames or of the registered video's frames; strong
+``VIDEO_MIN_SHARE`` (a quarter) of the query's usable frames or of the registered video's frames; strong
 with ``VIDEO_STRONG_FRAMES`` and ``VIDEO_STRONG_SHARE`` and a frame within the PDQ strong
 threshold. These are first choices, to be set by ``bench/accuracy_video.py``. A still query
 matches a registered video's frame as any PDQ hit does (signal ``pdq``).
@@ -229,7 +229,7 @@ def _local_hits(keeper: IndexKeeper, settings: Settings, queries: Sequence[Query
 
 VIDEO_MIN_FRAMES = 2  # query frames in time order for a video to match a registered video
 VIDEO_STRONG_FRAMES = 5
-VIDEO_MIN_SHARE = 0.5  # of the query's frames, or of the registered video's, in that order
+VIDEO_MIN_SHARE = 0.25  # of the query's frames, or of the registered video's, in that order
 VIDEO_STRONG_SHARE = 0.8
 
 
@@ -269,11 +269,15 @@ def _video_hits(frame_hits: list[tuple[int, int, int, int]], usable: Counter[int
         if frames_of_video:
             chain = _in_time_order(frames_of_video)
             matched = len({q for q, _, _, _ in chain})
+            distinct = len({r for _, r, _, _ in chain})
+            registered_frames = max(1, lengths.get(str(image), 0))
             # The share of the query's frames in the chain, or of the registered video's (a
             # registered clip inside a longer query video).
-            share = max(matched / usable[qi],
-                        len({r for _, r, _, _ in chain}) / max(1, lengths.get(str(image), 0)))
-            if matched < min(VIDEO_MIN_FRAMES, usable[qi]) or share < VIDEO_MIN_SHARE:
+            share = max(matched / usable[qi], distinct / registered_frames)
+            # Frames in order on both sides: one registered frame matched by many query frames
+            # (a static shot, or a reversed copy's neighbouring frames) counts once.
+            if (min(matched, distinct) < min(VIDEO_MIN_FRAMES, usable[qi], registered_frames)
+                    or share < VIDEO_MIN_SHARE):
                 continue
             best = min(chain, key=lambda p: p[2])
             strong = (matched >= min(VIDEO_STRONG_FRAMES, usable[qi])
@@ -331,11 +335,14 @@ def _exact_hits(store: Store, queries: Sequence[Query]) -> list[_Hit]:
 
 def _match(hit: _Hit, reg: RegisteredSignal, settings: Settings, bank: Bank | None) -> Match:
     if hit.kind is SignalKind.VPDQ:
+        pdq = settings.thresholds(SignalKind.PDQ)
+        # A weak video match may hold a close frame: scored at no closer than the weak band's
+        # nearest distance, so its confidence stays in the weak band (0.3-0.7).
+        scored = hit.distance if hit.tier is Tier.STRONG else max(hit.distance, pdq.strong + 1)
         return Match(
             match_id="m_" + secrets.token_hex(10), signal=hit.kind, distance=hit.distance,
             tier=hit.tier, bank=reg.bank,
-            confidence=confidence(hit.tier, hit.distance, settings.thresholds(SignalKind.PDQ),
-                                  reg.not_violating),
+            confidence=confidence(hit.tier, scored, pdq, reg.not_violating),
             signal_id=hit.signal_id, case=reg.case_number, coverage=hit.coverage,
             frames=hit.frames)
     if hit.kind is SignalKind.LOCAL:

@@ -49,6 +49,10 @@ class Signals(Schema):
                        "or screen-recording chrome (`takedown hash VIDEO` prints it when any "
                        "frame has them)",
         "maxLength": VPDQ_MAX_TEXT})
+    vpdq_frame = String(metadata={
+        "description": "The same for each frame with only its outer frame or letterbox bars "
+                       "removed (printed when it differs from `vpdq_content`)",
+        "maxLength": VPDQ_MAX_TEXT})
 
 
 class MatchQuery(Schema):
