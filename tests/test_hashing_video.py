@@ -4,6 +4,7 @@ quickly with a clear error."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import numpy as np
@@ -79,7 +80,7 @@ def test_the_frames_fit_the_budget_per_minute():
     v = compute_video_signals(data, registration=True)
     assert len(v.frames.frames) <= FRAMES_PER_MINUTE * v.frames.duration_ms / 60_000
     times = [f.ms for f in v.frames.frames]  # evenly spaced among the distinct frames
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) - min(gaps) <= 500
     assert len(v.frames.pack()) <= 2048 * 70 / 60  # under 2 KiB per minute
     query = compute_video_signals(data)  # a query keeps every distinct candidate

@@ -22,9 +22,9 @@ index, where a registered video's frames are PDQ signals labelled ``frame@<ms>``
 and registered image the frame hits make one ``vpdq`` match: for a registered still, when any
 frame matches it (tiered as PDQ); for a registered video, when at least ``VIDEO_MIN_FRAMES``
 query frames (or all of a shorter query's) match frames of it in the same time order (the
-longest chain of pairs whose registered times never go back) and that chain holds at least
-``VIDEO_MIN_SHARE`` (a quarter) of the query's usable frames or of the registered video's frames; strong
-with ``VIDEO_STRONG_FRAMES`` and ``VIDEO_STRONG_SHARE`` and a frame within the PDQ strong
+longest chain of pairs whose registered times never go back; at least two distinct frames on
+each side) and that chain holds ``VIDEO_MIN_SHARE`` (a quarter) of the query's usable frames or
+of the registered video's frames; strong with ``VIDEO_STRONG_FRAMES`` and ``VIDEO_STRONG_SHARE`` and a frame within the PDQ strong
 threshold. These are first choices, to be set by ``bench/accuracy_video.py``. A still query
 matches a registered video's frame as any PDQ hit does (signal ``pdq``).
 
