@@ -25,7 +25,8 @@ query frames (or all of a shorter query's) match frames of it in the same time o
 longest chain of pairs whose registered times never go back; at least two distinct frames on
 each side) and that chain holds ``VIDEO_MIN_SHARE`` (a quarter) of the query's usable frames or
 of the registered video's frames; strong with ``VIDEO_STRONG_FRAMES`` and
-``VIDEO_STRONG_SHARE`` and a frame within the PDQ strong threshold. These are first choices, to be set by ``bench/accuracy_video.py``. A still query
+``VIDEO_STRONG_SHARE`` and a frame within the PDQ strong threshold. These are first choices,
+to be set by ``bench/accuracy_video.py``. A still query
 matches a registered video's frame as any PDQ hit does (signal ``pdq``).
 
 A pHash hit is returned only beside another signal of the same query matching the same
