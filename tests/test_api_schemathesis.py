@@ -43,7 +43,8 @@ from tests.conftest import FAST_KDF, encode, photo
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
           content_type_conformance, response_headers_conformance]
 OPERATIONS = [("POST", "/api/v1/match"), ("POST", "/api/v1/match/image"),
-              ("POST", "/api/v1/feedback"), ("GET", "/api/v1/feed")]
+              ("POST", "/api/v1/match/video"), ("POST", "/api/v1/feedback"),
+              ("GET", "/api/v1/feed")]
 MAX_EXAMPLES = int(os.environ.get("TAKEDOWN_FUZZ_EXAMPLES", "25"))  # more in a deep run
 
 

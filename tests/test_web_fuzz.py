@@ -56,6 +56,8 @@ from registry.config import Settings, default
 from registry.domain import (
     LOCAL_HEADER,
     LOCAL_KEYPOINT_BYTES,
+    VPDQ_FRAME,
+    VPDQ_HEADER,
     QUERY_SIGNALS,
     CaseNumber,
     Scope,
@@ -580,7 +582,7 @@ def test_every_csrf_variant_but_the_valid_one_is_refused(site):
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "PROPFIND"]
 PREFIXES = ["", "/", "/submit", "/submit/signals", "/case", "/case/withdraw", "/static/",
             "/static/js/", "/api", "/api/", "/api/v1/", "/api/v1/match", "/api/v1/match/image",
-            "/api/v1/feedback", "/api/v1/feed", "/api/openapi.json", "/api/docs", "/healthz",
+            "/api/v1/match/video", "/api/v1/feedback", "/api/v1/feed", "/api/openapi.json", "/api/docs", "/healthz",
             "/readyz", "/metrics", "/favicon.ico", "/%2e%2e/", "/submit//", "//"]
 CONTENT_TYPES = ["application/json", "multipart/form-data; boundary=xyz",
                  "multipart/form-data", "application/x-www-form-urlencoded", "text/plain",
@@ -768,13 +770,33 @@ def local_text(draw: Any) -> str:
                                  text.replace("+", "-")]))
 
 
+@st.composite
+def vpdq_text(draw: Any) -> str:
+    """A vpdq signal, well formed or nearly: version, count, times, qualities and length drawn
+    near the rules."""
+    version = draw(st.sampled_from([1, 1, 1, 0, 2]))
+    n = draw(st.sampled_from([0, 1, 2, 30, 1024, 1025, 65535]))
+    frames = min(n, 40) + draw(st.sampled_from([0, 0, 0, -1, 1]))
+    times = sorted(draw(st.lists(st.integers(0, 2**32 - 1), min_size=max(0, frames),
+                                 max_size=max(0, frames))))
+    if draw(st.booleans()):
+        times = times[::-1]
+    blob = VPDQ_HEADER.pack(version, 16, n, 10_000) + b"".join(
+        VPDQ_FRAME.pack(t, draw(st.sampled_from([50, 100, 101, 255])),
+                        bytes.fromhex(draw(_good("pdq")))) for t in times)
+    text = base64.b64encode(blob).decode()
+    return draw(st.sampled_from([text, text, text.rstrip("="), text[:-1]]))
+
+
 def signal_value(kind: str) -> st.SearchStrategy[Any]:
     """A value for a signal of ``kind``: valid about half the time (a random hash, seldom
     degenerate), else a near miss (case, length, degenerate, padding) or anything at all."""
-    if kind not in HEX_DIGITS and kind != "local":
+    if kind not in HEX_DIGITS and kind not in ("local", "vpdq"):
         return json_values
     if kind == "local":
         return local_text() | json_values
+    if kind == "vpdq":
+        return vpdq_text() | json_values
     good = st.sampled_from(GOOD_HEX[kind])
     near = good.flatmap(lambda h: st.sampled_from(
         [h.upper(), h[:-1], h + "0", "0" * len(h), "f" * len(h), " " + h[1:]]))
@@ -870,7 +892,8 @@ def valid_match(draw: Any) -> dict[str, Any]:
         names = draw(st.lists(st.sampled_from(sorted(QUERY_SIGNALS)), min_size=1, max_size=3,
                               unique=True))
         queries.append({"id": f"q{n}", "signals": {
-            name: draw(local_text() if name == "local" else _good(QUERY_SIGNALS[name]))
+            name: draw(local_text() if name == "local" else vpdq_text()
+                       if QUERY_SIGNALS[name] == "vpdq" else _good(QUERY_SIGNALS[name]))
             for name in names}})
     return {"queries": queries}
 
