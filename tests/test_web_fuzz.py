@@ -56,9 +56,9 @@ from registry.config import Settings, default
 from registry.domain import (
     LOCAL_HEADER,
     LOCAL_KEYPOINT_BYTES,
+    QUERY_SIGNALS,
     VPDQ_FRAME,
     VPDQ_HEADER,
-    QUERY_SIGNALS,
     CaseNumber,
     Scope,
     Signal,
