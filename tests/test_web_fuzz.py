@@ -583,7 +583,8 @@ METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", 
 PREFIXES = ["", "/", "/submit", "/submit/signals", "/case", "/case/withdraw", "/static/",
             "/static/js/", "/api", "/api/", "/api/v1/", "/api/v1/match", "/api/v1/match/image",
             "/api/v1/match/video", "/api/v1/feedback", "/api/v1/feed", "/api/openapi.json",
-            "/api/docs", "/healthz", "/readyz", "/metrics", "/favicon.ico", "/%2e%2e/", "/submit//", "//"]
+            "/api/docs", "/healthz", "/readyz", "/metrics", "/favicon.ico", "/%2e%2e/",
+            "/submit//", "//"]
 CONTENT_TYPES = ["application/json", "multipart/form-data; boundary=xyz",
                  "multipart/form-data", "application/x-www-form-urlencoded", "text/plain",
                  "application/octet-stream", "image/jpeg", "", "application/json; charset=utf-16",
