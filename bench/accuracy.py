@@ -16,7 +16,7 @@ queries: ImageNet and the other half of the people photos, each against every re
 image, and every registered image against every other one. Altered copies of every original
 (bench/transforms.py) are generated in memory and queried; nothing is written to disk.
 
-    .venv/bin/python bench/accuracy.py                 # everything (~10 min on 2 cores)
+    .venv/bin/python bench/accuracy.py                 # everything (~95 min on 2 idle cores)
     .venv/bin/python bench/accuracy.py --limit 40      # a quick look
 Writes docs/accuracy.json, docs/accuracy-*.png and the generated section of docs/accuracy.md.
 """

@@ -64,8 +64,8 @@ class Settings:
     # Local features (docs/accuracy.md): a verified match needs this many keypoints consistent
     # with one similarity transform; the weak tier keeps false positives within 1e-6 per
     # unrelated pair overall and among people-vs-people pairs.
-    local_strong: int = _setting(42, "Inliers (inclusive) of a strong local-feature match.")
-    local_weak: int = _setting(35, "Inliers (inclusive) of a weak local-feature match.")
+    local_strong: int = _setting(45, "Inliers (inclusive) of a strong local-feature match.")
+    local_weak: int = _setting(38, "Inliers (inclusive) of a weak local-feature match.")
     local_strong_coverage: float = _setting(
         0.15, "Fraction of the registered picture a strong local match must span.")
     local_radius: int = _setting(
