@@ -131,6 +131,15 @@ def match(body: object) -> Response:
                     "results": [result_json(r) for r in results]})
 
 
+def _upload_answer(query: Query, computed: dict[str, object]) -> dict[str, Any]:
+    """Match one hashed upload and answer with the result and the signals computed."""
+    (result,) = registry().match([query], platform=g.platform)
+    record_matches([result])
+    signals = {k: v for k, v in computed.items() if isinstance(v, str)}
+    return {"index_version": registry().index_version, **result_json(result),
+            "signals": signals}
+
+
 @bp.post("/match/image")
 @bp.input(schemas.ImageUpload, location="files", arg_name="files")
 @bp.output(schemas.ImageMatchResponse)
@@ -142,12 +151,8 @@ def match_image(files: dict[str, Any]) -> dict[str, Any]:
     data = upload.read()
     image = registry().hash_image(data)
     del data  # the bytes were only ever in memory; drop them now
-    query = registry().query_of_image(upload.filename or "file", image)
-    (result,) = registry().match([query], platform=g.platform)
-    record_matches([result])
-    signals = {k: v for k, v in image.to_json().items() if isinstance(v, str)}
-    return {"index_version": registry().index_version, **result_json(result),
-            "signals": signals}
+    return _upload_answer(registry().query_of_image(upload.filename or "file", image),
+                          image.to_json())
 
 
 @bp.post("/match/video")
@@ -163,12 +168,8 @@ def match_video(files: dict[str, Any]) -> dict[str, Any]:
     data = upload.read()
     video = registry().hash_video(data)
     del data
-    query = registry().query_of_video(upload.filename or "file", video)
-    (result,) = registry().match([query], platform=g.platform)
-    record_matches([result])
-    signals = {k: v for k, v in video.to_json().items() if isinstance(v, str)}
-    return {"index_version": registry().index_version, **result_json(result),
-            "signals": signals}
+    return _upload_answer(registry().query_of_video(upload.filename or "file", video),
+                          video.to_json())
 
 
 @bp.post("/feedback")
