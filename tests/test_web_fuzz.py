@@ -772,21 +772,29 @@ def local_text(draw: Any) -> str:
 
 
 @st.composite
-def vpdq_text(draw: Any) -> str:
-    """A vpdq signal, well formed or nearly: version, count, times, qualities and length drawn
-    near the rules."""
-    version = draw(st.sampled_from([1, 1, 1, 0, 2]))
-    n = draw(st.sampled_from([0, 1, 2, 30, 1024, 1025, 65535]))
-    frames = min(n, 40) + draw(st.sampled_from([0, 0, 0, -1, 1]))
-    times = sorted(draw(st.lists(st.integers(0, 2**32 - 1), min_size=max(0, frames),
-                                 max_size=max(0, frames))))
-    if draw(st.booleans()):
+def vpdq_text(draw: Any, near: bool = True) -> str:
+    """A vpdq signal, well formed or (``near``) nearly: at most one rule broken (version, frame
+    count, length, time order, quality, padding), none half of the time."""
+    defect = draw(st.sampled_from([None] * 6 + ["version", "count", "length", "order",
+                                                "quality", "padding"])) if near else None
+    frames = draw(st.integers(1, 30))
+    times = sorted(draw(st.lists(st.integers(0, 2**32 - 1), min_size=frames, max_size=frames)))
+    if defect == "order" and frames > 1 and times[0] != times[-1]:
         times = times[::-1]
-    blob = VPDQ_HEADER.pack(version, 16, n, 10_000) + b"".join(
-        VPDQ_FRAME.pack(t, draw(st.sampled_from([50, 100, 101, 255])),
-                        bytes.fromhex(draw(_good("pdq")))) for t in times)
+    qualities = [draw(st.integers(0, 100)) for _ in times]
+    if defect == "quality":
+        qualities[-1] = draw(st.integers(101, 255))
+    version = draw(st.sampled_from([0, 2, 255])) if defect == "version" else 1
+    count = draw(st.sampled_from([0, frames + 1, 1025, 65535])) if defect == "count" else frames
+    blob = VPDQ_HEADER.pack(version, 16, count, 10_000) + b"".join(
+        VPDQ_FRAME.pack(t, q, bytes.fromhex(draw(_good("pdq"))))
+        for t, q in zip(times, qualities, strict=True))
+    if defect == "length":
+        blob = blob[:-draw(st.integers(1, VPDQ_FRAME.size))]
     text = base64.b64encode(blob).decode()
-    return draw(st.sampled_from([text, text, text.rstrip("="), text[:-1]]))
+    if defect == "padding":
+        text = draw(st.sampled_from([text.rstrip("=") + "A", text[:-1], text + "="]))
+    return text
 
 
 def signal_value(kind: str) -> st.SearchStrategy[Any]:
@@ -893,7 +901,7 @@ def valid_match(draw: Any) -> dict[str, Any]:
         names = draw(st.lists(st.sampled_from(sorted(QUERY_SIGNALS)), min_size=1, max_size=3,
                               unique=True))
         queries.append({"id": f"q{n}", "signals": {
-            name: draw(local_text() if name == "local" else vpdq_text()
+            name: draw(local_text() if name == "local" else vpdq_text(near=False)
                        if QUERY_SIGNALS[name] == "vpdq" else _good(QUERY_SIGNALS[name]))
             for name in names}})
     return {"queries": queries}
