@@ -196,7 +196,7 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
         if not container.streams.video:
             raise NotAVideo("The file holds no video stream (audio only?).")
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"  # one core's worth, deterministic order
+        stream.thread_type = "SLICE"  # slice threads only: frames in order, none held back
         width, height = stream.codec_context.width, stream.codec_context.height
         _check_size(width, height, options)
         declared = _declared_seconds(container, stream)
@@ -245,7 +245,7 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
                         else:
                             into.append(whole)
                 next_at = (math.floor(since / step) + 1) * step
-        except av.error.FFmpegError as e:
+        except (av.error.FFmpegError, ValueError, OSError) as e:
             if not out:
                 raise NotAVideo(f"No frame of the video could be decoded: {_reason(e)}.") from None
             # A damaged tail: the frames before it stand (a partly downloaded clip).
@@ -259,7 +259,8 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
 
 
 def keep(frames: list[Frame], duration_ms: int, registration: bool = True) -> VideoFrames:
-    """Rule 4: the kept frames within the budget, and the distance ``d`` that achieved it."""
+    """Rule 4: the kept frames (a registration's within its storage budget, at least
+    ``MIN_FRAMES``; a query's up to ``VPDQ_MAX_FRAMES``), with the dedup distance used."""
     budget = (max(MIN_FRAMES, math.floor(FRAMES_PER_MINUTE * duration_ms / 60_000))
               if registration else VPDQ_MAX_FRAMES)
     usable = [f for f in frames if f.quality >= MIN_QUALITY]
