@@ -171,11 +171,13 @@ def _reduced(frame: object, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
-def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: bool = False
+def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: bool = False,
+               frame_box: bool = False
                ) -> tuple[list[Frame], list[Frame], list[Frame], int, tuple[int, int]]:
-    """Every candidate frame (rule 3) of every quality; with ``content``, each candidate's
-    content box and frame box as well (rule 5; the whole frame where nothing is peeled, an
-    empty list when no frame had such a box); the duration in ms and the frame size."""
+    """Every candidate frame (rule 3) of every quality; with ``content`` / ``frame_box``, each
+    candidate's content box / frame box as well (rules 3 and 5; the whole frame where nothing
+    is peeled, an empty list when no frame had such a box); the duration in ms and the frame
+    size."""
     import av  # PyAV: FFmpeg's demuxers and decoders, in memory
 
     if not data:
@@ -234,16 +236,18 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
                 picture = _reduced(frame, frame.width, frame.height)
                 pdq, quality = _pdq_bytes(picture)
                 out.append(Frame(int(since * 1000), quality, pdq))
-                if content:
-                    whole = out[-1]
-                    work = work_array(picture)
-                    for rules, into in ((None, boxed), (FRAME_RULES, framed)):
-                        box = content_box(picture, rules, work=work)
-                        if shaved(box, picture):
-                            pdq, quality = _pdq_bytes(picture.crop(box))
-                            into.append(Frame(whole.ms, quality, pdq))
-                        else:
-                            into.append(whole)
+                boxes = [(None, boxed)] if content else []
+                if frame_box:
+                    boxes.append((FRAME_RULES, framed))
+                whole = out[-1]
+                work = work_array(picture) if boxes else None
+                for rules, into in boxes:
+                    box = content_box(picture, rules, work=work)
+                    if shaved(box, picture):
+                        pdq, quality = _pdq_bytes(picture.crop(box))
+                        into.append(Frame(whole.ms, quality, pdq))
+                    else:
+                        into.append(whole)
                 next_at = (math.floor(since / step) + 1) * step
         except (av.error.FFmpegError, ValueError, OSError) as e:
             if not out:
@@ -267,11 +271,10 @@ def keep(frames: list[Frame], duration_ms: int, registration: bool = True) -> Vi
     if not usable:
         raise NotAVideo("Every frame of the video is too plain (for example black or one "
                         "colour) to be recognised reliably.")
-    words = np.frombuffer(b"".join(f.pdq for f in usable), dtype=">u8").reshape(-1, 4)
+    values = [int.from_bytes(f.pdq, "big") for f in usable]
     kept = [0]
     for i in range(1, len(usable)):
-        diff = np.bitwise_xor(words[i], words[kept[-1]])
-        if int(sum(int(x).bit_count() for x in diff)) > DEDUP_BITS:
+        if (values[i] ^ values[kept[-1]]).bit_count() > DEDUP_BITS:
             kept.append(i)
     if len(kept) > budget:  # evenly in time among the distinct frames: a copy's frames at
         step = (len(kept) - 1) / (budget - 1)  # the same times then find theirs
@@ -283,7 +286,8 @@ def compute_video_signals(data: bytes, options: VideoOptions = VideoOptions(), *
                           registration: bool = False) -> VideoSignals:
     """Digests of the file and its kept frame hashes (the module's rules 1-5): a registration's
     within the storage budget; a query's with its content-box frames too."""
-    found, boxed, framed, duration, (width, height) = candidates(data, options, content=True)
+    found, boxed, framed, duration, (width, height) = candidates(
+        data, options, content=not registration, frame_box=True)
     md5, sha256 = digests_of(data)
     if registration:  # the picture as shown: letterbox and pillarbox bars peeled
         return VideoSignals(md5, sha256, keep(framed or found, duration), width, height)
