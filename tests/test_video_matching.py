@@ -63,6 +63,19 @@ def test_a_trimmed_reencoded_smaller_copy_matches_in_order(registry, registered,
     assert m.to_json()["frames"] == m.frames
 
 
+def test_a_registered_clip_inside_a_longer_video_matches(registry, frames):
+    """A short registered clip re-posted inside a compilation: its frames are a small share of
+    the query's, but most of the registered clip's own frames match in order."""
+    clip_frames = frames[48:96]  # 2 s
+    short = registry.hash_video(clip(clip_frames, crf=20), registration=True)
+    receipt = registry.submit_case([SubmittedImage.from_video(short)])
+    longer = pan(23, 4) + clip_frames + pan(24, 4)
+    query = registry.hash_video(clip(longer, crf=28))
+    m = matches(registry, registry.query_of_video("compilation", query))["vpdq"]
+    assert m.case == receipt.number
+    assert m.coverage is not None and m.coverage < 0.25  # matched through the clip's share
+
+
 def test_the_same_frames_backwards_do_not_match_as_a_video(registry, registered, frames):
     backwards = registry.hash_video(clip(frames[::-1], crf=20))
     assert "vpdq" not in matches(registry, registry.query_of_video("reversed", backwards))
