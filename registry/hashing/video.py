@@ -52,7 +52,7 @@ from registry.config import Settings, default
 from registry.domain import VPDQ_FRAME, VPDQ_HEADER, VPDQ_MAX_FRAMES, Signal, SignalKind
 from registry.errors import EmptyImage, FileTooLarge, NotAVideo, VideoTooLarge
 from registry.hashing import isobmff
-from registry.hashing.content import FRAME_RULES, content_box, work_array
+from registry.hashing.content import FRAME_RULES, TrimRules, content_box, work_array
 from registry.hashing.signals import digests_of, pdq_of, shaved
 
 VERSION = 1
@@ -236,7 +236,8 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
                 picture = _reduced(frame, frame.width, frame.height)
                 pdq, quality = _pdq_bytes(picture)
                 out.append(Frame(int(since * 1000), quality, pdq))
-                boxes = [(None, boxed)] if content else []
+                boxes: list[tuple[TrimRules | None, list[Frame]]] = (
+                    [(None, boxed)] if content else [])
                 if frame_box:
                     boxes.append((FRAME_RULES, framed))
                 whole = out[-1]
