@@ -19,9 +19,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli.main import cli
+from registry.hashing import compute_signals
 from tests.browser import launch_chromium
 from tests.conftest import FAST_KDF, encode, photo
 from tests.images import boxed
+from tests.test_local import crop, textured
 from tests.test_serve import free_port, serve, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -179,7 +181,9 @@ def test_submit_status_withdraw_status(browser, base, lang):
 
 # --- privacy: what leaves the browser ---------------------------------------------------------
 def test_no_image_byte_leaves_the_browser(context, base):
-    files = [image_file(11, (1200, 900)), image_file(12, (640, 640))]
+    files = [image_file(11, (1200, 900)), image_file(12, (640, 640)),
+             {"name": "textured.jpg", "mimeType": "image/jpeg",  # plenty of keypoints
+              "buffer": encode(textured(13, (900, 600)), quality=92)}]
     page = context.new_page()
     requests: list[Any] = []
 
@@ -207,20 +211,43 @@ def test_no_image_byte_leaves_the_browser(context, base):
             for start in range(0, len(content) - 32, 997):
                 assert content[start:start + 32] not in data, r.url
     sent = json.loads(body)
-    assert set(sent) == {"images"} and len(sent["images"]) == 2
+    assert set(sent) == {"images"} and len(sent["images"]) == 3
     for image, f in zip(sent["images"], files, strict=True):
         assert set(image) == {"signals", "pdq_quality", "views", "pipeline_version"}
+        # A local signal exactly when the Python pipeline computes one (the textured one does).
+        local = image["signals"].pop("local", None)
+        python = compute_signals(f["buffer"], registration=True).local
+        assert (local is not None) == (python is not None), f["name"]
+        assert local is not None or f["name"] != "textured.jpg"
+        if local is not None:  # keypoints (positions, descriptors), no pixels: a few KiB
+            assert re.fullmatch(r"[A-Za-z0-9+/]+=*", local) and len(local) < 6000
         assert set(image["signals"]) == {"pdq", "phash", "md5", "sha256"}
         assert image["signals"]["sha256"] == hashlib.sha256(f["buffer"]).hexdigest()
         assert all(re.fullmatch(r"[0-9a-f]+", v) for v in image["signals"].values())
         for view in image["views"]:
             assert set(view) == {"label", "pdq", "quality"}
             assert re.fullmatch(r"[0-9a-f]{64}", view["pdq"])
-    # Nothing but hashes, numbers and short labels: far smaller than the images.
-    assert len(body) < 20_000 < min(len(f["buffer"]) for f in files)
+    # Nothing but hashes, keypoints, numbers and short labels: far smaller than the images.
+    assert len(body) < 30_000 < min(len(f["buffer"]) for f in files)
 
 
 # --- the registry finds what the browser registered -------------------------------------------
+def test_a_crop_of_a_browser_submission_is_matched_by_its_local_signal(context, base, data_dir,
+                                                                       tmp_path):
+    # The browser's local signal reaches the case: a 70% crop off the centre, beyond every
+    # whole-picture hash, is found, and found only through `local`.
+    img = textured(41, (900, 600))
+    page = context.new_page()
+    number, _pin = submit_in_browser(page, base, [{"name": "t.jpg", "mimeType": "image/jpeg",
+                                                   "buffer": encode(img, quality=92)}], lang="en")
+    copy = tmp_path / "crop.jpg"
+    copy.write_bytes(encode(crop(img, 0.7, 0.85, 0.2), quality=85))
+    found = takedown_match(data_dir, copy)
+    assert found["matched"] is True, found
+    assert {m["case"] for m in found["matches"]} == {number}
+    assert {m["signal"] for m in found["matches"]} == {"local"}, found["matches"]
+
+
 def test_a_browser_submission_is_matched_by_takedown_match_until_withdrawn(context, base,
                                                                            data_dir, tmp_path):
     page = context.new_page()

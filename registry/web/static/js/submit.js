@@ -133,11 +133,14 @@ function refusalOf(code, file) {
   return new Refusal(format(strings.browserFailed, { file: file.name }), { file, offerServer: true });
 }
 
-// Only these fields are sent: hashes, quality scores and view labels (never pixels or names).
+// Only these fields are sent: hashes, keypoint descriptors, quality scores and view labels
+// (never pixels or names). `local` is absent when the picture has too few keypoints.
 function signalsOf(image) {
-  const { pdq, phash, md5, sha256 } = image.signals;
+  const { pdq, phash, md5, sha256, local } = image.signals;
+  const signals = { pdq, phash, md5, sha256 };
+  if (local) signals.local = local;
   return {
-    signals: { pdq, phash, md5, sha256 },
+    signals,
     pdq_quality: image.pdq_quality,
     views: (image.views || []).map(({ label, pdq: hash, quality }) => ({ label, pdq: hash, quality })),
     pipeline_version: image.pipeline_version,
