@@ -225,6 +225,8 @@ def test_pages_send_strict_security_headers(client):
         assert directives["default-src"] == "'self'"
         assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
         assert directives["worker-src"] == "'self'"
+        # A chosen video plays from a local object URL (the submit page hashes its frames).
+        assert directives["media-src"] == "blob:"
         assert directives["frame-ancestors"] == "'none'"
         assert "unsafe" not in csp and "http" not in csp and "*" not in csp
         assert response.headers["Referrer-Policy"] == "no-referrer"

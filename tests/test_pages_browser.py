@@ -14,15 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from cli.main import cli
-from registry.hashing import compute_signals
+from registry.domain import Signal
+from registry.hashing import compute_signals, compute_video_signals
 from tests.browser import launch_chromium
 from tests.conftest import FAST_KDF, encode, photo
-from tests.images import boxed
+from tests.images import boxed, clip, pan
 from tests.test_local import crop, textured
 from tests.test_serve import free_port, serve, stop, wait_for
 
@@ -416,3 +418,70 @@ def test_a_browser_that_cannot_hash_offers_the_server_as_a_second_choice(context
     assert re.fullmatch(r"[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-.",
                         page.inner_text("#case-number").strip())
     assert page.is_visible("[data-copy=case-number]")  # the receipt's buttons work here too
+
+
+# --- videos: hashed on the device, only frame hashes sent --------------------------------------
+def video_frames_of(vpdq: str) -> list[tuple[int, int, bytes]]:
+    return [(ms, quality, signal.value) for ms, quality, signal in
+            Signal.parse("vpdq", vpdq).frames()]
+
+
+@pytest.mark.parametrize("fmt,codec", [("webm", "libvpx-vp9"), ("mp4", "libx264")])
+def test_a_video_is_hashed_on_the_device_and_its_copies_are_matched(context, base, data_dir,
+                                                                   tmp_path, fmt, codec):
+    frames = pan(31 if fmt == "webm" else 32, 6, travel=0.25)
+    data = clip(frames, fmt=fmt, codec=codec)
+    page = context.new_page()
+    requests: list[Any] = []
+    context.on("request", lambda r: requests.append(r))
+    number, _pin = submit_in_browser(page, base, [{"name": f"clip.{fmt}",
+                                                   "mimeType": f"video/{fmt}", "buffer": data}],
+                                     lang="en")
+    posts = [r for r in requests if r.method != "GET"]
+    assert [r.url.split("?")[0] for r in posts] == [base + "/submit/signals"]
+    for r in requests:  # no piece of the video in any request
+        sent_bytes = (r.post_data_buffer or b"") + r.url.encode()
+        for start in range(0, len(data) - 32, 499):
+            assert data[start:start + 32] not in sent_bytes
+    (image,) = json.loads(posts[0].post_data_buffer)["images"]
+    assert set(image) == {"signals", "pipeline_version"}
+    assert set(image["signals"]) == {"vpdq", "md5", "sha256"}
+    assert image["signals"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert image["signals"]["md5"] == hashlib.md5(data).hexdigest()
+    # Parity: the browser's kept frames against Python's registration of the same file.
+    browser_frames = video_frames_of(image["signals"]["vpdq"])
+    python = compute_video_signals(data, registration=True).frames
+    assert 4 <= len(browser_frames) <= 5 and len(python.frames) >= 4
+    near = [min(bin(int.from_bytes(b, "big") ^ int.from_bytes(f.pdq, "big")).count("1")
+                for f in python.frames) for _ms, _q, b in browser_frames]
+    assert sum(d <= 31 for d in near) >= len(near) - 1, near
+    # A smaller, re-encoded, trimmed copy made in Python is matched as this video.
+    copy = tmp_path / "copy.mp4"
+    small = [np.asarray(Image.fromarray(f).resize((426, 240))) for f in frames[12:130]]
+    copy.write_bytes(clip(small, crf=32))
+    found = takedown_match(data_dir, copy)
+    assert found["matched"] is True, found
+    assert {m["case"] for m in found["matches"]} == {number}
+    assert "vpdq" in {m["signal"] for m in found["matches"]}
+
+
+def test_a_file_the_browser_cannot_play_is_offered_to_the_server(context, base, data_dir):
+    # AVI with MPEG-4 part 2: the server's FFmpeg reads it, Chromium does not play it.
+    frames = pan(33, 3, travel=0.2)
+    data = clip(frames, fmt="avi", codec="mpeg4")
+    page = context.new_page()
+    page.goto(f"{base}/submit?lang=en")
+    page.set_input_files("#images", files=[{"name": "old.avi", "mimeType": "video/x-msvideo",
+                                            "buffer": data}])
+    page.check("#consent")
+    page.click("#submit-button")
+    page.wait_for_selector("#alert:not([hidden])")
+    assert "cannot play old.avi" in page.inner_text("#alert-text")
+    assert page.is_visible("#fallback-button")
+    page.click("#fallback-button")  # the explicit second choice: hashed in memory there
+    page.wait_for_selector("#result:not([hidden])")
+    number = page.inner_text("#case-number").strip()
+    copy = data_dir / "old-copy.mp4"  # and the server's frame hashes find a copy of it
+    copy.write_bytes(clip(frames[6:60], crf=30))
+    found = takedown_match(data_dir, copy)
+    assert {m["case"] for m in found["matches"]} == {number}

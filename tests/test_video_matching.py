@@ -122,6 +122,29 @@ def test_a_video_signal_is_refused_with_other_signals_or_views(registry, registe
         registry.submit_case([SubmittedImage((*video.signals(), still.pdq), 100)])
 
 
+def test_a_video_from_the_web_is_held_to_the_registration_budget(registry, frames):
+    from registry.domain import VPDQ_FRAME, VPDQ_HEADER
+    from registry.errors import InvalidInput
+    from registry.hashing import registration_budget
+
+    query = registry.hash_video(clip(frames), registration=False)  # a query keeps every frame
+    vpdq = query.frames
+    duration = VPDQ_HEADER.unpack_from(vpdq.pack())[3]
+    assert len(vpdq.frames) > registration_budget(duration)  # 8 s: 7 allowed
+    digests = tuple(s for s in query.signals() if s.kind is not SignalKind.VPDQ)
+    too_many = SubmittedImage((Signal(SignalKind.VPDQ, vpdq.pack()), *digests))
+    with pytest.raises(InvalidInput, match=f"at most {registration_budget(duration)} frame"):
+        registry.submit_case([too_many], strict=True)
+    # Cut to the budget it is accepted; without its digests it is not.
+    n = registration_budget(duration)
+    packed = vpdq.pack()
+    header = VPDQ_HEADER.pack(*VPDQ_HEADER.unpack_from(packed)[:2], n, duration)
+    within = Signal(SignalKind.VPDQ, header + packed[VPDQ_HEADER.size:][:n * VPDQ_FRAME.size])
+    with pytest.raises(InvalidInput, match="md5 and sha256"):
+        registry.submit_case([SubmittedImage((within,))], strict=True)
+    assert registry.submit_case([SubmittedImage((within, *digests))], strict=True).number
+
+
 def test_the_api_matches_an_uploaded_video_and_a_vpdq_query(registry, registered, frames):
     _, video = registered
     key = registry.add_platform("alpha", [Scope.MATCH])[1]

@@ -8,7 +8,13 @@ video. Nothing here writes anywhere: bytes in, values out.
 
 from registry.hashing.decode import DecodeOptions, decode_image
 from registry.hashing.signals import PIPELINE_VERSION, ImageSignals, Variant, compute_signals
-from registry.hashing.video import VideoOptions, VideoSignals, compute_video_signals
+from registry.hashing.video import (
+                                    VideoOptions,
+                                    VideoSignals,
+                                    compute_video_signals,
+                                    registration_budget,
+)
 
 __all__ = ["PIPELINE_VERSION", "DecodeOptions", "ImageSignals", "Variant", "VideoOptions",
-           "VideoSignals", "compute_signals", "compute_video_signals", "decode_image"]
+           "VideoSignals", "compute_signals", "compute_video_signals", "decode_image",
+           "registration_budget"]

@@ -263,11 +263,15 @@ def candidates(data: bytes, options: VideoOptions = VideoOptions(), *, content: 
     return out, boxed, framed, last_ms, (width, height)
 
 
+def registration_budget(duration_ms: int) -> int:
+    """Rule 4: the most frames a registration of a video this long keeps."""
+    return max(MIN_FRAMES, math.floor(FRAMES_PER_MINUTE * duration_ms / 60_000))
+
+
 def keep(frames: list[Frame], duration_ms: int, registration: bool = True) -> VideoFrames:
     """Rule 4: the kept frames (a registration's within its storage budget, at least
     ``MIN_FRAMES``; a query's up to ``VPDQ_MAX_FRAMES``), with the dedup distance used."""
-    budget = (max(MIN_FRAMES, math.floor(FRAMES_PER_MINUTE * duration_ms / 60_000))
-              if registration else VPDQ_MAX_FRAMES)
+    budget = registration_budget(duration_ms) if registration else VPDQ_MAX_FRAMES
     usable = [f for f in frames if f.quality >= MIN_QUALITY]
     if not usable:
         raise NotAVideo("Every frame of the video is too plain (for example black or one "

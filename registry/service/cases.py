@@ -11,6 +11,7 @@ from registry.config import Settings
 from registry.domain import (
     LOCAL_REGISTER_KEYPOINTS,
     SUBMISSIONS_BANK,
+    VPDQ_HEADER,
     BankKind,
     Case,
     CaseNumber,
@@ -24,7 +25,13 @@ from registry.domain import (
     normalise_pin,
 )
 from registry.errors import CaseLocked, CaseNotFound, InvalidInput, LowQualityHash, WrongPin
-from registry.hashing import PIPELINE_VERSION, ImageSignals, VideoSignals, variants
+from registry.hashing import (
+    PIPELINE_VERSION,
+    ImageSignals,
+    VideoSignals,
+    registration_budget,
+    variants,
+)
 from registry.service import pins
 from registry.store import Store, Transaction
 
@@ -118,6 +125,22 @@ class CaseView:
 VIEW_LABELS = frozenset(variants.view_labels())
 
 
+def _check_registered_video(n: int, image: SubmittedImage) -> None:
+    """A video from the web is held to what a registration keeps (registry.hashing.video,
+    rule 4): its digests, and no more frames than its duration allows (under 2 KiB a minute)."""
+    kinds = {s.kind for s in image.signals}
+    if not {SignalKind.MD5, SignalKind.SHA256} <= kinds:
+        raise InvalidInput(f"Image {n}: a video carries its md5 and sha256 digests with its vpdq "
+                           "signal (as the submit page computes them).")
+    (vpdq,) = [s for s in image.signals if s.kind is SignalKind.VPDQ]
+    frames = vpdq.frames()
+    duration_ms = VPDQ_HEADER.unpack_from(vpdq.value)[3]
+    if len(frames) > registration_budget(duration_ms):
+        raise InvalidInput(
+            f"Image {n}: a registered video keeps at most {registration_budget(duration_ms)} "
+            f"frame hashes for its {duration_ms / 1000:.1f} s; this one has {len(frames)}.")
+
+
 def validate_submission(images: Sequence[SubmittedImage], settings: Settings,
                         max_images: int = MAX_IMAGES_PER_CASE, *, strict: bool = False) -> None:
     """The rules every registered image meets. ``strict`` (what anyone on the web sends) adds:
@@ -139,6 +162,8 @@ def validate_submission(images: Sequence[SubmittedImage], settings: Settings,
             if set(kinds) - {SignalKind.VPDQ, SignalKind.MD5, SignalKind.SHA256} or image.views:
                 raise InvalidInput(f"Image {n}: a video carries its vpdq, md5 and sha256 "
                                    "signals only (its frames are its views).")
+            if strict:
+                _check_registered_video(n, image)
         elif strict and not {SignalKind.PDQ, SignalKind.MD5, SignalKind.SHA256} <= set(kinds):
             raise InvalidInput(
                 f"Image {n}: a case's image carries its pdq, md5 and sha256 signals (as the "

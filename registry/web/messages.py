@@ -24,6 +24,10 @@ FILE_ERRORS = {
     "file_too_large": N_("%(file)s is larger than %(mb)s MB."),
     "low_quality_hash": _PLAIN,
     "degenerate_hash": _PLAIN,
+    "not_a_video": N_("%(file)s could not be read as a video (MP4, MOV, WebM, MKV or AVI), or "
+                      "every frame of it is too plain to be recognised."),
+    "video_too_large": N_("%(file)s is longer, or its frames larger, than this registry "
+                          "accepts."),
 }
 
 REJECTED = N_("The hashes this page computed were not accepted. Reload the page and try "

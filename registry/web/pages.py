@@ -14,6 +14,7 @@ from apiflask import APIBlueprint
 from flask import Response, current_app, jsonify, render_template, request
 
 from registry.errors import RegistryError
+from registry.hashing.video import container_of
 from registry.service import Registry, SubmittedImage
 from registry.service.cases import MAX_IMAGES_PER_CASE
 from registry.web import csrf, errors, messages
@@ -82,9 +83,11 @@ def submit() -> str | tuple[str, int]:
 
 
 def _hash_upload(data: bytes) -> SubmittedImage:
-    """The image is held in memory only while it is hashed (the app's request class keeps
-    uploads in memory, never in temporary files); only its signals leave this function."""
+    """The image or video is held in memory only while it is hashed (the app's request class
+    keeps uploads in memory, never in temporary files); only its signals leave this function."""
     try:
+        if container_of(data) is not None:  # a video: its digests and kept frame hashes
+            return SubmittedImage.from_video(registry().hash_video(data, registration=True))
         image = registry().hash_image(data, registration=True)
     finally:
         del data

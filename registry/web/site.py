@@ -30,8 +30,8 @@ from registry.web.limits import client_address
 log = logging.getLogger(__name__)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-       "worker-src 'self'; connect-src 'self'; font-src 'self'; object-src 'none'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+       "media-src blob:; worker-src 'self'; connect-src 'self'; font-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 # A module worker runs under the policy of its own script. The hashing worker runs opencv.js
 # (static/js/hash/local.js), which compiles WebAssembly and whose bindings build functions from
 # strings: its script, and only its script, may do both. Scripts still come from our own
@@ -115,6 +115,9 @@ def _template_helpers() -> dict[str, Any]:
         "max_mb": pages.max_mb(),
         "max_bytes": settings.max_upload_bytes,
         "max_pixels": settings.max_image_pixels,
+        "max_video_bytes": settings.max_video_bytes,
+        "max_video_pixels": settings.max_video_pixels,
+        "max_video_seconds": settings.max_video_seconds,
         "pin_max_failures": settings.pin_max_failures,
         "example_case": pages.EXAMPLE_CASE,
         "format_date": lambda moment: format_date(moment, format="long", locale=i18n.language()),

@@ -3,7 +3,10 @@
 //
 // Worker protocol: we post {id, file}; it answers {id, type: 'progress', done, total, stage}
 // messages, then {id, type: 'result', image} or {id, type: 'error', code, message}.
+// A video is hashed on the page itself (hash/video.js: a worker has no <video> element) and
+// sends only its frame hashes and digests.
 
+import { hashVideo, isVideo } from './hash/video.js';
 import { showReceipt } from './receipt.js';
 
 const form = document.getElementById('submit-form');
@@ -26,6 +29,12 @@ const maxImages = Number(form.dataset.maxImages);
 // The server's size limits (settings max_upload_bytes, max_image_pixels): the worker checks
 // each file against them before decoding it.
 const limits = { maxBytes: Number(form.dataset.maxBytes), maxPixels: Number(form.dataset.maxPixels) };
+// ... and its video limits (max_video_bytes, max_video_pixels, max_video_seconds).
+const videoLimits = {
+  maxBytes: Number(form.dataset.maxVideoBytes),
+  maxPixels: Number(form.dataset.maxVideoPixels),
+  maxSeconds: Number(form.dataset.maxVideoSeconds),
+};
 
 let previewUrls = [];
 let busy = false;
@@ -57,11 +66,18 @@ function showPreviews() {
     const item = document.createElement('li');
     const frame = document.createElement('div');
     frame.className = 'frame';
-    const img = document.createElement('img');
+    const video = file.type.startsWith('video/');
+    const img = document.createElement(video ? 'video' : 'img');
     const url = URL.createObjectURL(file);
     previewUrls.push(url);
     img.src = url;
-    img.alt = '';
+    if (video) {
+      img.muted = true;
+      img.preload = 'metadata';
+      img.setAttribute('aria-hidden', 'true');
+    } else {
+      img.alt = '';
+    }
     frame.append(img);
     const name = document.createElement('span');
     name.textContent = file.name;
@@ -121,6 +137,8 @@ const FILE_ERRORS = {
   image_too_large: 'tooLarge',
   truncated_image: 'damaged',
   not_an_image: 'unreadable',
+  not_a_video: 'notVideo',
+  video_too_large: 'videoTooLarge',
 };
 
 function refusalOf(code, file) {
@@ -147,14 +165,37 @@ function signalsOf(image) {
   };
 }
 
+// A video, hashed on this page: only its frame hashes and digests are sent.
+async function hashOneVideo(file, n, total) {
+  const show = (done, frames) => {
+    status.textContent = format(strings.hashingVideo, { n: n + 1, total, frame: done, frames });
+    progress.value = n + (frames ? Math.min(done / frames, 1) : 0);
+  };
+  show(0, 0);
+  try {
+    const video = await hashVideo(file, { limits: videoLimits, onProgress: show });
+    return { signals: video.signals, pipeline_version: video.pipeline_version };
+  } catch (error) {
+    if (error && error.code === 'unsupported_format') {
+      throw new Refusal(format(strings.cannotPlay, { file: file.name }), { file, offerServer: true });
+    }
+    if (error && error.code) throw refusalOf(error.code, file);
+    throw new Refusal(format(strings.browserFailed, { file: file.name }), { file, offerServer: true });
+  }
+}
+
 async function hashAll(files) {
   const worker = startWorker();
   const images = [];
   try {
     progress.max = files.length;
     for (const [n, file] of files.entries()) {
-      status.textContent = format(strings.hashing, { n: n + 1, total: files.length });
       progress.value = n;
+      if (await isVideo(file)) {
+        images.push(await hashOneVideo(file, n, files.length));
+        continue;
+      }
+      status.textContent = format(strings.hashing, { n: n + 1, total: files.length });
       const image = await hashOne(worker, `image-${n}`, file, (fraction) => {
         progress.value = n + Math.min(fraction, 1);
       });

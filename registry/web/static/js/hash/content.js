@@ -19,7 +19,13 @@ export const TRIM_RULES = Object.freeze({
   ink: 70,
   maxSide: 0.7,
   minKeep: 0.1,
+  // Conservative: peel only the chrome whose colour is the edge's own (a frame, a caption bar),
+  // stopping where another flat colour begins: that may be the picture's own sky.
+  conservative: false,
 });
+
+/** content.FRAME_RULES: a video frame's letterbox and pillarbox bars, nothing more. */
+export const FRAME_RULES = Object.freeze({ ...TRIM_RULES, conservative: true });
 
 // The pixels of one line as [r, g, b, r, g, b, ...]: row `line` between columns from..to, or
 // column `line` between rows from..to.
@@ -115,7 +121,9 @@ function peel(a, width, horizontal, lines, from, to, start, stop, step, rules) {
     const row = lineOf(a, width, horizontal, line, from, to);
     const colour = median(row);
     if (near(row, colour, rules.tol) >= rules.flat) {
-      bg = colour;
+      if (rules.conservative && bg !== null && Math.max(Math.abs(colour[0] - bg[0]),
+        Math.abs(colour[1] - bg[1]), Math.abs(colour[2] - bg[2])) > rules.tol) return line;
+      if (bg === null || !rules.conservative) bg = colour;
     } else if (bg === null || !isText(row, bg, rules)) {
       return line;
     }
@@ -136,7 +144,9 @@ export function contentBox(rgb, width, height, rules = TRIM_RULES) {
   let bottom = h;
   let left = 0;
   let right = w;
-  for (let pass = 0; pass < 3; pass++) {
+  // A second pass starts its peel afresh at the new edge; the conservative box must not, or it
+  // would peel the picture's own flat edge once the bar is gone.
+  for (let pass = 0; pass < (rules.conservative ? 1 : 3); pass++) {
     const before = [top, bottom, left, right].join();
     top = peel(a, w, true, h, left, right, top, bottom, 1, rules);
     if (top >= bottom) break;
