@@ -189,8 +189,8 @@ def hash_still(path: str) -> tuple[str, object]:
     return path, _hash(Path(path).read_bytes())
 
 
-def long_clip_timing(path: Path) -> dict[str, float]:
-    """Hashing one 60 s 720p (1280x720, 30 fps) H.264 clip: CPU seconds (all threads) and wall."""
+def long_clip(path: Path) -> bytes:
+    """A 60 s 720p (1280x720, 30 fps) H.264 clip panning across the photo at ``path``."""
     import av
 
     base = Image.open(path).convert("RGB")
@@ -208,7 +208,12 @@ def long_clip_timing(path: Path) -> dict[str, float]:
             frame = np.ascontiguousarray(np.asarray(big.crop((x, y, x + 1280, y + 720))))
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-    data = out.getvalue()
+    return out.getvalue()
+
+
+def long_clip_timing(path: Path) -> dict[str, float]:
+    """Hashing one 60 s 720p clip (:func:`long_clip`): CPU seconds (all threads) and wall."""
+    data = long_clip(path)
     runs = []
     for _ in range(3):
         cpu, wall = time.process_time(), time.perf_counter()

@@ -1,17 +1,17 @@
 // A video's registration signals computed in the browser: the port of
 // registry/hashing/video.py (its docstring defines the rules; the numbers below are its
 // constants). The page's own <video> element decodes the file from an object URL (the bytes stay
-// on this device), is seeked to every quarter second, and each frame is drawn onto a canvas
-// reduced to a short side of at most 512 px; the frame box (letterbox and pillarbox bars
+// on this device) and plays it, muted, four times as fast; the frame shown at each quarter
+// second is drawn onto a canvas reduced to a short side of at most 512 px; the frame box (letterbox and pillarbox bars
 // peeled, content.js FRAME_RULES) is PDQ-hashed (pdq.js), and the kept frames are packed as the
 // `vpdq` signal. Only the hashes come out:
 //
 //   {signals: {vpdq, md5, sha256}, pipeline_version, frames, duration_ms, width, height}
 //
-// Runs on the page (a worker has no <video>), one frame at a time between seeks, so the page
+// Runs on the page (a worker has no <video>), one frame at a time as they are shown, so the page
 // stays responsive. Differences from FFmpeg's decode: the browser converts YUV to RGB and scales
-// itself, and a seek shows the frame at or before the time asked (FFmpeg's rule takes the first
-// at or after it); bench/browser_parity_video.py measures what that costs in matches.
+// itself, and at four times the speed it may skip a frame, so a candidate can be one frame later
+// than video.py's; bench/browser_parity_video.py measures what that costs in matches.
 
 import { contentBox, FRAME_RULES } from './content.js';
 import { HashError } from './decode.js';
@@ -31,7 +31,9 @@ export const MIN_FRAMES = 4;
 const MIN_TRIM = 0.01;
 const HEADER_BYTES = 8; // >BBHI
 const FRAME_BYTES = 37; // >IB32s
-const SEEK_TIMEOUT_MS = 20_000;
+const LOAD_TIMEOUT_MS = 20_000;
+const STALL_MS = 20_000; // no frame for this long: the browser cannot play it
+const PLAYBACK_RATE = 4;
 
 /** The demuxer video.py would name for these first bytes (null: not a video it opens). */
 export function containerOf(bytes) {
@@ -176,6 +178,9 @@ export async function hashVideo(blob, { limits, onProgress } = {}) {
     throw new HashError('not_a_video', 'The file is not a video this registry reads (MP4, ' +
       'MOV, 3GP, WebM, MKV or AVI).');
   }
+  if (!('requestVideoFrameCallback' in HTMLVideoElement.prototype)) {
+    throw new HashError('unsupported_format', 'This browser cannot show a video frame by frame.');
+  }
   const md5 = md5Hex(bytes);
   const sha256 = await sha256Hex(bytes);
   const url = URL.createObjectURL(blob);
@@ -184,7 +189,7 @@ export async function hashVideo(blob, { limits, onProgress } = {}) {
   video.preload = 'auto';
   video.playsInline = true;
   try {
-    const loaded = once(video, 'loadeddata', 'error', SEEK_TIMEOUT_MS,
+    const loaded = once(video, 'loadeddata', 'error', LOAD_TIMEOUT_MS,
       'This browser cannot play this video.');
     video.src = url;
     await loaded;
@@ -211,22 +216,53 @@ export async function hashVideo(blob, { limits, onProgress } = {}) {
     const context = canvas.getContext('2d', { willReadFrequently: true });
     context.imageSmoothingEnabled = true;
     context.imageSmoothingQuality = 'high';
-    const times = [];
-    for (let k = 0; k / CANDIDATE_FPS < seconds; k++) times.push(k / CANDIDATE_FPS);
+    // Played (muted, PLAYBACK_RATE times as fast) rather than seeked: a seek decodes from the
+    // last keyframe, so 240 seeks a minute of phone video cost a minute; playing decodes each
+    // frame once. The first presented frame at or after each candidate time is taken, as
+    // video.py takes the first decoded one (the browser may skip a frame at this rate, so it
+    // can be one frame later).
+    const total = Math.max(1, Math.ceil(seconds * CANDIDATE_FPS));
     const frames = [];
-    for (const [n, t] of times.entries()) {
-      if (n > 0 || video.currentTime !== 0) {
-        const seeked = once(video, 'seeked', 'error', SEEK_TIMEOUT_MS,
-          'This browser could not read a frame of the video.');
-        video.currentTime = t;
-        await seeked;
-      }
+    let next = 0; // the next candidate time, in seconds
+    let lastMs = 0;
+    const take = (mediaTime) => {
       context.drawImage(video, 0, 0, w, h);
       const { data } = context.getImageData(0, 0, w, h);
-      frames.push({ ms: Math.round(t * 1000), ...frameHash(data, w, h) });
-      if (onProgress) onProgress(n + 1, times.length);
-    }
-    const durationMs = Math.floor(seconds * 1000);
+      const ms = Math.floor(mediaTime * 1000 + 1e-6);
+      frames.push({ ms, ...frameHash(data, w, h) });
+      next = (Math.floor(mediaTime * CANDIDATE_FPS + 1e-9) + 1) / CANDIDATE_FPS;
+      if (onProgress) onProgress(Math.min(frames.length, total), total);
+    };
+    take(0); // the first frame, shown once loaded
+    await new Promise((resolve, reject) => {
+      let timer = 0;
+      const stall = () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => {
+          video.pause();
+          reject(new HashError('unsupported_format', 'This browser stopped playing the video.'));
+        }, STALL_MS);
+      };
+      const onFrame = (_now, meta) => {
+        stall();
+        lastMs = Math.max(lastMs, Math.floor(meta.mediaTime * 1000 + 1e-6));
+        if (meta.mediaTime + 1e-6 >= next) take(meta.mediaTime);
+        if (!video.ended) video.requestVideoFrameCallback(onFrame);
+      };
+      video.addEventListener('ended', () => { clearTimeout(timer); resolve(); }, { once: true });
+      video.addEventListener('error', () => {
+        clearTimeout(timer);
+        reject(new HashError('unsupported_format', 'This browser could not decode the video.'));
+      }, { once: true });
+      video.requestVideoFrameCallback(onFrame);
+      video.playbackRate = PLAYBACK_RATE;
+      stall();
+      video.play().catch(() => {
+        clearTimeout(timer);
+        reject(new HashError('unsupported_format', 'This browser cannot play this video.'));
+      });
+    });
+    const durationMs = lastMs; // video.py: the last frame's time, not the container's length
     const kept = keep(frames, durationMs);
     return {
       signals: { vpdq: base64(pack(kept, durationMs)), md5, sha256 },
