@@ -136,8 +136,9 @@ def main() -> int:
             python = compute_video_signals(data, registration=True)
             vpdq = base64.b64decode(out["result"]["signals"]["vpdq"])
             hashed[name] = {"browser": vpdq, "python": python, "ms": out["ms"],
-                            "digests_equal": out["result"]["signals"]["sha256"] == python.sha256
-                            and out["result"]["signals"]["md5"] == python.md5}
+                            "digests_equal": out["result"]["signals"]["sha256"]
+                            == python.sha256.hex and out["result"]["signals"]["md5"]
+                            == python.md5.hex}
             p = parity(vpdq, python.frames.pack())
             print(f"  {name}: {out['ms']:.0f} ms in Chromium; frames {p['browser_frames']} / "
                   f"{p['python_frames']}; nearest Python frame: median "
