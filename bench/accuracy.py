@@ -31,6 +31,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import pickle  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -193,7 +194,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.json")
     ap.add_argument("--cache", type=Path, default=None,
-                    help="reuse (or write) the computed signals: for re-running the analysis")
+                    help="reuse (or write) the computed signals, a pickle this script wrote: "
+                    "for re-running the analysis")
     args = ap.parse_args()
     for folder in (args.originals, args.negatives):
         if not folder.is_dir():
@@ -210,9 +212,8 @@ def main() -> int:
           f"queries, {len(VARIANTS)} transforms per original", flush=True)
 
     if args.cache and args.cache.exists():
-        cached = json.loads(args.cache.read_text())
-        reg = [tuple(r) for r in cached["reg"]]
-        answers = [tuple(a) for a in cached["answers"]]
+        with args.cache.open("rb") as f:  # this script's own file (see --cache)
+            reg, answers = pickle.load(f)
         print(f"signals from {args.cache}", flush=True)
     else:
         with Pool(args.workers) as pool:
@@ -226,7 +227,10 @@ def main() -> int:
             answers = pool.map(hash_query, jobs, chunksize=16)
             print(f"hashed {len(jobs)} queries in {time.time() - t:.0f} s", flush=True)
         if args.cache:
-            args.cache.write_text(json.dumps({"reg": reg, "answers": answers}))
+            # Streamed to the file: the queries' signals are ~8 GB as text, and a JSON string
+            # of them beside the lists took the run past 24 GiB (killed by the OOM killer).
+            with args.cache.open("wb") as f:
+                pickle.dump((reg, answers), f, protocol=pickle.HIGHEST_PROTOCOL)
 
     tmp = tempfile.mkdtemp(prefix="takedown-accuracy-")
     # The first pass sees every distance up to the wide thresholds: an exhaustive (flat) index.
