@@ -115,7 +115,8 @@ const AVIF_BRANDS = ['avif', 'avis'];
 const MAX_BOXES = 4096;
 const CONTAINERS = { meta: 4, iprp: 0, ipco: 0 };
 
-function boxFamily(b) {
+/** 'AVIF', 'HEIF' or null, from the ftyp box that must open the file (isobmff.family). */
+export function boxFamily(b) {
   if (b.length < 16 || ascii(b, 4, 4) !== 'ftyp') return null;
   const size = u32be(b, 0);
   if (size < 16 || size > 4096) return null;

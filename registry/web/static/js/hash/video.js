@@ -14,12 +14,12 @@
 // than video.py's; bench/browser_parity_video.py measures what that costs in matches.
 
 import { contentBox, FRAME_RULES } from './content.js';
-import { HashError } from './decode.js';
+import { boxFamily, HashError } from './decode.js';
 import { md5Hex, sha256Hex } from './digests.js';
 import { pdqLuma, pdqOfLuma } from './pdq.js';
 import { roundHalfEven } from './pillow.js';
 import { base64 } from './local.js';
-import { PIPELINE_VERSION } from './signals.js';
+import { flatten, PIPELINE_VERSION } from './signals.js';
 
 export const VERSION = 1;
 export const CANDIDATE_FPS = 4;
@@ -43,7 +43,7 @@ export function containerOf(bytes) {
   }
   if (tag(0) === 'RIFF' && tag(8) === 'AVI ') return 'avi';
   if (bytes.length >= 12 && ['ftyp', 'moov', 'mdat', 'wide', 'free', 'skip'].includes(tag(4))) {
-    if (tag(4) === 'ftyp' && /^(hei[cxms]|hev[cx]|mif1|msf1|avi[fs])$/.test(tag(8))) return null;
+    if (tag(4) === 'ftyp' && boxFamily(bytes) !== null) return null; // a HEIF or AVIF still
     return 'mov';
   }
   return null;
@@ -53,7 +53,7 @@ export function containerOf(bytes) {
 export async function isVideo(blob) {
   if (blob.type.startsWith('video/')) return true;
   if (blob.type.startsWith('image/')) return false;
-  return containerOf(new Uint8Array(await blob.slice(0, 16).arrayBuffer())) !== null;
+  return containerOf(new Uint8Array(await blob.slice(0, 4096).arrayBuffer())) !== null;
 }
 
 /** video.py keep()'s registration budget for a video of this many milliseconds. */
@@ -121,12 +121,7 @@ export function pack(frames, durationMs) {
 /** One frame's registration hash: PDQ of its frame box (the whole frame when nothing is
  * peeled), as video.py's candidates(frame_box=True). `rgba` as ImageData holds it. */
 export function frameHash(rgba, width, height) {
-  const rgb = new Uint8Array(width * height * 3);
-  for (let i = 0, p = 0, q = 0; i < width * height; i++, p += 4, q += 3) {
-    rgb[q] = rgba[p];
-    rgb[q + 1] = rgba[p + 1];
-    rgb[q + 2] = rgba[p + 2];
-  }
+  const rgb = flatten(rgba, width, height); // opaque: the RGB as drawn
   const luma = pdqLuma(rgb, width, height);
   const [left, top, right, bottom] = contentBox(rgb, width, height, FRAME_RULES);
   const shaved = (right - left) * (bottom - top) < (1 - MIN_TRIM) * width * height;
